@@ -1,0 +1,1 @@
+"""Datasets, partial-label masks and transforms."""

@@ -1,0 +1,100 @@
+"""The one in-memory form every dataset loader returns: image ids plus an int8 label matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipml.errors import DataError
+
+POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
+"""Label codes. UNKNOWN means "missing" in a training split and "ignore" in an evaluation split."""
+
+
+@dataclasses.dataclass
+class MultiLabelSplit:
+    """One split of a multi-label dataset.
+
+    `labels[i, c]` is 1 (positive), 0 (negative) or -1 (unknown in training, ignored in
+    evaluation). Images are read from `root / items[i]`; subclasses that render images in
+    memory override `open_image`.
+    """
+
+    dataset: str
+    split: str
+    classes: List[str]
+    items: List[str]
+    labels: np.ndarray
+    root: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels)
+        if self.labels.dtype != np.int8:
+            if not np.isin(self.labels, (POSITIVE, NEGATIVE, UNKNOWN)).all():
+                bad = np.unique(self.labels[~np.isin(self.labels, (POSITIVE, NEGATIVE, UNKNOWN))])
+                raise DataError(
+                    f"{self.dataset}/{self.split}: labels must be 1, 0 or -1, found {bad[:5].tolist()}"
+                )
+            self.labels = self.labels.astype(np.int8)
+        if self.labels.shape != (len(self.items), len(self.classes)):
+            raise DataError(
+                f"{self.dataset}/{self.split}: label matrix has shape {self.labels.shape}, "
+                f"expected ({len(self.items)} images, {len(self.classes)} classes)"
+            )
+        if self.root is not None:
+            self.root = Path(self.root)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def known(self) -> np.ndarray:
+        """Boolean [N, C]: which entries are known (not -1)."""
+        return self.labels != UNKNOWN
+
+    def image_path(self, index: int) -> Path:
+        if self.root is None:
+            raise DataError(f"{self.dataset}/{self.split}: no image root is set")
+        return self.root / self.items[index]
+
+    def open_image(self, index: int) -> Image.Image:
+        """Decode image `index` as RGB; a missing or corrupt file is a DataError naming it."""
+        path = self.image_path(index)
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"cannot decode image {path}: {error}") from None
+
+    def subset(self, indices: Sequence[int], split: Optional[str] = None) -> "MultiLabelSplit":
+        """A new split holding `indices` (same classes, root and image source)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            split=split or self.split,
+            items=[self.items[i] for i in indices],
+            labels=self.labels[indices].copy(),
+        )
+
+    def with_labels(self, labels: np.ndarray) -> "MultiLabelSplit":
+        """The same images with another label matrix (e.g. a partial-label mask applied)."""
+        return dataclasses.replace(self, labels=np.asarray(labels, dtype=np.int8))
+
+    def fingerprint(self) -> str:
+        """A hash of the class list and image list, in order: detects any reordering."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.classes).encode())
+        digest.update(b"\0")
+        digest.update("\n".join(self.items).encode())
+        return digest.hexdigest()[:16]
