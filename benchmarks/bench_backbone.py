@@ -1,0 +1,81 @@
+"""Cost of `encode_dense` relative to the library's plain `encode_image` (target ratio <= 1.05).
+
+Random weights (speed does not depend on them). Examples:
+    python benchmarks/bench_backbone.py                                  # CPU, tiny + real archs
+    python benchmarks/bench_backbone.py --device cuda --precision bf16 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from clipml.backbones import load_backbone
+
+DEFAULT_MODELS = [
+    "open_clip:clipml-tiny-vit@32",
+    "open_clip:clipml-tiny-rn@128",
+    "open_clip:RN101@448",
+    "open_clip:ViT-B-16@224",
+    "open_clip:ViT-B-16@448",
+]
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of `fn()` over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="SPEC@IMAGE_SIZE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    print(f"device={args.device} precision={args.precision} batch={args.batch} repeats={args.repeats}")
+    print(f"{'model':32s} {'size':>5s} {'encode_image s':>15s} {'encode_dense s':>15s} {'ratio':>7s} {'dense img/s':>12s}")
+    for entry in args.models:
+        spec, _, size = entry.rpartition("@")
+        backbone = load_backbone(spec, image_size=int(size), device=args.device,
+                                 precision=args.precision, allow_random=True)
+        images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=args.device)
+        model = backbone.model
+
+        def plain():
+            with torch.no_grad(), backbone.autocast():
+                return model.encode_image(images)
+
+        def dense():
+            with torch.no_grad():
+                return backbone.encode_dense(images)
+
+        # Interleave the two measurements so drift affects both alike.
+        plain_s, dense_s = [], []
+        for _ in range(2):
+            plain_s.append(timed(plain, args.repeats, args.device))
+            dense_s.append(timed(dense, args.repeats, args.device))
+        plain_t, dense_t = min(plain_s), min(dense_s)
+        print(f"{spec:32s} {backbone.image_size:5d} {plain_t:15.4f} {dense_t:15.4f} "
+              f"{dense_t / plain_t:7.3f} {args.batch / dense_t:12.1f}")
+        del backbone, model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

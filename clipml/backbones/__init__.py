@@ -1,0 +1,78 @@
+"""Frozen CLIP backbones: one protocol, one loader, whichever library the model comes from.
+
+Backbone specs understood by `load_backbone`:
+
+- ``open_clip:RN101@openai``: an open_clip model with a pretrained tag (downloaded by open_clip);
+- ``open_clip:ViT-B-16@/path/weights.safetensors``: a local weights file (.pt, .bin,
+  .safetensors, or OpenAI's original TorchScript ``RN101.pt``). OpenAI weights need QuickGELU:
+  tags and TorchScript files get it automatically; for a plain state-dict file converted from
+  OpenAI's release, name the ``-quickgelu`` model (``open_clip:RN101-quickgelu@/path/file.pt``);
+- ``hf:openai/clip-vit-base-patch16`` or ``hf:/path/to/folder``: a transformers CLIPModel;
+- ``toy``: the tiny CLIP shipped with clipml, trained on the synthetic world;
+- ``open_clip:clipml-tiny-vit``, ``open_clip:clipml-tiny-rn``, ``hf:clipml-tiny-hf``: tiny
+  random-weight test models (``allow_random=True``), like timm's test models.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Optional
+
+from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
+from clipml.errors import BackboneError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TOY_WEIGHTS = ASSETS / "toy_clip.safetensors"
+TOY_MODEL = "clipml-toy-vit"
+
+__all__ = ["Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
+
+
+@lru_cache(maxsize=None)
+def register_test_models() -> Dict[str, dict]:
+    """Register clipml's tiny open_clip configs; return the tiny transformers configs by name."""
+    import open_clip
+
+    open_clip.add_model_config(ASSETS / "model_configs")
+    return {path.stem: json.loads(path.read_text()) for path in sorted((ASSETS / "hf_configs").glob("*.json"))}
+
+
+def load_backbone(
+    spec: str,
+    image_size: Optional[int] = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    allow_random: bool = False,
+) -> FrozenCLIP:
+    """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
+
+    Positional embeddings are interpolated to the size once, here. Loading a model that would
+    silently run with random weights is refused unless `allow_random` (tests only).
+    """
+    hf_tiny = register_test_models()
+    if spec == "toy":
+        if not TOY_WEIGHTS.is_file():
+            raise BackboneError(f"the toy CLIP weights are missing: {TOY_WEIGHTS}; run tools/build_toy_clip.py")
+        spec = f"open_clip:{TOY_MODEL}@{TOY_WEIGHTS}"
+    library, _, rest = spec.partition(":")
+    if library == "open_clip" and rest:
+        from clipml.backbones.open_clip import OpenCLIPBackbone, create_open_clip
+
+        name, _, weights = rest.partition("@")
+        model, weights_id = create_open_clip(name, weights or None, allow_random)
+        if weights_id.startswith("file:") and name == TOY_MODEL:
+            weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision)
+    elif library == "hf" and rest:
+        from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
+
+        model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
+        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision)
+    else:
+        raise BackboneError(
+            f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "
+            "'hf:HUB_ID_OR_FOLDER' or 'toy'"
+        )
+    return backbone.to(device)

@@ -1,0 +1,131 @@
+"""The frozen-CLIP protocol every backbone adapter implements, and the shared freezing rules."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipml.errors import BackboneError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass
+class Dense:
+    """Output of `encode_dense`: per-location features in the joint space and the global one."""
+
+    tokens: torch.Tensor  # [B, N, D], N = h * w, row-major over the grid
+    pooled: torch.Tensor  # [B, D], exactly what the library's encode_image returns
+    grid: Tuple[int, int]  # (h, w)
+
+
+class FrozenCLIP(nn.Module):
+    """A CLIP model whose every weight is frozen and which always runs in eval mode.
+
+    Subclasses wrap one library's model and implement the encoders; everything trainable in
+    clipml lives outside this module, so its parameters never reach an optimizer.
+    """
+
+    embed_dim: int
+    image_size: int
+    context_length: int
+    mean: Tuple[float, float, float] = OPENAI_MEAN
+    std: Tuple[float, float, float] = OPENAI_STD
+
+    def __init__(self, precision: str = "fp32") -> None:
+        super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise BackboneError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
+        self._identity: Dict[str, object] = {}
+
+    def freeze(self) -> None:
+        """Freeze every parameter (logit scale included) and switch to eval mode for good."""
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        # Batch-norm statistics and dropout of a frozen tower must never change.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def identity(self) -> Dict[str, object]:
+        """Library, model, weights, image size and width: what a checkpoint is checked against."""
+        return dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when asked for; fp32 everywhere else."""
+        if self.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # The protocol -------------------------------------------------------------------------
+    def encode_dense(self, images: torch.Tensor) -> Dense:
+        raise NotImplementedError
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_dense(images).pooled
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Text features [T, D] from token embeddings [T, L, W] of prompts whose ids are [T, L].
+
+        `ids` locate the end-of-text token; L may be shorter than the context length (the
+        causal mask makes features at the end token independent of what follows it).
+        """
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenize(texts).to(self.device)
+        return self.encode_embeddings(self.token_embedding(ids), ids)
+
+
+def check_image_size(image_size: int, stride: int, what: str) -> Tuple[int, int]:
+    """The feature grid of a square image; the size must be a multiple of the tower's stride."""
+    if image_size <= 0 or image_size % stride:
+        raise BackboneError(
+            f"image size {image_size} does not fit {what}: it must be a positive multiple of {stride}"
+        )
+    side = image_size // stride
+    return side, side
+
+
+def resize_grid_embedding(
+    embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1
+) -> torch.Tensor:
+    """Bicubic resize of a positional embedding [extra + h*w, W] to a new square-ish grid."""
+    extra, spatial = embedding[:extra_tokens], embedding[extra_tokens:]
+    side = int(round(math.sqrt(spatial.shape[0])))
+    if side * side != spatial.shape[0]:
+        raise BackboneError(f"positional embedding of {spatial.shape[0]} locations is not a square grid")
+    if (side, side) == tuple(new_grid):
+        return embedding
+    grid = spatial.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    spatial = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(embedding.dtype)
+    return torch.cat([extra, spatial], dim=0)
+
+
+def causal_mask(length: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive causal mask [L, L]: -inf above the diagonal."""
+    return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
+
+
+def trainable_parameters(module: nn.Module) -> List[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]

@@ -1,0 +1,139 @@
+"""transformers `CLIPModel` (ViT towers) behind the FrozenCLIP protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from clipml.backbones.base import (
+    Dense,
+    FrozenCLIP,
+    causal_mask,
+    check_image_size,
+    resize_grid_embedding,
+)
+from clipml.errors import BackboneError
+
+logger = logging.getLogger(__name__)
+
+
+def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple:
+    """Build a transformers CLIPModel from a local folder, a hub id or a registered tiny config."""
+    from transformers import CLIPConfig, CLIPModel
+
+    if source in tiny_configs:
+        if not allow_random:
+            raise BackboneError(f"hf:{source} is a test model with random weights; pass allow_random=True")
+        return CLIPModel(CLIPConfig(**tiny_configs[source])), "random"
+    folder = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) and not folder.is_dir():
+        raise BackboneError(f"transformers model folder not found: {folder}")
+    try:
+        model, info = CLIPModel.from_pretrained(str(folder) if folder.is_dir() else source, output_loading_info=True)
+    except Exception as error:  # hub and file errors come as many exception types
+        raise BackboneError(
+            f"could not load the transformers CLIP model {source!r} ({type(error).__name__}: {error}). "
+            "Without internet access, download it elsewhere (save_pretrained or a hub snapshot) and "
+            "pass the folder: hf:/path/to/folder."
+        ) from None
+    missing = info.get("missing_keys") or []
+    if missing:
+        raise BackboneError(
+            f"hf:{source}: {len(missing)} weights are missing from the files (e.g. {missing[0]}); "
+            "the model would run partly random"
+        )
+    return model, "hf-folder:" + folder.name if folder.is_dir() else "hf-hub:" + source
+
+
+def _preprocess_stats(source: str):
+    config = Path(source).expanduser() / "preprocessor_config.json"
+    if config.is_file():
+        values = json.loads(config.read_text())
+        if "image_mean" in values and "image_std" in values:
+            return tuple(values["image_mean"]), tuple(values["image_std"])
+    return None
+
+
+class HFCLIPBackbone(FrozenCLIP):
+    """A transformers CLIPModel; text uses open_clip's offline BPE tokenizer (same ids)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source: str,
+        weights_id: str,
+        image_size: Optional[int] = None,
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__(precision)
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.model = model
+        vision = model.vision_model
+        self.image_size = int(image_size or vision.embeddings.image_size)
+        self._set_resolution(self.image_size)
+        self.embed_dim = int(model.config.projection_dim)
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+        # transformers' CLIPTokenizer offline can silently come back nearly empty; open_clip's
+        # bundled BPE gives OpenAI's ids without any download.
+        self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        self.eos_token_id = model.config.text_config.eos_token_id
+        stats = _preprocess_stats(source)
+        if stats:
+            self.mean, self.std = stats
+        self._identity = {"library": "transformers", "model": source, "weights": weights_id}
+        self.freeze()
+
+    def _set_resolution(self, image_size: int) -> None:
+        embeddings = self.model.vision_model.embeddings
+        self.grid = check_image_size(image_size, embeddings.patch_size, f"a ViT with {embeddings.patch_size}-px patches")
+        old = embeddings.position_embedding.weight.data
+        resized = resize_grid_embedding(old, self.grid)
+        if resized is not old:
+            embeddings.position_embedding = nn.Embedding.from_pretrained(resized, freeze=True)
+            embeddings.num_patches = self.grid[0] * self.grid[1]
+            embeddings.num_positions = embeddings.num_patches + 1
+            embeddings.register_buffer(
+                "position_ids", torch.arange(embeddings.num_positions).unsqueeze(0), persistent=False
+            )
+            embeddings.image_size = image_size
+            embeddings.config.image_size = image_size
+
+    def encode_dense(self, images: torch.Tensor) -> Dense:
+        vision = self.model.vision_model
+        with self.autocast():
+            x = vision.pre_layrnorm(vision.embeddings(images))
+            x = vision.encoder(inputs_embeds=x).last_hidden_state
+            # transformers applies post_layernorm to the class token only; dense needs all tokens.
+            x = self.model.visual_projection(vision.post_layernorm(x))
+        return Dense(tokens=x[:, 1:].float(), pooled=x[:, 0].float(), grid=self.grid)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.text_model.embeddings.token_embedding(ids.to(self.device))
+
+    def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        text = self.model.text_model
+        length = ids.shape[1]
+        if length > self.context_length:
+            raise BackboneError(f"prompts of {length} tokens exceed the context length {self.context_length}")
+        with self.autocast():
+            x = text.embeddings(inputs_embeds=embeddings)
+            # An explicit additive mask is causal under every attention implementation;
+            # SDPA without it (and without is_causal) silently attends both ways.
+            mask = causal_mask(length, x.device, x.dtype).expand(x.shape[0], 1, length, length)
+            x = text.final_layer_norm(text.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state)
+            if self.eos_token_id == 2:  # legacy configs: the end token has the largest id
+                position = ids.argmax(dim=-1)
+            else:
+                position = (ids == self.eos_token_id).int().argmax(dim=-1)
+            x = x[torch.arange(x.shape[0], device=x.device), position]
+            x = self.model.text_projection(x)
+        return x.float()

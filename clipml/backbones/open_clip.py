@@ -1,0 +1,253 @@
+"""open_clip towers (ViT and ModifiedResNet) behind the FrozenCLIP protocol."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import zipfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipml.backbones.base import (
+    Dense,
+    FrozenCLIP,
+    check_image_size,
+    resize_grid_embedding,
+)
+from clipml.errors import BackboneError
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a weights file: part of the backbone identity stored with checkpoints."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's original `RN101.pt` files are TorchScript archives, not state dicts."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> tuple:
+    """Build an open_clip model with its weights; returns (model, weights identity)."""
+    import open_clip
+
+    config = open_clip.get_model_config(name)
+    if config is None:
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise BackboneError(f"unknown open_clip model {name!r}.{hint} See open_clip.list_models().")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+
+    if weights is None:
+        if not allow_random:
+            options = f" (pretrained tags: {', '.join(tags)})" if tags else ""
+            raise BackboneError(
+                f"open_clip:{name} was given no weights and would run with random weights. "
+                f"Name a pretrained tag, e.g. open_clip:{name}@TAG{options}, or a local file, "
+                f"open_clip:{name}@/path/to/weights.safetensors."
+            )
+        return open_clip.create_model(name, pretrained=None), "random"
+
+    if weights in tags:
+        # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
+        quick_gelu = bool(open_clip.get_pretrained_cfg(name, weights).get("quick_gelu", False))
+        try:
+            model = open_clip.create_model(
+                name, pretrained=weights, force_quick_gelu=quick_gelu, require_pretrained=True
+            )
+        except Exception as error:  # download failures come as many exception types
+            raise BackboneError(
+                f"could not fetch the pretrained weights {weights!r} of open_clip:{name} ({error}). "
+                f"Without internet access, download the weights elsewhere and pass the file: "
+                f"open_clip:{name}@/path/to/weights.safetensors (or .pt/.bin)."
+            ) from None
+        return model, weights
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        if path.suffix in WEIGHT_SUFFIXES or "/" in weights:
+            raise BackboneError(f"weights file not found: {path} (for open_clip:{name})")
+        raise BackboneError(
+            f"{weights!r} is neither a pretrained tag of open_clip:{name} "
+            f"(known: {', '.join(tags) or 'none'}) nor an existing weights file"
+        )
+    if _is_torchscript_archive(path):
+        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        expect_resnet = isinstance(config["vision_cfg"].get("layers"), (list, tuple))
+        if _is_resnet(model.visual) != expect_resnet or model.visual.output_dim != config["embed_dim"]:
+            raise BackboneError(f"weights file {path} holds another architecture than open_clip:{name}")
+    else:
+        try:
+            model = open_clip.create_model(name, pretrained=str(path), require_pretrained=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[:3]
+            raise BackboneError(
+                f"weights file {path} does not fit open_clip:{name} (another architecture?): "
+                + " ".join(first)
+            ) from None
+    return model, f"file:{path.name}:{file_digest(path)}"
+
+
+def _is_resnet(visual: nn.Module) -> bool:
+    from open_clip.modified_resnet import ModifiedResNet
+
+    return isinstance(visual, ModifiedResNet)
+
+
+class OpenCLIPBackbone(FrozenCLIP):
+    """An open_clip CLIP (ViT or ModifiedResNet image tower, open_clip text transformer)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        weights_id: str,
+        image_size: Optional[int] = None,
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__(precision)
+        from open_clip.tokenizer import SimpleTokenizer
+        from open_clip.transformer import VisionTransformer
+
+        self.model = model
+        visual = model.visual
+        self.is_resnet = _is_resnet(visual)
+        if not self.is_resnet and not isinstance(visual, VisionTransformer):
+            raise BackboneError(f"open_clip:{name}: image tower {type(visual).__name__} is not supported")
+        if not self.is_resnet and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
+            raise BackboneError(f"open_clip:{name}: attention-pooled ViT towers give no dense map")
+        self.text_tower = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+        if self.text_tower is None or not hasattr(self.text_tower, "token_embedding"):
+            raise BackboneError(
+                f"open_clip:{name}: the text tower is not open_clip's own transformer; "
+                "prompt learning needs its token embedding"
+            )
+        if getattr(self.text_tower, "cls_emb", None) is not None:
+            raise BackboneError(f"open_clip:{name}: text towers with a class token are not supported")
+
+        native = visual.image_size if self.is_resnet else visual.image_size[0]
+        self.image_size = int(image_size or native)
+        self._set_resolution(self.image_size)
+        self.embed_dim = int(visual.output_dim)
+        self.context_length = int(self.text_tower.positional_embedding.shape[0])
+        self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        preprocess = getattr(visual, "preprocess_cfg", None) or {}
+        self.mean = tuple(preprocess.get("mean", self.mean))
+        self.std = tuple(preprocess.get("std", self.std))
+        self._identity = {"library": "open_clip", "model": name, "weights": weights_id}
+        self.freeze()
+
+    def _set_resolution(self, image_size: int) -> None:
+        """Interpolate the positional embedding of the image tower to the new grid, once."""
+        visual = self.model.visual
+        if self.is_resnet:
+            pool = visual.attnpool
+            self.grid = check_image_size(image_size, 32, "a ModifiedResNet (stride 32)")
+            resized = resize_grid_embedding(pool.positional_embedding.data, self.grid)
+            pool.positional_embedding = nn.Parameter(resized, requires_grad=False)
+            visual.image_size = image_size
+        else:
+            patch = visual.conv1.kernel_size[0]
+            self.grid = check_image_size(image_size, patch, f"a ViT with {patch}-px patches")
+            resized = resize_grid_embedding(visual.positional_embedding.data, self.grid)
+            visual.positional_embedding = nn.Parameter(resized, requires_grad=False)
+            visual.grid_size = self.grid
+            visual.image_size = (image_size, image_size)
+
+    # Image ---------------------------------------------------------------------------------
+    def encode_dense(self, images: torch.Tensor) -> Dense:
+        with self.autocast():
+            if self.is_resnet:
+                tokens, pooled = self._resnet_dense(images)
+            else:
+                tokens, pooled = self._vit_dense(images)
+        return Dense(tokens=tokens.float(), pooled=pooled.float(), grid=self.grid)
+
+    def _vit_dense(self, images: torch.Tensor):
+        visual = self.model.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        x = visual.ln_post(visual.transformer(x))
+        pooled, tokens = visual._global_pool(x)
+        return tokens @ visual.proj, pooled @ visual.proj
+
+    def resnet_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The layer-4 map [B, C, h, w] that the attention pool reads."""
+        visual = self.model.visual
+        x = visual.stem(images.to(visual.conv1.weight.dtype))
+        return visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+
+    def _resnet_dense(self, images: torch.Tensor):
+        """The attention pool's output and its per-location value tokens, in one pass.
+
+        The library's pool runs queries and outputs for all N+1 tokens and keeps token 0; here the
+        only query is the mean token and the values are shared with the dense map, so the dense
+        path costs no more than `encode_image`.
+        """
+        pool = self.model.visual.attnpool
+        feature_map = self.resnet_feature_map(images)
+        x = feature_map.flatten(2).transpose(1, 2)  # [B, N, C]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pool.positional_embedding.to(x.dtype)
+        batch, tokens, width = x.shape
+        heads = pool.num_heads
+
+        def split(t):
+            return t.reshape(batch, t.shape[1], heads, width // heads).transpose(1, 2)
+
+        values = pool.v_proj(x)
+        attended = F.scaled_dot_product_attention(
+            split(pool.q_proj(x[:, :1])), split(pool.k_proj(x)), split(values)
+        )
+        pooled = pool.c_proj(attended.transpose(1, 2).reshape(batch, width))
+        # Every location through the value and output projections only (METHODS §1).
+        return pool.c_proj(values[:, 1:]), pooled
+
+    # Text ----------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text_tower.token_embedding(ids.to(self.device))
+
+    def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        from open_clip.transformer import text_global_pool
+
+        tower = self.text_tower
+        length = ids.shape[1]
+        if length > self.context_length:
+            raise BackboneError(f"prompts of {length} tokens exceed the context length {self.context_length}")
+        with self.autocast():
+            cast = tower.transformer.get_cast_dtype()
+            x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+            mask = tower.attn_mask
+            mask = mask[:length, :length] if mask is not None else None
+            if getattr(tower, "use_pad_mask", False):
+                pad = tower._build_additive_mask(ids, length, x.dtype)
+                mask = pad if mask is None else mask.unsqueeze(0) + pad
+            x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+            pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
+            eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
+            x = text_global_pool(x, ids, pool_type=pool_type, eos_token_id=eos)
+            projection = tower.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return x.float()

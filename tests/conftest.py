@@ -1,0 +1,29 @@
+import logging
+
+import pytest
+import torch
+
+from clipml.backbones import load_backbone
+
+TINY_SPECS = {
+    "open_clip_vit": "open_clip:clipml-tiny-vit",
+    "open_clip_vit_customtext": "open_clip:clipml-tiny-vit-customtext",
+    "open_clip_rn": "open_clip:clipml-tiny-rn",
+    "hf_vit": "hf:clipml-tiny-hf",
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_open_clip():
+    logging.getLogger().setLevel(logging.ERROR)
+    yield
+
+
+def tiny_backbone(family: str, image_size=None, seed: int = 0):
+    torch.manual_seed(seed)
+    return load_backbone(TINY_SPECS[family], image_size=image_size, allow_random=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones():
+    return {family: tiny_backbone(family) for family in TINY_SPECS}
