@@ -81,8 +81,9 @@ def partial_asl(
 
     Per entry, with ``p = sigmoid(logit)`` and the shifted probability ``p_m = max(p - clip, 0)``:
     ``-[y (1-p)^gamma_pos log p + (1-y) p_m^gamma_neg log(1-p_m)]``. The focusing weights
-    ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` carry no gradient (as in the reference code,
-    which computes them under ``torch.set_grad_enabled(False)``). A soft target y uses the
+    ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` carry no gradient (METHODS.md; DualCoOp's copy
+    of ASL computes them under ``torch.set_grad_enabled(False)``, while the ASL repository's
+    ``AsymmetricLoss`` has those lines commented out). A soft target y uses the
     same formula, each term with its own weight. As in the reference, the log-probabilities
     are floored at ``log(eps)`` (``eps=0``: no floor); they are computed with log-sigmoid, so
     the floor is the only approximation.
