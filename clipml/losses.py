@@ -1,0 +1,164 @@
+"""Partial-label losses: only known label entries contribute (METHODS.md §5).
+
+Every loss takes ``logits [B, C]``, ``targets [B, C]`` float in [0, 1] (soft targets allowed)
+and ``known [B, C]`` bool. Unknown entries are replaced by harmless values *before* any
+arithmetic and dropped again with ``torch.where``, so their logits and targets (whatever they
+are, ±inf or NaN included) change neither the loss nor any gradient, and get a gradient of
+exactly 0 themselves.
+
+Reductions: ``"mean"`` divides the summed loss by the number of known entries (a batch with no
+known entry gives 0, with the graph intact); ``"sum"`` is what the ASL and DualCoOp reference
+code return (``-loss.sum()`` over the known entries). The published DualCoOp learning rate
+(SGD 0.002) was tuned for the sum, so a faithful DualCoOp config uses ``reduction="sum"``.
+"""
+import functools
+import inspect
+import math
+from typing import Any, Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+from clipml.errors import ConfigError
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _check(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> None:
+    """Shapes must agree and ``known`` must be a mask: a wrong call should fail, not mislearn."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, C]; got shape {tuple(logits.shape)}")
+    if targets.shape != logits.shape or known.shape != logits.shape:
+        raise ValueError(
+            f"logits, targets and known must have the same shape; got {tuple(logits.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(known.shape)}"
+        )
+    if known.dtype != torch.bool:
+        raise ValueError(f"known must be a bool tensor; got {known.dtype}")
+    bad = known & ~((targets >= 0) & (targets <= 1))
+    if bool(bad.any()):
+        value = targets[bad][0].item()
+        raise ValueError(f"known targets must lie in [0, 1]; found {value}")
+
+
+def _reduce(per_entry: torch.Tensor, known: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Sum of known entries, or its mean over the number of known entries (0 when none)."""
+    total = torch.where(known, per_entry, torch.zeros_like(per_entry)).sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / known.sum().clamp(min=1)
+    raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+
+
+def _safe(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor):
+    """Logits 0 and targets 0 at unknown entries, so no inf/NaN can reach the arithmetic."""
+    zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
+    return torch.where(known, logits, zero), torch.where(known, targets.to(logits.dtype), zero)
+
+
+def partial_bce(
+    logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Binary cross-entropy with logits over the known entries (mean over known by default)."""
+    _check(logits, targets, known)
+    x, y = _safe(logits, targets, known)
+    per_entry = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    return _reduce(per_entry, known, reduction)
+
+
+def partial_asl(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    known: torch.Tensor,
+    gamma_pos: float = 1.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Asymmetric loss (Ridnik et al. 2021) over the known entries.
+
+    Per entry, with ``p = sigmoid(logit)`` and the shifted probability ``p_m = max(p - clip, 0)``:
+    ``-[y (1-p)^gamma_pos log p + (1-y) p_m^gamma_neg log(1-p_m)]``. The focusing weights
+    ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` carry no gradient (METHODS.md; DualCoOp's copy
+    of ASL computes them under ``torch.set_grad_enabled(False)``, while the ASL repository's
+    ``AsymmetricLoss`` has those lines commented out). A soft target y uses the
+    same formula, each term with its own weight. As in the reference, the log-probabilities
+    are floored at ``log(eps)`` (``eps=0``: no floor); they are computed with log-sigmoid, so
+    the floor is the only approximation.
+    """
+    _check(logits, targets, known)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if not 0 <= clip < 1:
+        raise ValueError(f"clip must be in [0, 1); got {clip}")
+    x, y = _safe(logits, targets, known)
+    log_p = F.logsigmoid(x)
+    if clip > 0:
+        # 1 - p_m = min(1 - p + clip, 1) >= clip, so the log is finite.
+        log_not_pm = torch.log((torch.sigmoid(-x) + clip).clamp(max=1))
+    else:
+        log_not_pm = F.logsigmoid(-x)
+    if eps > 0:
+        floor = math.log(eps)
+        log_p, log_not_pm = log_p.clamp(min=floor), log_not_pm.clamp(min=floor)
+    with torch.no_grad():
+        p = torch.sigmoid(x)
+        w_pos = (1 - p).pow(gamma_pos)
+        w_neg = (p - clip).clamp(min=0).pow(gamma_neg)
+    per_entry = -(y * w_pos * log_p + (1 - y) * w_neg * log_not_pm)
+    return _reduce(per_entry, known, reduction)
+
+
+def dual_asl(
+    pos_logits: torch.Tensor,
+    neg_logits: torch.Tensor,
+    targets: torch.Tensor,
+    known: torch.Tensor,
+    **asl_kwargs: Any,
+) -> torch.Tensor:
+    """DualCoOp's loss: ASL on the 2-way softmax of the negative and positive scores per class.
+
+    DualCoOp stacks ``(S-, S+)`` as logits ``[B, 2, C]``, takes ``softmax(dim=1)`` and uses
+    channel 1 as p and channel 0 as 1 - p. That softmax's positive probability is exactly
+    ``sigmoid(S+ - S-)``, so this is ``partial_asl`` on the logit ``S+ - S-`` (computed
+    stably, without forming the softmax). DualCoOp's own settings: gamma_pos=1, gamma_neg=2,
+    clip=0.05, reduction="sum" (its code eps is 1e-6).
+    """
+    if pos_logits.shape != neg_logits.shape:
+        raise ValueError(
+            f"pos_logits and neg_logits must have the same shape; got "
+            f"{tuple(pos_logits.shape)} and {tuple(neg_logits.shape)}"
+        )
+    zero = torch.zeros((), dtype=pos_logits.dtype, device=pos_logits.device)
+    # Mask first: inf - inf at an unknown entry would otherwise be NaN in the difference.
+    margin = torch.where(known, pos_logits, zero) - torch.where(known, neg_logits, zero)
+    return partial_asl(margin, targets, known, **asl_kwargs)
+
+
+LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
+    "bce": partial_bce,
+    "asl": partial_asl,
+    "dual_asl": dual_asl,
+}
+
+
+def build_loss(name: str, **kwargs: Any) -> Callable[..., torch.Tensor]:
+    """The loss called ``name`` with its keyword settings bound (e.g. from a config section).
+
+    Settings are checked here, not at the first training step: an unknown name or keyword
+    raises ``ConfigError`` naming it.
+    """
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    fn = LOSSES[name]
+    accepted = set(inspect.signature(partial_asl if name == "dual_asl" else fn).parameters)
+    accepted -= {"logits", "targets", "known"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"loss {name!r} does not take {unknown}; it takes {sorted(accepted)}")
+    reduction = kwargs.get("reduction", "mean")
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"loss reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    return functools.partial(fn, **kwargs)
