@@ -1,0 +1,88 @@
+"""From a dense feature map to per-class scores: the semantic decoupler (METHODS §3) and the
+DualCoOp / zero-shot spatial aggregations (METHODS §4)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SemanticDecoupler(nn.Module):
+    """Semantic-guided spatial attention: one visual feature per class, in the joint space.
+
+        e_cj = P tanh(U z_j ⊙ V x_c) + b,  a_c = softmax_j(e_c),  f_c = Σ_j a_cj z_j
+    """
+
+    def __init__(self, embed_dim: int, guide_dim: int, hidden_dim: int = 512, class_chunk: int = 16) -> None:
+        super().__init__()
+        self.U = nn.Linear(embed_dim, hidden_dim, bias=False)
+        self.V = nn.Linear(guide_dim, hidden_dim, bias=False)
+        self.P = nn.Linear(hidden_dim, 1)
+        # The tanh term is [B, C, N, d]; classes are processed in chunks to bound its memory.
+        self.class_chunk = class_chunk
+
+    def forward(self, dense: torch.Tensor, guidance: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """dense [B, N, D], guidance [C, G] -> features [B, C, D], attention [B, C, N]."""
+        u = self.U(dense)  # [B, N, d]
+        w = self.V(guidance)  # [C, d]
+        scores = []
+        for start in range(0, w.shape[0], self.class_chunk):
+            chunk = w[start : start + self.class_chunk]
+            hidden = torch.tanh(u.unsqueeze(1) * chunk[None, :, None, :])  # [B, c, N, d]
+            scores.append(self.P(hidden).squeeze(-1))
+        attention = torch.cat(scores, dim=1).softmax(dim=-1)
+        return torch.einsum("bcn,bnd->bcd", attention, dense), attention
+
+
+class CosineHead(nn.Module):
+    """s_c = τ · cos(f_c, t_c): each class scored only against its own text feature."""
+
+    def __init__(self, temperature: float = 100.0, learnable: bool = False) -> None:
+        super().__init__()
+        log_tau = torch.tensor(float(temperature)).log()
+        if learnable:
+            self.log_temperature = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_temperature", log_tau, persistent=False)
+
+    def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """features [B, C, D] (per class) or [B, D] (global), text [C, D] -> logits [B, C]."""
+        text = F.normalize(text, dim=-1)
+        features = F.normalize(features, dim=-1)
+        if features.dim() == 2:
+            cosine = features @ text.T
+        else:
+            cosine = (features * text.unsqueeze(0)).sum(dim=-1)
+        return self.log_temperature.exp() * cosine
+
+
+def spatial_cosine(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """cos(z_j, t_c) for all locations and classes: [B, C, N]."""
+    return torch.einsum("bnd,cd->bcn", F.normalize(dense, dim=-1), F.normalize(text, dim=-1))
+
+
+def dualcoop_aggregate(
+    dense: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+    scale: float = 20.0, spatial_scale: float = 5.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DualCoOp's class-specific region aggregation; returns logits S+ − S− and attention.
+
+    a_cj = softmax_j(scale·cos(z_j, t+_c)), S±_c = spatial_scale Σ_j a_cj · scale·cos(z_j, t±_c).
+    """
+    pos = scale * spatial_cosine(dense, positive)
+    neg = scale * spatial_cosine(dense, negative)
+    attention = pos.softmax(dim=-1)
+    pos_score = spatial_scale * (attention * pos).sum(dim=-1)
+    neg_score = spatial_scale * (attention * neg).sum(dim=-1)
+    return pos_score - neg_score, attention
+
+
+def dense_pool_scores(dense: torch.Tensor, text: torch.Tensor, temperature: float = 100.0,
+                      pool_scale: float = 20.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot dense scoring: per-class softmax-weighted pooling of location cosines."""
+    cosine = spatial_cosine(dense, text)
+    attention = (pool_scale * cosine).softmax(dim=-1)
+    return temperature * (attention * cosine).sum(dim=-1), attention

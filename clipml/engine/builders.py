@@ -1,0 +1,60 @@
+"""From an ExperimentConfig to the objects a run needs: device, backbone, splits, sources, model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Tuple
+
+import torch
+
+from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.data import carve_validation, import_mask, load_split, partial_split
+from clipml.data.base import MultiLabelSplit
+from clipml.data.transforms import eval_transform, train_transform
+from clipml.engine.features import ImageFeatureSource
+from clipml.errors import ConfigError
+from clipml.experiment import ExperimentConfig
+
+logger = logging.getLogger(__name__)
+
+
+def select_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available")
+    return name
+
+
+def build_backbone(cfg: ExperimentConfig) -> FrozenCLIP:
+    return load_backbone(cfg.backbone.spec, cfg.backbone.image_size, select_device(cfg.device),
+                         cfg.backbone.precision)
+
+
+def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:
+    """(train, validation, test): the training split gets the partial-label mask, then a seeded
+    validation part is carved from it. The test split is never used for model selection."""
+    data = cfg.data
+    train = load_split(data.dataset, data.root, data.train_split, **data.options)
+    test = load_split(data.dataset, data.root, data.test_split, **data.options)
+    if data.mask_file:
+        train = import_mask(data.mask_file, train)
+    elif data.known_ratio < 1.0:
+        train = partial_split(train, data.known_ratio, data.mask_seed, data.mask_dir)
+    train, val = carve_validation(train, data.val_fraction, seed=data.mask_seed)
+    logger.info("%s: %d train, %d val, %d test images; %.1f%% of training labels known",
+                data.dataset, len(train), len(val), len(test), 100 * train.known.mean())
+    return train, val, test
+
+
+def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,
+                  val: MultiLabelSplit, test: MultiLabelSplit):
+    data = cfg.data
+    size, mean, std = backbone.image_size, backbone.mean, backbone.std
+    plain = eval_transform(size, mean, std)
+    augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment)
+    return (
+        ImageFeatureSource(train, backbone, augment, data.batch_size, data.workers, shuffle=True),
+        ImageFeatureSource(val, backbone, plain, data.eval_batch_size, data.workers),
+        ImageFeatureSource(test, backbone, plain, data.eval_batch_size, data.workers),
+    )

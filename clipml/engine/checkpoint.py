@@ -1,0 +1,151 @@
+"""Prompt checkpoints (small, self-describing, safetensors + JSON metadata, tensors keyed by
+class name) and the trainer's resume state. Nothing is unpickled from either."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import clipml
+from clipml.errors import CheckpointError
+from clipml.model import MultiLabelCLIP
+from clipml.prompts import ContextPrompts
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_PREFIX = {"prompts": "prompts.ctx", "prompts.positive": "prompts.positive.ctx",
+                  "prompts.negative": "prompts.negative.ctx"}
+IDENTITY_KEYS = ("library", "model", "weights", "embed_dim")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so an interruption never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _context_learners(model: MultiLabelCLIP) -> Dict[str, ContextPrompts]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, ContextPrompts)}
+
+
+def model_tensors(model: MultiLabelCLIP) -> Dict[str, torch.Tensor]:
+    """Every trainable tensor, contexts keyed by class name (`prompts.ctx/<class>`)."""
+    tensors: Dict[str, torch.Tensor] = {}
+    learners = _context_learners(model)
+    for module_name, learner in learners.items():
+        for classname, ctx in learner.named_contexts().items():
+            key = CONTEXT_PREFIX[module_name] + (f"/{classname}" if classname else "")
+            tensors[key] = ctx
+    context_params = {f"{name}.ctx" for name in learners}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and name not in context_params:
+            tensors[name] = parameter.detach()
+    return {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+
+
+def save_prompt_checkpoint(path: Union[str, Path], model: MultiLabelCLIP, config: dict,
+                           metrics: Optional[dict] = None) -> Path:
+    path = Path(path)
+    metadata = {
+        "clipml_version": clipml.__version__,
+        "method": model.config.method,
+        "classes": model.classnames,
+        "backbone": model.backbone.identity,
+        "config": config,
+        "metrics": metrics or {},
+    }
+    tensors = model_tensors(model)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"clipml": json.dumps(metadata)}))
+    return path
+
+
+def read_prompt_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a prompt checkpoint; a missing or foreign file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("clipml")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from None
+    if raw is None:
+        raise CheckpointError(f"{path} has no clipml metadata: it is not a clipml prompt checkpoint")
+    return tensors, json.loads(raw)
+
+
+def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> None:
+    """Refuse a checkpoint learned on another backbone, naming what differs."""
+    saved = metadata["backbone"]
+    differences = [f"{key}: checkpoint {saved.get(key)!r}, model {identity.get(key)!r}"
+                   for key in IDENTITY_KEYS if saved.get(key) != identity.get(key)]
+    if differences:
+        raise CheckpointError(f"{path} was learned on another backbone ({'; '.join(differences)})")
+    if saved.get("image_size") != identity.get("image_size"):
+        logger.warning("%s was learned at %s px, used at %s px", path, saved.get("image_size"), identity.get("image_size"))
+
+
+def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata: dict,
+              path: Union[str, Path] = "checkpoint") -> Sequence[str]:
+    """Load checkpoint tensors into `model`, matching contexts by class name.
+
+    Returns the classes of the model that had no learned context (they get the mean learned
+    context, a shared prompt, and a logged notice): the model's class list may differ from the
+    checkpoint's, which is how prompts transfer to a new label set.
+    """
+    check_backbone(metadata, model.backbone.identity, path)
+    if metadata["method"] != model.config.method:
+        raise CheckpointError(f"{path} holds a {metadata['method']!r} model, not {model.config.method!r}")
+    missing_classes: list = []
+    for module_name, learner in _context_learners(model).items():
+        prefix = CONTEXT_PREFIX[module_name]
+        contexts = {key[len(prefix):].lstrip("/"): value for key, value in tensors.items()
+                    if key == prefix or key.startswith(prefix + "/")}
+        shape = tuple(learner.ctx.shape[-2:])
+        for name, value in contexts.items():
+            if tuple(value.shape) != shape:
+                raise CheckpointError(
+                    f"{path}: context of {name or 'all classes'!r} has shape {tuple(value.shape)}, "
+                    f"the model expects {shape} (another context length or text width)"
+                )
+        missing_classes = learner.load_named_contexts({k: v.to(learner.ctx.device) for k, v in contexts.items()})
+    parameters = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("prompts."):
+            continue
+        if key not in parameters:
+            raise CheckpointError(f"{path}: tensor {key!r} has no place in this {model.config.method} model")
+        if parameters[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(parameters[key].shape)}"
+            )
+        with torch.no_grad():
+            parameters[key].copy_(value)
+    if missing_classes:
+        logger.warning("%d classes have no learned context in %s and use the mean context: %s",
+                       len(missing_classes), path, ", ".join(missing_classes))
+    return missing_classes
+
+
+def save_training_state(path: Union[str, Path], state: dict) -> None:
+    """The trainer's resume state: tensors, numbers and strings only (read with weights_only)."""
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: Union[str, Path]) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read training state {path}: {error}") from None

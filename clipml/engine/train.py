@@ -1,0 +1,222 @@
+"""The training loop: partial-label loss on the trainable parts, validation each epoch, best
+checkpoint by validation mAP, a final test evaluation, and exact resume from the last epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+
+from clipml.config import config_from_dict, config_to_dict, save_config
+from clipml.data import readable_names
+from clipml.engine.builders import build_backbone, build_sources, build_splits
+from clipml.engine.checkpoint import (
+    load_into,
+    load_training_state,
+    model_tensors,
+    read_prompt_checkpoint,
+    save_prompt_checkpoint,
+    save_training_state,
+)
+from clipml.engine.evaluate import evaluate
+from clipml.errors import ConfigError
+from clipml.experiment import ExperimentConfig, OptimConfig
+from clipml.losses import build_loss
+from clipml.model import ModelConfig, MultiLabelCLIP
+
+logger = logging.getLogger(__name__)
+Progress = Optional[Callable[[Iterable, str], Iterable]]
+
+BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
+SUMMARY_KEYS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
+
+
+def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; scalars (temperatures, blend weights) get no
+    weight decay."""
+    decay, no_decay = [], []
+    for parameter in model.trainable_parameters():
+        (no_decay if parameter.dim() == 0 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
+    return {key: round(100 * float(metrics[key]), 3) for key in SUMMARY_KEYS if key in metrics}
+
+
+def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
+    """A run folder belongs to one config: resuming with another would mix two experiments."""
+    saved = run / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        if yaml.safe_load(saved.read_text()) != config_to_dict(cfg):
+            raise ConfigError(
+                f"{run} holds a run with another config; choose another output_dir or pass resume=False"
+            )
+
+
+def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None) -> Dict[str, object]:
+    """Run one experiment end to end; returns the summary that is also written to the run folder."""
+    run = Path(cfg.run_dir())
+    if resume:
+        _check_resumable(run, cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    started = time.time()
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    backbone = build_backbone(cfg)
+    train_split, val_split, test_split = build_splits(cfg)
+    classnames = readable_names(train_split)
+    train_source, val_source, test_source = build_sources(cfg, backbone, train_split, val_split, test_split)
+    torch.manual_seed(cfg.seed)
+    model = MultiLabelCLIP(backbone, classnames, cfg.model)
+    config_dict = config_to_dict(cfg)
+
+    zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(cfg.model, method="zero_shot"))
+    zero_shot_test = _headline(evaluate(zero_shot, test_source, progress))
+    logger.info("zero-shot test mAP %.2f", zero_shot_test["mAP"])
+    history = []
+    best = {"epoch": -1, "val": {"mAP": -1.0}}
+
+    if model.trainable_parameters():
+        history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress)
+        tensors, metadata = read_prompt_checkpoint(run / BEST)
+        load_into(model, tensors, metadata, run / BEST)
+    else:
+        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress))}
+
+    test = _headline(evaluate(model, test_source, progress))
+    summary = {
+        "name": cfg.name,
+        "method": cfg.model.method,
+        "dataset": cfg.data.dataset,
+        "known_ratio": cfg.data.known_ratio,
+        "backbone": backbone.identity,
+        "best_epoch": best["epoch"],
+        "val": best["val"],
+        "test": test,
+        "zero_shot_test": zero_shot_test,
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "seconds": round(time.time() - started, 1),
+    }
+    if model.trainable_parameters():
+        save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test})
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run / "summary.md").write_text(_markdown(summary))
+    return summary
+
+
+def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress):
+    optim = cfg.optim
+    optimizer = build_optimizer(optim, model)
+    steps_per_epoch = len(train_source)
+    scheduler = cosine_with_warmup(optimizer, int(round(optim.warmup_epochs * steps_per_epoch)),
+                                   optim.epochs * steps_per_epoch)
+    loss_settings = {"reduction": cfg.loss.reduction}
+    if cfg.loss.name == "asl":
+        loss_settings.update(gamma_pos=cfg.loss.gamma_pos, gamma_neg=cfg.loss.gamma_neg, clip=cfg.loss.clip)
+    loss_fn = build_loss(cfg.loss.name, **loss_settings)
+
+    start_epoch, history, best = 0, [], {"epoch": -1, "val": {"mAP": -1.0}}
+    if resume and (run / STATE).is_file():
+        state = load_training_state(run / STATE)
+        load_into(model, state["model"], json.loads(state["metadata"]), run / STATE)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
+        logger.info("resuming %s after epoch %d", run, state["epoch"])
+
+    log = open(run / LOG, "a")
+    try:
+        for epoch in range(start_epoch, optim.epochs):
+            model.train()
+            losses = []
+            batches = train_source.batches(seed=cfg.seed * 100_003 + epoch)
+            if progress is not None:
+                batches = progress(batches, f"epoch {epoch + 1}/{optim.epochs}")
+            for dense, labels, _ in batches:
+                output = model.forward_dense(dense)
+                loss = loss_fn(output.logits, (labels == 1).float(), labels != -1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss))
+            val = _headline(evaluate(model, val_source, progress))
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], "val": val}
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            logger.info("epoch %d loss %.4f val mAP %.2f", epoch + 1, record["loss"], val["mAP"])
+            if val["mAP"] > best["val"]["mAP"]:
+                best = {"epoch": epoch, "val": val}
+                save_prompt_checkpoint(run / BEST, model, config_dict, {"val": val, "epoch": epoch})
+            save_prompt_checkpoint(run / LAST, model, config_dict, {"val": val, "epoch": epoch})
+            save_training_state(run / STATE, {
+                "epoch": epoch,
+                "model": model_tensors(model),
+                "metadata": json.dumps({"method": model.config.method, "backbone": model.backbone.identity}),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": json.dumps(history),
+                "best": json.dumps(best),
+            })
+    finally:
+        log.close()
+    return history, best
+
+
+def _markdown(summary: Dict[str, object]) -> str:
+    rows = ["| split | " + " | ".join(SUMMARY_KEYS) + " |", "|---|" + "---|" * len(SUMMARY_KEYS)]
+    for label, key in (("validation (best epoch)", "val"), ("test", "test"), ("test, zero-shot", "zero_shot_test")):
+        values = summary[key]
+        rows.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.2f}" for k in SUMMARY_KEYS) + " |")
+    return (
+        f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
+        f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
+        f"{summary['backbone']['model']} ({summary['backbone']['weights']}), "
+        f"{summary['trainable_parameters']} trainable parameters, best epoch {summary['best_epoch'] + 1}, "
+        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
+    """A model from a prompt checkpoint; `classnames` may differ (prompts transfer by class name)."""
+    from clipml.backbones import load_backbone
+
+    tensors, metadata = read_prompt_checkpoint(checkpoint)
+    cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device, cfg.backbone.precision)
+    model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
+    load_into(model, tensors, metadata, checkpoint)
+    return model
+
+
+__all__ = ["train", "load_model", "build_optimizer", "cosine_with_warmup", "ModelConfig"]

@@ -1,0 +1,132 @@
+"""MultiLabelCLIP: a frozen backbone, a prompt learner and a per-class scoring head, wired
+according to a method name. Methods are configurations, not separate model classes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import List, Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipml.backbones import Dense, FrozenCLIP
+from clipml.decoupler import CosineHead, SemanticDecoupler, dense_pool_scores, dualcoop_aggregate
+from clipml.errors import ConfigError
+from clipml.prompts import DEFAULT_TEMPLATE, ContextPrompts, DualPrompts, HandcraftedPrompts, handcrafted_text_features
+
+Method = Literal["zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp"]
+
+# method -> (prompt learner, scoring head)
+METHODS = {
+    "zero_shot": ("handcrafted", "global"),
+    "coop": ("shared", "global"),
+    "csc_global": ("class_specific", "global"),
+    "dualcoop": ("dual", "dualcoop"),
+    "sdm_csp": ("class_specific", "decoupler"),
+}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    method: Method = "sdm_csp"
+    n_ctx: int = 16
+    ctx_init: Optional[str] = None  # e.g. "a photo of a": the last context slots start from these words
+    ctx_std: float = 0.02
+    templates: List[str] = dataclasses.field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    # Decoupler guidance: "handcrafted" (frozen CLIP text of the templates), "learned" (the learned
+    # prompt's feature, detached) or a path to a .npy of word vectors [C, G] in class order.
+    guidance: str = "handcrafted"
+    decoupler_dim: int = 512
+    temperature: float = 100.0
+    learn_temperature: bool = False
+    zero_shot_scoring: Literal["global", "dense"] = "global"
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor  # [B, C]
+    text: torch.Tensor  # [C, D] (the positive prompts for DualCoOp)
+    features: Optional[torch.Tensor] = None  # [B, C, D] per-class visual features (decoupler)
+    attention: Optional[torch.Tensor] = None  # [B, C, N] spatial attention, rows sum to 1
+
+
+class MultiLabelCLIP(nn.Module):
+    """Per-class logits from images (or from their dense features, e.g. read from a cache)."""
+
+    def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], config: ModelConfig) -> None:
+        super().__init__()
+        if config.method not in METHODS:
+            raise ConfigError(f"model.method must be one of {sorted(METHODS)}, got {config.method!r}")
+        self.backbone = backbone
+        self.classnames = list(classnames)
+        self.config = config
+        prompt_kind, self.head_kind = METHODS[config.method]
+        if prompt_kind == "handcrafted":
+            self.prompts = HandcraftedPrompts(backbone, classnames, config.templates)
+        elif prompt_kind == "dual":
+            self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
+        else:
+            self.prompts = ContextPrompts(
+                backbone, classnames, config.n_ctx, prompt_kind == "class_specific", config.ctx_init, config.ctx_std
+            )
+        self.head = CosineHead(config.temperature, config.learn_temperature)
+        if self.head_kind == "decoupler":
+            guidance = self._fixed_guidance()
+            guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]
+            if guidance is not None:
+                self.register_buffer("guidance", guidance, persistent=False)
+            self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim)
+        self.to(backbone.device)
+
+    def _fixed_guidance(self) -> Optional[torch.Tensor]:
+        source = self.config.guidance
+        if source == "learned":
+            return None
+        if source == "handcrafted":
+            return handcrafted_text_features(self.backbone, self.classnames, self.config.templates)
+        path = Path(source)
+        if path.suffix != ".npy" or not path.is_file():
+            raise ConfigError(
+                f"model.guidance must be 'handcrafted', 'learned' or an existing .npy file, got {source!r}"
+            )
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.ndim != 2 or vectors.shape[0] != len(self.classnames):
+            raise ConfigError(
+                f"{path}: expected word vectors of shape [{len(self.classnames)} classes, dim], found {vectors.shape}"
+            )
+        return torch.as_tensor(vectors, dtype=torch.float32)
+
+    def text_features(self):
+        """Text features of the current prompts: [C, D], or (positive, negative) for DualCoOp."""
+        return self.prompts()
+
+    def encode(self, images: torch.Tensor) -> Dense:
+        with torch.no_grad():
+            return self.backbone.encode_dense(images)
+
+    def forward(self, images: torch.Tensor, text=None) -> Output:
+        return self.forward_dense(self.encode(images), text)
+
+    def forward_dense(self, dense: Dense, text=None) -> Output:
+        """Scores from dense features; `text` (from `text_features()`) can be passed to reuse it."""
+        if text is None:
+            text = self.text_features()
+        if self.head_kind == "dualcoop":
+            positive, negative = text
+            logits, attention = dualcoop_aggregate(dense.tokens, positive, negative)
+            return Output(logits=logits, text=positive, attention=attention)
+        if self.head_kind == "decoupler":
+            guidance = getattr(self, "guidance", None)
+            if guidance is None:
+                guidance = text.detach()
+            features, attention = self.decoupler(dense.tokens, guidance)
+            return Output(self.head(features, text), text, features, attention)
+        if self.config.method == "zero_shot" and self.config.zero_shot_scoring == "dense":
+            logits, attention = dense_pool_scores(dense.tokens, text, float(self.head.log_temperature.exp()))
+            return Output(logits=logits, text=text, attention=attention)
+        return Output(logits=self.head(dense.pooled, text), text=text)
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

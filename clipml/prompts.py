@@ -1,0 +1,146 @@
+"""Prompt learners: hand-crafted templates, shared context (CoOp), class-specific context (CSC)
+and dual positive/negative context (DualCoOp). Each returns one text feature per class."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipml.backbones import FrozenCLIP
+from clipml.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def handcrafted_text_features(
+    backbone: FrozenCLIP, classnames: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)
+) -> torch.Tensor:
+    """Normalised text features [C, D]; several templates are averaged (normalised) and renormalised."""
+    for template in templates:
+        if "{}" not in template:
+            raise ConfigError(f"prompt template {template!r} has no '{{}}' placeholder for the class name")
+    with torch.no_grad():
+        features = [
+            F.normalize(backbone.encode_text([t.format(name) for name in classnames]), dim=-1)
+            for t in templates
+        ]
+    return F.normalize(torch.stack(features).mean(dim=0), dim=-1)
+
+
+class HandcraftedPrompts(nn.Module):
+    """Zero-shot prompts: features computed once from templates, nothing to learn."""
+
+    def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], templates: Sequence[str]) -> None:
+        super().__init__()
+        self.classnames = list(classnames)
+        self.register_buffer("features", handcrafted_text_features(backbone, classnames, templates), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.features
+
+
+class ContextPrompts(nn.Module):
+    """Learnable context vectors in front of each class name: `[SOS] v_1..v_M <class> . [EOS]`.
+
+    `class_specific=False` shares one context among classes (CoOp); `True` gives every class its
+    own (CSC). With `init` words (e.g. "a photo of a") the last context slots start from those
+    words' embeddings and the rest from N(0, std).
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenCLIP,
+        classnames: Sequence[str],
+        n_ctx: int = 16,
+        class_specific: bool = True,
+        init: Optional[str] = None,
+        std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if n_ctx < 1:
+            raise ConfigError(f"model.n_ctx must be at least 1, got {n_ctx}")
+        # A frozen tower is a fixed function: keep it out of this module's parameters and state.
+        object.__setattr__(self, "backbone", backbone)
+        self.classnames = list(classnames)
+        self.n_ctx = n_ctx
+        self.class_specific = class_specific
+
+        placeholder = " ".join(["X"] * n_ctx)
+        ids = backbone.tokenize([f"{placeholder} {name}." for name in self.classnames])
+        # The causal mask makes the end-token feature independent of later positions: cut there.
+        length = int(ids.argmax(dim=-1).max()) + 1
+        ids = ids[:, :length].to(backbone.device)
+        with torch.no_grad():
+            embedding = backbone.token_embedding(ids)
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("prefix", embedding[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embedding[:, 1 + n_ctx :].clone(), persistent=False)
+
+        width = embedding.shape[-1]
+        shape = (len(self.classnames), n_ctx, width) if class_specific else (n_ctx, width)
+        ctx = torch.empty(shape, device=embedding.device).normal_(0.0, std)
+        if init:
+            words = backbone.tokenize([init]).to(backbone.device)
+            count = int(words.argmax(dim=-1)) - 1
+            if count > n_ctx:
+                raise ConfigError(f"model.ctx_init {init!r} has {count} tokens, more than model.n_ctx={n_ctx}")
+            with torch.no_grad():
+                ctx[..., n_ctx - count :, :] = backbone.token_embedding(words)[0, 1 : 1 + count]
+        self.ctx = nn.Parameter(ctx)
+
+    def context(self) -> torch.Tensor:
+        """Context vectors of every class, [C, M, W]."""
+        if self.class_specific:
+            return self.ctx
+        return self.ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
+
+    def forward(self) -> torch.Tensor:
+        embeddings = torch.cat([self.prefix, self.context().to(self.prefix.dtype), self.suffix], dim=1)
+        return self.backbone.encode_embeddings(embeddings, self.ids)
+
+    # Checkpoints: contexts keyed by class name, so they transfer to another class list.
+    def named_contexts(self) -> Dict[str, torch.Tensor]:
+        if not self.class_specific:
+            return {"": self.ctx.detach()}
+        return {name: self.ctx[i].detach() for i, name in enumerate(self.classnames)}
+
+    def load_named_contexts(self, contexts: Dict[str, torch.Tensor]) -> List[str]:
+        """Copy learned contexts in by class name; returns the classes that had none.
+
+        Classes without a learned context get the mean of the learned ones (a shared context).
+        """
+        with torch.no_grad():
+            if not self.class_specific:
+                shared = contexts.get("")
+                if shared is None:
+                    shared = torch.stack(list(contexts.values())).mean(dim=0)
+                self.ctx.copy_(shared)
+                return []
+            if "" in contexts:
+                fallback = contexts[""]
+            else:
+                fallback = torch.stack(list(contexts.values())).mean(dim=0)
+            missing = [name for name in self.classnames if name not in contexts]
+            for i, name in enumerate(self.classnames):
+                self.ctx[i].copy_(contexts.get(name, fallback))
+        return missing
+
+
+class DualPrompts(nn.Module):
+    """DualCoOp: a positive and a negative class-specific context per class."""
+
+    def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], n_ctx: int = 16,
+                 init: Optional[str] = None, std: float = 0.02) -> None:
+        super().__init__()
+        self.classnames = list(classnames)
+        self.positive = ContextPrompts(backbone, classnames, n_ctx, True, init, std)
+        self.negative = ContextPrompts(backbone, classnames, n_ctx, True, init, std)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.positive(), self.negative()
