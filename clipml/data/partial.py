@@ -176,7 +176,7 @@ def import_mask(
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
         raise DataError(
-            f"mask file {path} row {row + 1}, column {col + 1} holds {raw[row, col]!r}; "
+            f"mask file {path} row {row + 1}, column {col + 1} holds {raw[row, col].item()!r}; "
             f"convention {convention!r} allows only {sorted(codes)}"
         )
     labels = np.full(raw.shape, UNKNOWN, dtype=np.int8)
