@@ -7,7 +7,8 @@ Ties: images with equal scores form one threshold, as in scikit-learn, so the re
 not depend on the order of tied images. The non-interpolated AP equals
 `sklearn.metrics.average_precision_score` exactly, ties included; the interpolated AP
 (VOC 2010+ all-point) applies the precision envelope to the same tie-grouped curve.
-Everything is column-wise numpy: one sort per class column, no loop over images.
+Everything is numpy: one sort of each class column, then per class a binary search of its
+positives' scores (no loop over images); precision is needed only at the positives' thresholds.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def _inputs(scores, labels):
     bad = ~np.isin(labels, (1, 0, -1))
     if bad.any():
         raise DataError(f"labels must be 1, 0 or -1 (ignore), found {np.unique(labels[bad])[:5].tolist()}")
-    return scores.astype(np.float64, copy=False), labels.astype(np.int8, copy=False)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    return scores, labels.astype(np.int8, copy=False)
 
 
 def average_precision(scores, labels, interpolated: bool = True) -> np.ndarray:
@@ -48,29 +51,25 @@ def average_precision(scores, labels, interpolated: bool = True) -> np.ndarray:
     step, equal to scikit-learn's `average_precision_score`.
     """
     scores, labels = _inputs(scores, labels)
-    s, y = np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T)  # [C, N]
-    order = np.argsort(-s, axis=1, kind="stable")
-    s = np.take_along_axis(s, order, axis=1)
-    y = np.take_along_axis(y, order, axis=1)
-    pos = y == 1
-    tp = np.cumsum(pos, axis=1)
-    fp = np.cumsum(y == 0, axis=1)
-    precision = tp / np.maximum(tp + fp, 1)
-    # The last image of each run of equal scores is where the curve has a point.
-    is_last = np.ones_like(pos)
-    is_last[:, :-1] = s[:, 1:] != s[:, :-1]
+    s = np.ascontiguousarray(scores.T)  # [C, N]
+    y = np.ascontiguousarray(labels.T)
+    # One sort per class column; ignored entries sink below every real score.
+    ranked = np.sort(np.where(y == -1, -np.inf, s), axis=1)
     n = s.shape[1]
-    group_end = np.where(is_last, np.arange(n), n)
-    group_end = np.minimum.accumulate(group_end[:, ::-1], axis=1)[:, ::-1]
-    if interpolated:
-        precision = np.where(is_last, precision, 0.0)
-        precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-    # Each positive adds 1/P of recall at its group's point, weighted by that point's precision.
-    gained = np.take_along_axis(precision, group_end, axis=1)
-    num_pos = pos.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(pos, gained, 0.0).sum(axis=1) / num_pos
-    return np.where(num_pos > 0, ap, np.nan)
+    ap = np.full(s.shape[0], np.nan)
+    for c in range(s.shape[0]):  # per class: searches over its positives only
+        positives = np.sort(s[c, y[c] == 1])
+        if positives.size == 0:
+            continue
+        # At the threshold of each positive (ties = one threshold): how many positives,
+        # and how many known images, score at least as high.
+        tp = positives.size - np.searchsorted(positives, positives, side="left")
+        retrieved = n - np.searchsorted(ranked[c], positives, side="left")
+        precision = tp / retrieved
+        if interpolated:  # envelope: best precision at this recall or any higher one
+            precision = np.maximum.accumulate(precision)
+        ap[c] = precision.mean()
+    return ap
 
 
 def mean_average_precision(scores, labels, interpolated: bool = True) -> float:
@@ -124,9 +123,13 @@ def topk_metrics(scores, labels, k: int = 3, threshold: Optional[float] = None) 
     scores, labels = _inputs(scores, labels)
     if not 1 <= k <= scores.shape[1]:
         raise DataError(f"k must be between 1 and the number of classes ({scores.shape[1]}), got {k}")
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     predicted = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(predicted, top, True, axis=1)
+    remaining = scores.copy()
+    rows = np.arange(scores.shape[0])
+    for _ in range(k):  # argmax takes the first of tied maxima: the lower class index
+        best = remaining.argmax(axis=1)
+        predicted[rows, best] = True
+        remaining[rows, best] = -np.inf
     if threshold is not None:
         predicted &= scores >= threshold
     return _f1_family(predicted, labels)

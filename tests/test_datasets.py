@@ -32,7 +32,6 @@ from data_fixtures import (
     make_vg,
     make_voc,
     voc_xml,
-    write_jpeg,
 )
 
 

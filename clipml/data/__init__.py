@@ -31,12 +31,13 @@ __all__ = [
     "simulate_known", "partial_split", "import_mask", "save_mask", "load_mask", "mask_path",
     "carve_validation",
     "class_names", "official_names", "readable_names", "templates", "vocabulary",
-    "eval_transform", "train_transform", "ImageLabelDataset", "make_loader",
+    "eval_transform", "train_transform", "Normalize255", "ImageLabelDataset", "make_loader",
 ]
 
 _LAZY = {
     "eval_transform": "clipml.data.transforms",
     "train_transform": "clipml.data.transforms",
+    "Normalize255": "clipml.data.transforms",
     "ImageLabelDataset": "clipml.data.loader",
     "make_loader": "clipml.data.loader",
 }
