@@ -1,0 +1,96 @@
+"""Small file helpers shared by the dataset loaders: reading lists, checking images exist."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from clipml.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+MISSING_POLICIES = ("error", "skip")
+
+
+def read_text(path: Path, what: str) -> str:
+    """The whole file as text; a missing or non-UTF-8 file is a DataError naming `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{what} {path} is not UTF-8 text: {error}") from None
+
+
+def read_lines(path: Path, what: str) -> List[str]:
+    """Non-empty, stripped lines of a text file (any line ending)."""
+    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+
+
+def check_unique(names: Sequence[str], where: str, what: str = "image") -> None:
+    """A repeated image or class name is an error: it would silently double-count in metrics."""
+    seen = set()
+    for number, name in enumerate(names, start=1):
+        if name in seen:
+            raise DataError(f"{where}: duplicate {what} '{name}' (entry {number})")
+        seen.add(name)
+
+
+def resolve_missing(
+    root: Optional[Path],
+    items: List[str],
+    labels: np.ndarray,
+    *,
+    check_images: bool,
+    on_missing_image: str,
+    where: str,
+) -> Tuple[List[str], np.ndarray, List[str]]:
+    """Check that every image file exists (cheap stat loop) and apply the missing-image policy.
+
+    Returns the kept items and labels and the list of skipped items (empty unless
+    `on_missing_image="skip"`).
+    """
+    if on_missing_image not in MISSING_POLICIES:
+        raise ConfigError(
+            f"on_missing_image must be one of {MISSING_POLICIES}, got {on_missing_image!r}"
+        )
+    if not check_images or root is None:
+        return items, labels, []
+    root_str = str(root)
+    exists = np.fromiter(
+        (os.path.isfile(os.path.join(root_str, item)) for item in items), dtype=bool, count=len(items)
+    )
+    if exists.all():
+        return items, labels, []
+    missing = [items[i] for i in np.flatnonzero(~exists)]
+    if on_missing_image == "error":
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{where}: {len(missing)} of {len(items)} image files not found under {root} "
+            f"(first: {shown}); pass on_missing_image='skip' to leave them out"
+        )
+    logger.warning(
+        "%s: skipped %d of %d images whose files are missing under %s (first: %s)",
+        where, len(missing), len(items), root, missing[:5],
+    )
+    kept = [item for item, ok in zip(items, exists) if ok]
+    return kept, labels[exists], missing
+
+
+def positive_matrix(rows: Iterable[Iterable[int]], num_images: int, num_classes: int) -> np.ndarray:
+    """An int8 [N, C] matrix with 1 at the given (image, class) positions, 0 elsewhere."""
+    labels = np.zeros((num_images, num_classes), dtype=np.int8)
+    for i, classes in enumerate(rows):
+        labels[i, list(classes)] = 1
+    return labels
+
+
+def finish_split(split, skipped: List[str]):
+    """Record which images a loader skipped (`split.skipped_images`) so callers can report it."""
+    split.skipped_images = list(skipped)
+    return split

@@ -1,0 +1,54 @@
+"""Torch Dataset and DataLoader over a MultiLabelSplit."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipml.data.base import MultiLabelSplit
+
+
+class ImageLabelDataset(Dataset):
+    """Items `(image_tensor, labels int8 [C], index)`; images come from `split.open_image`,
+    so in-memory splits work, and a missing or corrupt file raises a DataError naming it."""
+
+    def __init__(self, split: MultiLabelSplit, transform: Callable) -> None:
+        self.split = split
+        self.transform = transform
+        self.labels = torch.from_numpy(split.labels.copy())
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        return self.transform(self.split.open_image(index)), self.labels[index], index
+
+
+def make_loader(
+    split: MultiLabelSplit,
+    transform: Callable,
+    batch_size: int = 32,
+    *,
+    shuffle: bool = False,
+    workers: int = 2,
+    pin_memory: Optional[bool] = None,
+    drop_last: bool = False,
+    seed: Optional[int] = None,
+) -> DataLoader:
+    """A DataLoader over `split`; `seed` fixes the shuffle order, pin_memory defaults to CUDA availability.
+
+    Use drop_last=False for evaluation: every test image must be scored.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(
+        ImageLabelDataset(split, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )

@@ -1,0 +1,147 @@
+"""The user's own data as a manifest file (JSONL or CSV), one image per record.
+
+JSONL: one object per line,
+    {"image": "rel/path.jpg", "positive": ["cat", "dog"], "negative": ["car"], "unknown": ["bus"]}
+("negative" and "unknown" optional). CSV: header `image,positive,negative,unknown` (the last
+two columns optional), class names separated by `;` inside a field.
+
+Classes come from the `classes` file (one name per line, in class order) or, if not given,
+`classes.txt` next to the manifest. Classes not listed for an image get `unlisted`
+("negative", default, or "unknown"). Image paths are relative to `image_root` (default: the
+manifest's folder). Which file is which split is the caller's choice: `load_split("manifest",
+path_to_file, ...)`, or a folder holding `<split>.jsonl` or `<split>.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from clipml.data._files import check_unique, finish_split, read_lines, read_text, resolve_missing
+from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
+from clipml.errors import ConfigError, DataError
+
+FIELDS = ("positive", "negative", "unknown")
+CODES = {"positive": POSITIVE, "negative": NEGATIVE, "unknown": UNKNOWN}
+UNLISTED = {"negative": NEGATIVE, "unknown": UNKNOWN}
+
+
+def find_manifest(root: Path, split: str) -> Path:
+    """`root` itself if it is a file, else the one `<split>.jsonl` / `<split>.csv` inside it."""
+    if root.is_file():
+        return root
+    candidates = [root / f"{split}.jsonl", root / f"{split}.csv"]
+    found = [path for path in candidates if path.is_file()]
+    if len(found) != 1:
+        state = "both exist" if found else "neither exists"
+        raise DataError(f"manifest for split {split!r}: expected exactly one of {candidates[0]} or {candidates[1]}, {state}")
+    return found[0]
+
+
+def _jsonl_records(path: Path) -> List[tuple]:
+    records = []
+    for number, line in enumerate(read_text(path, "manifest").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} line {number}: not valid JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, found {type(record).__name__}")
+        extra = set(record) - {"image", *FIELDS}
+        if extra:
+            raise DataError(f"{path} line {number}: unexpected keys {sorted(extra)}; allowed: image, {', '.join(FIELDS)}")
+        fields = {}
+        for field in FIELDS:
+            value = record.get(field, [])
+            if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+                raise DataError(f"{path} line {number}: '{field}' must be a list of class names, found {value!r}")
+            fields[field] = [name.strip() for name in value]
+        records.append((number, record.get("image"), fields))
+    return records
+
+
+def _csv_records(path: Path) -> List[tuple]:
+    reader = csv.reader(io.StringIO(read_text(path, "manifest"), newline=""))
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise DataError(f"{path}: empty CSV manifest, expected a header image,positive,negative,unknown") from None
+    if not header or header[0] != "image" or not set(header[1:]) <= set(FIELDS) or len(set(header)) != len(header):
+        raise DataError(f"{path} line 1: header {header} must be 'image' followed by any of {', '.join(FIELDS)}")
+    records = []
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path} line {number}: {len(row)} fields, expected {len(header)} ({','.join(header)})")
+        cells = dict(zip(header, row))
+        fields = {
+            field: [name.strip() for name in cells.get(field, "").split(";") if name.strip()] for field in FIELDS
+        }
+        records.append((number, cells["image"].strip(), fields))
+    return records
+
+
+def load_manifest(
+    root: Union[str, Path],
+    split: str = "train",
+    *,
+    classes: Optional[Union[str, Path, Sequence[str]]] = None,
+    unlisted: str = "negative",
+    image_root: Optional[Union[str, Path]] = None,
+    name: Optional[str] = None,
+    check_images: bool = True,
+    on_missing_image: str = "error",
+) -> MultiLabelSplit:
+    """Load a manifest split. The dataset identity is `name` (default: the manifest folder's name)."""
+    if unlisted not in UNLISTED:
+        raise ConfigError(f"manifest: unlisted must be one of {sorted(UNLISTED)}, got {unlisted!r}")
+    path = find_manifest(Path(root), split)
+    if path.suffix.lower() == ".jsonl":
+        records = _jsonl_records(path)
+    elif path.suffix.lower() == ".csv":
+        records = _csv_records(path)
+    else:
+        raise DataError(f"manifest {path}: unknown format '{path.suffix}', expected .jsonl or .csv")
+
+    if classes is None or isinstance(classes, (str, Path)):
+        classes_path = Path(classes) if classes is not None else path.parent / "classes.txt"
+        class_names = read_lines(classes_path, "manifest classes file")
+        where_classes = str(classes_path)
+    else:
+        class_names, where_classes = [str(c) for c in classes], "the classes option"
+    check_unique(class_names, where_classes, "class name")
+    column: Dict[str, int] = {c: i for i, c in enumerate(class_names)}
+
+    items: List[str] = []
+    labels = np.full((len(records), len(class_names)), UNLISTED[unlisted], dtype=np.int8)
+    for i, (number, image, fields) in enumerate(records):
+        if not isinstance(image, str) or not image.strip():
+            raise DataError(f"{path} line {number}: missing or empty 'image'")
+        seen: Dict[str, str] = {}
+        for field in FIELDS:
+            for cls in fields[field]:
+                if cls not in column:
+                    raise DataError(f"{path} line {number}: unknown class '{cls}' in '{field}' (not in {where_classes})")
+                if cls in seen:
+                    raise DataError(f"{path} line {number}: class '{cls}' listed in both '{seen[cls]}' and '{field}'")
+                seen[cls] = field
+                labels[i, column[cls]] = CODES[field]
+        items.append(image.strip())
+    check_unique(items, str(path), "image")
+
+    image_root = Path(image_root) if image_root is not None else path.parent
+    dataset = name or path.parent.resolve().name or "manifest"
+    items, labels, skipped = resolve_missing(
+        image_root, items, labels, check_images=check_images, on_missing_image=on_missing_image,
+        where=f"manifest {path}",
+    )
+    return finish_split(MultiLabelSplit(dataset, split, class_names, items, labels, image_root), skipped)

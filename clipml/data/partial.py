@@ -1,0 +1,204 @@
+"""Partial-label masks: the reference simulation protocol, mask files, and imported masks.
+
+Protocol (METHODS §8, as in the SST/SARB/DSRB code): one uniform draw per (image, class)
+entry from `numpy.random.RandomState(seed)`, in row-major order over the full [N, C] matrix;
+the entry stays known if its draw is < p. Positives and negatives are dropped alike, and the
+known sets are nested across p for one seed. With seed 0 this reproduces the reference code's
+`np.random.seed(0); np.random.random(labels.shape) < p` exactly, given the same image and class
+order. Only training splits should be masked; evaluation keeps full labels.
+
+A mask file (`.npz`, no pickles) holds the known matrix with the dataset identity, split, p,
+seed and the split's fingerprint; loading it into a split whose fingerprint differs (other
+images, other order, other classes) is an error, never a silent mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
+from clipml.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "uniform-draw-v1"
+CONVENTIONS = {
+    # external code -> clipml code
+    "pm1": {1: POSITIVE, -1: NEGATIVE, 0: UNKNOWN},  # SST/SARB/DSRB: 1 pos, -1 neg, 0 unknown
+    "clipml": {1: POSITIVE, 0: NEGATIVE, -1: UNKNOWN},
+}
+
+
+def _check_p(p: float) -> float:
+    p = float(p)
+    if not 0.0 < p <= 1.0:
+        raise ConfigError(f"known-label proportion p must be in (0, 1], got {p}")
+    return p
+
+
+def simulate_known(labels: np.ndarray, p: float, seed: int) -> np.ndarray:
+    """Boolean [N, C]: which entries the reference protocol keeps known at proportion `p`."""
+    p = _check_p(p)
+    draws = np.random.RandomState(seed).random_sample(np.shape(labels))
+    return draws < p
+
+
+def mask_path(mask_dir: Union[str, Path], split: MultiLabelSplit, p: float, seed: int) -> Path:
+    """Where the mask for (dataset, split, p, seed) lives inside `mask_dir`."""
+    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)  # noqa: E731
+    return Path(mask_dir) / f"{safe(split.dataset)}_{safe(split.split)}_p{_check_p(p):g}_seed{int(seed)}.npz"
+
+
+def save_mask(path: Union[str, Path], known: np.ndarray, split: MultiLabelSplit, p: float, seed: int) -> Path:
+    """Write a mask file for `split` (atomically, so concurrent runs never read half a file)."""
+    known = np.asarray(known, dtype=bool)
+    if known.shape != split.labels.shape:
+        raise DataError(f"mask shape {known.shape} does not match {split.dataset}/{split.split} {split.labels.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        known=np.packbits(known, axis=None),
+        shape=np.asarray(known.shape, dtype=np.int64),
+        dataset=np.asarray(split.dataset),
+        split=np.asarray(split.split),
+        p=np.asarray(float(p)),
+        seed=np.asarray(int(seed)),
+        fingerprint=np.asarray(split.fingerprint()),
+        protocol=np.asarray(PROTOCOL),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_mask(
+    path: Union[str, Path], split: MultiLabelSplit, p: Optional[float] = None, seed: Optional[int] = None
+) -> np.ndarray:
+    """Read a mask file and check it belongs to `split` (and to `p`, `seed` when given)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = {key: data[key] for key in data.files}
+        shape = tuple(int(n) for n in meta["shape"])
+        known = np.unpackbits(meta["known"], count=int(np.prod(shape))).astype(bool).reshape(shape)
+        stored = {key: meta[key].item() for key in ("dataset", "split", "p", "seed", "fingerprint")}
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {path}") from None
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise DataError(f"mask file {path} is not a clipml mask file or is corrupt: {error}") from None
+    if stored["fingerprint"] != split.fingerprint() or shape != split.labels.shape:
+        raise DataError(
+            f"mask file {path} was made for {stored['dataset']}/{stored['split']} "
+            f"({shape[0]} images x {shape[1]} classes, fingerprint {stored['fingerprint']}); "
+            f"this split is {split.dataset}/{split.split} ({len(split)} x {split.num_classes}, "
+            f"fingerprint {split.fingerprint()}): different images, image order or classes"
+        )
+    if p is not None and not np.isclose(stored["p"], p, rtol=0, atol=1e-9):
+        raise DataError(f"mask file {path} holds p={stored['p']}, expected p={p}")
+    if seed is not None and int(stored["seed"]) != int(seed):
+        raise DataError(f"mask file {path} holds seed={stored['seed']}, expected seed={seed}")
+    return known
+
+
+def _apply(split: MultiLabelSplit, known: np.ndarray, source: str) -> MultiLabelSplit:
+    keep = known & split.known
+    labels = np.where(keep, split.labels, UNKNOWN).astype(np.int8)
+    logger.info(
+        "%s/%s: %s keeps %.4f of the labelled entries known (%d of %d)",
+        split.dataset, split.split, source, keep.sum() / max(split.known.sum(), 1), keep.sum(), split.known.sum(),
+    )
+    return split.with_labels(labels)
+
+
+def partial_split(
+    split: MultiLabelSplit, p: float, seed: int = 0, mask_dir: Optional[Union[str, Path]] = None
+) -> MultiLabelSplit:
+    """`split` with the reference protocol's unknowns set to -1.
+
+    With `mask_dir`, the mask is read from its file if present (and checked against the
+    split), else simulated and written, so every run and method sees the same labels.
+    Entries already unknown in `split` stay unknown.
+    """
+    p = _check_p(p)
+    if mask_dir is None:
+        return _apply(split, simulate_known(split.labels, p, seed), f"p={p:g} seed={seed}")
+    path = mask_path(mask_dir, split, p, seed)
+    if path.exists():
+        known = load_mask(path, split, p, seed)
+        source = f"mask {path}"
+    else:
+        known = simulate_known(split.labels, p, seed)
+        save_mask(path, known, split, p, seed)
+        source = f"new mask {path}"
+    return _apply(split, known, source)
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"mask file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    except ValueError as error:
+        raise DataError(f"mask file {path} is not a numeric label matrix: {error}") from None
+
+
+def import_mask(
+    path: Union[str, Path], split: MultiLabelSplit, convention: str = "pm1", check_labels: bool = True
+) -> MultiLabelSplit:
+    """`split` with the labels of an externally produced partial-label matrix.
+
+    `path` is a `.npy` or text (`.txt`, whitespace-separated; `.csv`) matrix, one row per image
+    of `split` in its order. `convention="pm1"` reads the SST/SARB/DSRB code's convention (1
+    positive, -1 negative, 0 unknown; note: 0 is *not* negative there); `"clipml"` reads 1/0/-1.
+    With `check_labels`, every known entry must agree with the split's full labels, which
+    catches a different image or class order and a different difficult-object rule.
+    """
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"mask convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
+    path = Path(path)
+    raw = _read_matrix(path)
+    if raw.shape != split.labels.shape:
+        raise DataError(
+            f"mask file {path} has shape {raw.shape}, expected {split.labels.shape} "
+            f"({split.dataset}/{split.split}: {len(split)} images x {split.num_classes} classes)"
+        )
+    codes = CONVENTIONS[convention]
+    valid = np.isin(raw, list(codes))
+    if not valid.all():
+        row, col = np.argwhere(~valid)[0]
+        raise DataError(
+            f"mask file {path} row {row + 1}, column {col + 1} holds {raw[row, col].item()!r}; "
+            f"convention {convention!r} allows only {sorted(codes)}"
+        )
+    labels = np.full(raw.shape, UNKNOWN, dtype=np.int8)
+    for external, code in codes.items():
+        labels[raw == external] = code
+    if check_labels:
+        wrong = (labels != UNKNOWN) & (labels != split.labels)
+        if wrong.any():
+            row, col = np.argwhere(wrong)[0]
+            raise DataError(
+                f"mask file {path} does not match {split.dataset}/{split.split}: {int(wrong.sum())} known entries "
+                f"disagree with the full labels (first: row {row + 1} '{split.items[row]}', class "
+                f"'{split.classes[col]}': file says {labels[row, col]}, split says {split.labels[row, col]}; "
+                f"codes 1/0/-1). Check the image and class order, the convention, and for VOC the difficult rule"
+            )
+    return _imported(split, labels, path)
+
+
+def _imported(split: MultiLabelSplit, labels: np.ndarray, path: Path) -> MultiLabelSplit:
+    known = labels != UNKNOWN
+    logger.info(
+        "%s/%s: imported mask %s keeps %.4f of the entries known (%d of %d)",
+        split.dataset, split.split, path, known.mean(), known.sum(), known.size,
+    )
+    return split.with_labels(labels)

@@ -1,0 +1,55 @@
+"""Dataset registry: one name -> one loader, so configs name datasets by string."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Callable, Dict, List, Union
+
+from clipml.data.base import MultiLabelSplit
+from clipml.data.coco import load_coco2014
+from clipml.data.manifest import load_manifest
+from clipml.data.nuswide import load_nuswide
+from clipml.data.vg import load_vg200
+from clipml.data.voc import load_voc2007
+from clipml.errors import ConfigError
+
+Loader = Callable[..., MultiLabelSplit]
+_LOADERS: Dict[str, Loader] = {}
+
+
+def register_dataset(name: str, fn: Loader, *, overwrite: bool = False) -> None:
+    """Register `fn(root, split, **options) -> MultiLabelSplit` under `name`."""
+    if not name or not isinstance(name, str):
+        raise ConfigError(f"dataset name must be a non-empty string, got {name!r}")
+    if name in _LOADERS and not overwrite and _LOADERS[name] is not fn:
+        raise ConfigError(f"dataset {name!r} is already registered (pass overwrite=True to replace it)")
+    _LOADERS[name] = fn
+
+
+def available_datasets() -> List[str]:
+    return sorted(_LOADERS)
+
+
+def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> MultiLabelSplit:
+    """Load split `split` of dataset `name` from `root`; options go to that dataset's loader."""
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown dataset {name!r}; registered: {', '.join(available_datasets())}")
+    fn = _LOADERS[name]
+    parameters = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        accepted = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"dataset {name!r}: unknown options {unknown}; accepted: {', '.join(accepted)}")
+    return fn(root, split, **options)
+
+
+for _name, _fn in (
+    ("coco2014", load_coco2014),
+    ("voc2007", load_voc2007),
+    ("vg200", load_vg200),
+    ("nuswide", load_nuswide),
+    ("manifest", load_manifest),
+):
+    register_dataset(_name, _fn)

@@ -1,0 +1,85 @@
+"""Class vocabularies and prompt templates shipped as package data (`clipml/assets/prompts/`).
+
+A vocabulary file lists a dataset's classes in the dataset's order, each as its official name
+or `official: readable`; the readable names are what CLIP reads.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import List, Tuple
+
+import yaml
+
+from clipml.data.base import MultiLabelSplit
+from clipml.errors import ConfigError, DataError
+
+
+def _asset(name: str):
+    return resources.files("clipml").joinpath("assets", "prompts", name)
+
+
+def available_vocabularies() -> List[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _asset("").iterdir() if p.name.endswith(".yaml"))
+
+
+def vocabulary(dataset: str) -> List[Tuple[str, str]]:
+    """(official name, readable name) per class, in the dataset's class order."""
+    asset = _asset(f"{dataset}.yaml")
+    if not asset.is_file():
+        raise ConfigError(
+            f"no shipped class vocabulary for {dataset!r} (have: {', '.join(available_vocabularies())}); "
+            "its class names come from the dataset's own class file"
+        )
+    entries = yaml.safe_load(asset.read_text(encoding="utf-8"))["classes"]
+    pairs = []
+    for entry in entries:
+        if isinstance(entry, dict) and len(entry) == 1:
+            official, readable = next(iter(entry.items()))
+        else:
+            official = readable = entry
+        pairs.append((str(official), str(readable)))
+    return pairs
+
+
+def class_names(dataset: str) -> List[str]:
+    """Readable class names of a shipped vocabulary, in the dataset's order."""
+    return [readable for _, readable in vocabulary(dataset)]
+
+
+def official_names(dataset: str) -> List[str]:
+    return [official for official, _ in vocabulary(dataset)]
+
+
+def readable_names(split: MultiLabelSplit) -> List[str]:
+    """Names to prompt CLIP with for `split`'s classes.
+
+    Datasets with a shipped vocabulary must list exactly its official names, in order (a
+    different order would silently attach names to the wrong columns); other datasets use
+    their own class names with underscores turned into spaces.
+    """
+    if split.dataset not in available_vocabularies():
+        return [name.replace("_", " ") for name in split.classes]
+    pairs = vocabulary(split.dataset)
+    if [official for official, _ in pairs] != list(split.classes):
+        mismatch = next(
+            (i for i, (a, b) in enumerate(zip(pairs, split.classes)) if a[0] != b), min(len(pairs), len(split.classes))
+        )
+        raise DataError(
+            f"{split.dataset}/{split.split}: classes do not match the shipped vocabulary "
+            f"({len(split.classes)} vs {len(pairs)} classes, first difference at index {mismatch})"
+        )
+    return [readable for _, readable in pairs]
+
+
+def templates(name: str = "default") -> List[str]:
+    """Prompt templates with one `{}` placeholder: `default` (an ensemble) or `single`."""
+    asset = _asset("templates.txt" if name == "default" else f"templates_{name}.txt")
+    if not asset.is_file():
+        raise ConfigError(f"no prompt template set named {name!r}")
+    lines = [line.strip() for line in asset.read_text(encoding="utf-8").splitlines()]
+    found = [line for line in lines if line and not line.startswith("#")]
+    bad = [line for line in found if line.count("{}") != 1]
+    if bad:
+        raise DataError(f"template set {name!r}: templates need exactly one '{{}}', found {bad}")
+    return found

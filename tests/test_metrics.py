@@ -1,0 +1,153 @@
+"""Metrics against scikit-learn, brute-force loops and hand-computed cases."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from clipml.errors import DataError
+from clipml.metrics import (
+    PROPORTIONS,
+    average_precision,
+    evaluate_scores,
+    mean_average_precision,
+    sweep_average,
+    threshold_metrics,
+    topk_metrics,
+)
+
+
+def random_case(n=300, c=12, seed=0, decimals=None, ignore=0.0):
+    rng = np.random.RandomState(seed)
+    scores = rng.random_sample((n, c))
+    if decimals is not None:
+        scores = np.round(scores, decimals)  # many ties
+    labels = (rng.random_sample((n, c)) < 0.25).astype(np.int8)
+    labels[:, 0] = 0
+    labels[5, 0] = 1  # a class with a single positive
+    if ignore:
+        labels[rng.random_sample((n, c)) < ignore] = -1
+    return scores, labels
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+def test_noninterpolated_equals_sklearn_including_ties(decimals):
+    scores, labels = random_case(decimals=decimals)
+    ours = average_precision(scores, labels, interpolated=False)
+    for c in range(labels.shape[1]):
+        assert ours[c] == pytest.approx(average_precision_score(labels[:, c], scores[:, c]), abs=1e-12)
+
+
+def test_ignored_entries_are_left_out_of_the_ranking():
+    scores, labels = random_case(decimals=2, ignore=0.2)
+    for interpolated in (False, True):
+        ours = average_precision(scores, labels, interpolated=interpolated)
+        for c in range(labels.shape[1]):
+            keep = labels[:, c] != -1
+            alone = average_precision(scores[keep, c : c + 1], labels[keep, c : c + 1], interpolated=interpolated)
+            assert ours[c] == pytest.approx(alone[0], abs=1e-12)
+            if not interpolated:
+                assert ours[c] == pytest.approx(average_precision_score(labels[keep, c], scores[keep, c]), abs=1e-12)
+
+
+def voc_devkit_ap(scores, labels):
+    """Brute force VOC 2010+ AP: per-rank precision/recall, envelope, area (distinct scores)."""
+    order = np.argsort(-scores)
+    tp = fp = 0
+    recall, precision = [0.0], [0.0]
+    for i in order:
+        tp += labels[i] == 1
+        fp += labels[i] == 0
+        recall.append(tp / (labels == 1).sum())
+        precision.append(tp / (tp + fp))
+    for k in range(len(precision) - 2, -1, -1):
+        precision[k] = max(precision[k], precision[k + 1])
+    return sum((recall[k] - recall[k - 1]) * precision[k] for k in range(1, len(recall)))
+
+
+def test_interpolated_equals_brute_force_envelope():
+    scores, labels = random_case(n=200, c=6, seed=3)
+    ours = average_precision(scores, labels, interpolated=True)
+    for c in range(labels.shape[1]):
+        assert ours[c] == pytest.approx(voc_devkit_ap(scores[:, c], labels[:, c]), abs=1e-12)
+
+
+def test_hand_computed_ap():
+    # ranking P N N P P: precision at the positives 1, 2/4, 3/5
+    scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    labels = np.array([[1], [0], [0], [1], [1]])
+    assert average_precision(scores, labels, interpolated=False)[0] == pytest.approx((1 + 0.5 + 0.6) / 3)
+    assert average_precision(scores, labels, interpolated=True)[0] == pytest.approx((1 + 0.6 + 0.6) / 3)
+    # a tie between a positive and a negative is one threshold: precision 1/2 there
+    scores = np.array([[0.9], [0.9], [0.1]])
+    labels = np.array([[1], [0], [1]])
+    assert average_precision(scores, labels, interpolated=False)[0] == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert average_precision(scores, labels, interpolated=True)[0] == pytest.approx(2 / 3)
+    # the order of tied images does not matter
+    assert average_precision(scores[[1, 0, 2]], labels[[1, 0, 2]])[0] == pytest.approx(2 / 3)
+
+
+def test_classes_without_positive_are_nan_and_skipped_in_map():
+    scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.5, 0.3]])
+    labels = np.array([[1, 0], [0, -1], [0, 0]])
+    ap = average_precision(scores, labels)
+    assert ap[0] == 1.0 and np.isnan(ap[1])
+    assert mean_average_precision(scores, labels) == 1.0
+    with pytest.raises(DataError, match="no class has a positive"):
+        mean_average_precision(scores, np.zeros_like(labels))
+
+
+def test_threshold_metrics_hand_case():
+    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.4], [0.8, 0.3, 0.55], [0.95, 0.9, 0.9]])
+    labels = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 1], [-1, -1, 0]])
+    # predicted (>= 0.5) among valid entries: class0 rows 0,2 (both right); class1 rows 0,1 (1 right);
+    # class2 rows 2,3 (1 right). Row 3's ignored entries count nowhere.
+    m = threshold_metrics(probs, labels)
+    cp, cr = (1 + 0.5 + 0.5) / 3, (2 / 2 + 1 / 1 + 1 / 2) / 3
+    op, orec = 4 / 6, 4 / 5
+    assert m["CP"] == pytest.approx(cp) and m["CR"] == pytest.approx(cr)
+    assert m["CF1"] == pytest.approx(2 * cp * cr / (cp + cr))
+    assert m["OP"] == pytest.approx(op) and m["OR"] == pytest.approx(orec)
+    assert m["OF1"] == pytest.approx(2 * op * orec / (op + orec))
+    with pytest.raises(DataError, match="apply a sigmoid"):
+        threshold_metrics(probs * 4 - 2, labels)
+
+
+def test_topk_metrics_hand_case():
+    scores = np.array([[0.9, 0.6, 0.1, 0.0], [0.2, 0.7, 0.4, 0.3], [0.1, 0.1, 0.1, 0.2]])
+    labels = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 0, -1]])
+    # top-2: row0 {0,1}; row1 {1,2}; row2 {3, 0} (tie 0.1 broken to the lower index; class 3 ignored)
+    m = topk_metrics(scores, labels, k=2)
+    correct = np.array([2, 1, 1, 0])
+    predicted = np.array([2, 2, 1, 0])
+    truth = np.array([2, 1, 1, 1])
+    cp = np.mean(correct / np.maximum(predicted, 1))
+    cr = np.mean(correct / truth)
+    assert m["CP"] == pytest.approx(cp) and m["CR"] == pytest.approx(cr)
+    assert m["OP"] == pytest.approx(4 / 5) and m["OR"] == pytest.approx(4 / 5)
+    # with a threshold, a top-k class must also reach it (reference-code rule)
+    m = topk_metrics(scores, labels, k=2, threshold=0.5)
+    assert m["OP"] == pytest.approx(2 / 3) and m["OR"] == pytest.approx(2 / 5)
+
+
+def test_evaluate_scores_and_torch_input():
+    scores, labels = random_case(n=100, c=5, seed=2)
+    result = evaluate_scores(torch.from_numpy(scores), torch.from_numpy(labels), k=3)
+    assert result["mAP"] == pytest.approx(mean_average_precision(scores, labels))
+    assert len(result["AP"]) == 5
+    assert result["CF1"] == pytest.approx(threshold_metrics(scores, labels)["CF1"])
+    assert result["OF1_top3"] == pytest.approx(topk_metrics(scores, labels, k=3)["OF1"])
+    with pytest.raises(DataError, match="labels must be 1, 0 or -1"):
+        average_precision(scores, labels * 2)
+    with pytest.raises(DataError, match="NaN"):
+        average_precision(np.full((2, 2), np.nan), np.ones((2, 2)))
+
+
+def test_sweep_average():
+    results = {p: 0.5 + p / 10 for p in PROPORTIONS}
+    assert sweep_average(results) == pytest.approx(np.mean(list(results.values())))
+    del results[0.9]
+    with pytest.raises(DataError, match=r"missing \[0.9\]"):
+        sweep_average(results)
+    assert sweep_average(results, expected=None) == pytest.approx(np.mean(list(results.values())))
+    assert sweep_average({0.1 + 0.2: 1.0, 0.1: 0.0}, expected=(0.3, 0.1)) == 0.5
