@@ -1,0 +1,368 @@
+"""A synthetic multi-label world: drawn objects on cluttered backgrounds, rendered on demand.
+
+It stands in for COCO/VOC where no real images can be downloaded: every scene is a pure
+function of (stream, seed, index), its labels are exactly what is visible, and classes
+co-occur through themes (a sea scene tends to hold a boat and a fish) so label-correlation
+methods have structure to find.
+
+Label rule: an object is labelled only if, after every later object has been drawn over it,
+at least `min_visible_fraction` of its own pixels and at least `min_visible_area` of the
+image stay visible, and its pixels differ from what lies beneath by at least `min_contrast`
+(mean L1 over RGB). A placement that would break the rule for the new object or for any
+earlier one is rejected and the object is placed again (new size and position); after
+`placement_tries` rejections the object is left out of the scene, drawn nowhere and not
+labelled.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clipml.data.base import NEGATIVE, POSITIVE, MultiLabelSplit
+from clipml.data.shapes import SHAPE_NAMES, aspect, draw_object
+from clipml.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_CLASSES: List[str] = list(SHAPE_NAMES)
+"""The 24 object classes, in label order."""
+
+THEMES: Dict[str, Tuple[str, ...]] = {
+    "sky": ("sun", "moon", "star", "cloud", "kite", "balloon", "bird", "lightning"),
+    "sea": ("boat", "fish", "bird", "cloud", "sun"),
+    "town": ("house", "tree", "car", "cloud", "bird", "balloon"),
+    "garden": ("flower", "tree", "mushroom", "umbrella", "ball", "bird", "heart"),
+    "desert": ("cactus", "sun", "mountain", "tent", "bird"),
+    "camping": ("tent", "tree", "mountain", "moon", "star"),
+    "home": ("cup", "clock", "key", "heart", "ball", "umbrella", "balloon"),
+}
+"""Scene themes: a scene picks one, then draws most of its objects from it."""
+
+STREAMS: Dict[str, int] = {"pretrain": 0, "train": 1, "val": 2, "test": 3}
+"""Disjoint random streams: scenes of different streams never coincide, whatever the seed."""
+
+CAPTION_TEMPLATES: Tuple[str, ...] = (
+    "a photo of {}.",
+    "a picture of {}.",
+    "an image of {}.",
+    "a drawing of {}.",
+    "a photo with {}.",
+    "a scene with {}.",
+    "{}.",
+)
+
+DEFAULT_SPLIT_SIZES: Dict[str, int] = {"train": 4000, "val": 1000, "test": 2000}
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """How scenes are drawn. Sizes are fractions of the image side unless named in pixels."""
+
+    image_size: int = 64
+    object_count_weights: Tuple[float, ...] = (0.25, 0.3, 0.25, 0.2)  # P(1 object), P(2), ...
+    min_scale: float = 0.3  # geometric mean of an object's box sides, as a fraction of the image
+    max_scale: float = 0.6
+    min_visible_fraction: float = 0.5
+    min_visible_area: float = 0.01
+    min_contrast: float = 60.0
+    theme_probability: float = 0.85
+    noise_std: float = 8.0  # upper end of the per-image Gaussian pixel noise
+    clutter_lines: int = 6  # upper end of the number of random background lines
+    placement_tries: int = 12
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ConfigError(f"synthetic image_size must be at least 16 pixels, got {self.image_size}")
+        if not 0 < self.min_scale <= self.max_scale <= 1:
+            raise ConfigError(
+                f"synthetic scales need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}"
+            )
+        if not self.object_count_weights or min(self.object_count_weights) < 0 or sum(self.object_count_weights) <= 0:
+            raise ConfigError(f"object_count_weights must be non-negative with a positive sum, got {self.object_count_weights}")
+
+
+@dataclasses.dataclass
+class PlacedObject:
+    """One drawn object: where it is, how to redraw it alone, and how much of it shows."""
+
+    name: str
+    left: int
+    top: int
+    width: int
+    height: int
+    seed: int
+    flip: bool
+    drawn_pixels: int
+    visible_pixels: int
+
+    def draw_alone(self) -> np.ndarray:
+        """The object's RGBA pixels in its own box, exactly as the scene drew them."""
+        return draw_object(self.name, self.width, self.height, self.seed, self.flip)
+
+
+@dataclasses.dataclass
+class Scene:
+    """A rendered scene with its labels, caption and the record of what was drawn where."""
+
+    image: Image.Image
+    labels: np.ndarray  # int8 [C]: 1 visible, 0 absent
+    caption: str
+    theme: str
+    objects: List[PlacedObject]
+    owner: np.ndarray  # int16 [S, S]: index into `objects` of the visible object, -1 background
+
+
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def caption_for(names: Sequence[str], template: str) -> str:
+    """A caption listing `names` in the given order: "a photo of a boat, a fish and a cloud."."""
+    phrases = [_article(name) for name in names]
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return template.format(listed)
+
+
+class SceneGenerator:
+    """Renders scene `index` of a seeded stream; any index can be rendered independently."""
+
+    def __init__(self, seed: int, image_size: int = 64, stream: Union[int, str] = 0, **options) -> None:
+        if isinstance(stream, str):
+            if stream not in STREAMS:
+                raise ConfigError(f"unknown synthetic stream {stream!r}; expected one of {sorted(STREAMS)}")
+            stream = STREAMS[stream]
+        if seed < 0 or stream < 0:
+            raise ConfigError(f"synthetic seed and stream must be non-negative, got seed={seed}, stream={stream}")
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.config = SceneConfig(image_size=image_size, **options)
+        self.classes = SYNTHETIC_CLASSES
+        self._class_index = {name: i for i, name in enumerate(self.classes)}
+        self._themes = list(THEMES)
+        counts = np.asarray(self.config.object_count_weights, dtype=np.float64)
+        self._count_probs = counts / counts.sum()
+
+    def render(self, index: int) -> Tuple[Image.Image, np.ndarray, str]:
+        """(image, labels int8 [C], caption) of scene `index`."""
+        scene = self.scene(index)
+        return scene.image, scene.labels, scene.caption
+
+    def scene(self, index: int) -> Scene:
+        """The full record of scene `index` (see `Scene`)."""
+        if index < 0:
+            raise ConfigError(f"scene index must be non-negative, got {index}")
+        rng = np.random.default_rng([self.stream, self.seed, int(index)])
+        size = self.config.image_size
+        canvas = self._background(rng)
+        theme = self._themes[int(rng.integers(len(self._themes)))]
+        names = self._pick_classes(rng, theme)
+        owner = np.full((size, size), -1, dtype=np.int16)
+        objects: List[PlacedObject] = []
+        for name in names:
+            self._place(rng, name, canvas, owner, objects)
+        noise = rng.uniform(0.0, self.config.noise_std)
+        if noise > 0:
+            canvas = canvas.astype(np.float32) + rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
+            canvas = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        labels = np.full(len(self.classes), NEGATIVE, dtype=np.int8)
+        for placed in objects:
+            labels[self._class_index[placed.name]] = POSITIVE
+        order = rng.permutation(len(objects))
+        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+        caption = caption_for([objects[i].name for i in order], template)
+        return Scene(Image.fromarray(canvas, "RGB"), labels, caption, theme, objects, owner)
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        """A muted two-colour gradient with random lines: uint8 [S, S, 3]."""
+        size = self.config.image_size
+        hue = rng.uniform()
+        base = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.05, 0.45), rng.uniform(0.2, 0.75))) * 255
+        other = np.clip(base + rng.uniform(-45, 45, size=3), 0, 255)
+        ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+        ramp = ramp[:, None] if rng.random() < 0.5 else ramp[None, :]
+        weight = np.broadcast_to(ramp, (size, size))[..., None]
+        pixels = (base * (1 - weight) + other * weight).astype(np.uint8)
+        image = Image.fromarray(pixels, "RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(0, self.config.clutter_lines + 1))):
+            points = [tuple(rng.uniform(-0.1, 1.1, size=2) * size) for _ in range(2)]
+            shade = np.clip(base + rng.uniform(-70, 70, size=3), 0, 255).astype(int)
+            draw.line(points, fill=tuple(int(v) for v in shade), width=int(rng.integers(1, 3)))
+        return np.array(image)
+
+    def _pick_classes(self, rng: np.random.Generator, theme: str) -> List[str]:
+        count = 1 + int(rng.choice(len(self._count_probs), p=self._count_probs))
+        chosen: List[str] = []
+        for _ in range(count):
+            pool = THEMES[theme] if rng.random() < self.config.theme_probability else self.classes
+            pool = [name for name in pool if name not in chosen] or [n for n in self.classes if n not in chosen]
+            chosen.append(pool[int(rng.integers(len(pool)))])
+        return chosen
+
+    def _place(
+        self,
+        rng: np.random.Generator,
+        name: str,
+        canvas: np.ndarray,
+        owner: np.ndarray,
+        objects: List[PlacedObject],
+    ) -> None:
+        """Draw `name` where it keeps every labelled object visible, or leave it out (see module doc)."""
+        cfg = self.config
+        size = cfg.image_size
+        min_area = cfg.min_visible_area * size * size
+        new_id = len(objects)
+        for _ in range(cfg.placement_tries):
+            scale = rng.uniform(cfg.min_scale, cfg.max_scale) * size
+            ratio = math.sqrt(aspect(name))
+            width = int(min(size, max(4, round(scale * ratio))))
+            height = int(min(size, max(4, round(scale / ratio))))
+            left = int(rng.integers(0, size - width + 1))
+            top = int(rng.integers(0, size - height + 1))
+            seed = int(rng.integers(2**31))
+            flip = bool(rng.random() < 0.5)
+            rgba = draw_object(name, width, height, seed, flip)
+            mask = rgba[..., 3] > 0
+            drawn = int(mask.sum())
+            if drawn < max(min_area, 1):
+                continue
+            region = canvas[top : top + height, left : left + width]
+            contrast = np.abs(rgba[..., :3][mask].astype(np.int16) - region[mask].astype(np.int16)).sum(1).mean()
+            if contrast < cfg.min_contrast:
+                continue
+            window = owner[top : top + height, left : left + width]
+            covered = np.bincount(window[mask].astype(np.int64) + 1, minlength=new_id + 1)[1:]
+            if any(
+                placed.visible_pixels - covered[k] < max(min_area, cfg.min_visible_fraction * placed.drawn_pixels)
+                for k, placed in enumerate(objects)
+            ):
+                continue
+            for k, placed in enumerate(objects):
+                placed.visible_pixels -= int(covered[k])
+            window[mask] = new_id
+            region[mask] = rgba[..., :3][mask]
+            objects.append(PlacedObject(name, left, top, width, height, seed, flip, drawn, drawn))
+            return
+        logger.debug("left %s out of a scene: no valid placement in %d tries", name, cfg.placement_tries)
+
+
+@dataclasses.dataclass
+class SyntheticSplit(MultiLabelSplit):
+    """A split of the synthetic world; images are rendered in memory from their item names.
+
+    Items are "scene-<split>-<seed>-<index>", so `subset` and reordering keep each item
+    bound to its own scene.
+    """
+
+    seed: int = 0
+    stream: int = STREAMS["train"]
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._generator = SceneGenerator(self.seed, image_size=self.image_size, stream=self.stream)
+
+    def scene_index(self, index: int) -> int:
+        """The scene number that item `index` renders."""
+        item = self.items[index]
+        prefix, _, number = item.rpartition("-")
+        if not prefix.startswith("scene-") or not number.isdigit():
+            raise DataError(f"{self.dataset}/{self.split}: item {item!r} is not a synthetic scene name")
+        return int(number)
+
+    def scene(self, index: int) -> Scene:
+        return self._generator.scene(self.scene_index(index))
+
+    def open_image(self, index: int) -> Image.Image:
+        return self.scene(index).image
+
+    def caption(self, index: int) -> str:
+        return self.scene(index).caption
+
+
+def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0, image_size: int = 64) -> SyntheticSplit:
+    """Scenes 0..num_images-1 of `split`'s stream, with their complete labels.
+
+    Splits draw from disjoint streams, so train, val and test never share a scene.
+    """
+    if split not in STREAMS or split == "pretrain":
+        raise ConfigError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
+    if num_images < 1:
+        raise ConfigError(f"synthetic {split}: num_images must be at least 1, got {num_images}")
+    generator = SceneGenerator(seed, image_size=image_size, stream=split)
+    labels = np.stack([generator.scene(i).labels for i in range(num_images)])
+    items = [f"scene-{split}-{seed}-{i:06d}" for i in range(num_images)]
+    return SyntheticSplit(
+        dataset="synthetic",
+        split=split,
+        classes=list(SYNTHETIC_CLASSES),
+        items=items,
+        labels=labels,
+        root=None,
+        seed=seed,
+        stream=STREAMS[split],
+        image_size=image_size,
+    )
+
+
+def load_synthetic_split(
+    root: Optional[Union[str, Path]],
+    split: str,
+    num_images: Optional[int] = None,
+    seed: int = 0,
+    image_size: int = 64,
+) -> MultiLabelSplit:
+    """Dataset-registry entry point; `root` is unused (scenes are rendered in memory).
+
+    `num_images` defaults to DEFAULT_SPLIT_SIZES[split].
+    """
+    if num_images is None:
+        if split not in DEFAULT_SPLIT_SIZES:
+            raise ConfigError(f"synthetic split must be one of {sorted(DEFAULT_SPLIT_SIZES)}, got {split!r}")
+        num_images = DEFAULT_SPLIT_SIZES[split]
+    return synthetic_split(split, num_images=num_images, seed=seed, image_size=image_size)
+
+
+def write_synthetic_dataset(
+    out_dir: Union[str, Path],
+    num_images: Union[int, Mapping[str, int]] = 200,
+    seed: int = 0,
+    image_size: int = 64,
+    quality: int = 95,
+) -> Path:
+    """Write JPEG folders plus `<split>.jsonl` manifests and `classes.txt` under `out_dir`.
+
+    `num_images` is one count for train/val/test or a {split: count} mapping. Each manifest
+    line is {"image": "images/<split>/<index>.jpg", "positive": [...], "negative": [...]},
+    paths relative to `out_dir`. Returns `out_dir`.
+    """
+    out = Path(out_dir)
+    counts = dict(num_images) if isinstance(num_images, Mapping) else {s: int(num_images) for s in ("train", "val", "test")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("".join(name + "\n" for name in SYNTHETIC_CLASSES))
+    for split, count in counts.items():
+        data = synthetic_split(split, num_images=count, seed=seed, image_size=image_size)
+        folder = out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{split}.jsonl", "w") as manifest:
+            for i in range(len(data)):
+                relative = f"images/{split}/{data.scene_index(i):06d}.jpg"
+                data.open_image(i).save(out / relative, quality=quality)
+                row = data.labels[i]
+                record = {
+                    "image": relative,
+                    "positive": [c for c, v in zip(data.classes, row) if v == POSITIVE],
+                    "negative": [c for c, v in zip(data.classes, row) if v == NEGATIVE],
+                }
+                manifest.write(json.dumps(record) + "\n")
+        logger.info("wrote %d synthetic %s images to %s", count, split, folder)
+    return out
