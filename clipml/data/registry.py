@@ -10,6 +10,7 @@ from clipml.data.base import MultiLabelSplit
 from clipml.data.coco import load_coco2014
 from clipml.data.manifest import load_manifest
 from clipml.data.nuswide import load_nuswide
+from clipml.data.synthetic import load_synthetic_split
 from clipml.data.vg import load_vg200
 from clipml.data.voc import load_voc2007
 from clipml.errors import ConfigError
@@ -45,11 +46,17 @@ def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> M
     return fn(root, split, **options)
 
 
+def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size: int = 64) -> MultiLabelSplit:
+    """The synthetic world (rendered in memory; `root` is unused)."""
+    return load_synthetic_split(root, split, num_images, seed, image_size)
+
+
 for _name, _fn in (
     ("coco2014", load_coco2014),
     ("voc2007", load_voc2007),
     ("vg200", load_vg200),
     ("nuswide", load_nuswide),
     ("manifest", load_manifest),
+    ("synthetic", _load_synthetic),
 ):
     register_dataset(_name, _fn)

@@ -1,0 +1,197 @@
+"""Command-line entry points (also installed as console scripts). Argument parsing and output
+only: the work is done by the library."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+import clipml
+from clipml.errors import ClipmlError
+
+REPO_CONFIGS = Path(clipml.__file__).resolve().parent.parent / "configs"
+DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def _progress(iterable, desc):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _config(path: Optional[str], overrides: List[str]):
+    from clipml.config import load_config
+    from clipml.experiment import ExperimentConfig
+
+    if path is None:
+        if not DEMO_CONFIG.is_file():
+            raise ClipmlError("no --config given and the demo config is not here; pass --config FILE.yaml")
+        path = str(DEMO_CONFIG)
+    return load_config(ExperimentConfig, path, overrides)
+
+
+def _run(main) -> None:
+    """Show user errors as one line, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("root", "open_clip", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main()
+    except ClipmlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _table(rows, headers) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    line = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# train_prompts ---------------------------------------------------------------------------------
+def train_prompts(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Train prompts (and the decoupler) on a frozen CLIP with partial labels.",
+        epilog="Example: train_prompts.py --config configs/coco2014/sdm_csp.yaml data.known_ratio=0.3 optim.lr=0.001",
+    )
+    parser.add_argument("--config", help=f"experiment YAML (default: {DEMO_CONFIG.relative_to(REPO_CONFIGS.parent)})")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a saved state")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=5")
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.engine.train import train
+
+        cfg = _config(args.config, args.overrides)
+        print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
+              f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec})", file=sys.stderr)
+        summary = train(cfg, resume=not args.no_resume, progress=_progress)
+        keys = list(summary["test"])
+        rows = [["test", *[f"{summary['test'][k]:.2f}" for k in keys]],
+                ["test, zero-shot", *[f"{summary['zero_shot_test'].get(k, float('nan')):.2f}" for k in keys]],
+                [f"val (best epoch {summary['best_epoch'] + 1})", *[f"{summary['val'].get(k, float('nan')):.2f}" for k in keys]]]
+        print(_table(rows, ["", *keys]))
+        print(f"\n{summary['trainable_parameters']} trainable parameters, {summary['seconds']} s; "
+              f"prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}")
+
+    _run(main)
+
+
+# zero_shot_eval --------------------------------------------------------------------------------
+def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Evaluate CLIP with hand-crafted prompts (or a learned prompt checkpoint) on a split.")
+    parser.add_argument("--config", help="experiment YAML naming the dataset and backbone (default: the demo)")
+    parser.add_argument("--templates", default="single",
+                        help="template set: 'single' (a photo of a {}.), 'default' (ensemble) or a text file")
+    parser.add_argument("--scoring", choices=["global", "dense"], default="global",
+                        help="global: CLIP's pooled image feature; dense: per-class spatial pooling")
+    parser.add_argument("--checkpoint", help="score with a learned prompt checkpoint instead")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+
+    def main():
+        import dataclasses
+
+        from clipml.data import load_split, readable_names, templates
+        from clipml.engine.builders import build_backbone
+        from clipml.engine.evaluate import evaluate
+        from clipml.engine.features import ImageFeatureSource
+        from clipml.data.transforms import eval_transform
+        from clipml.engine.train import load_model
+        from clipml.model import MultiLabelCLIP
+
+        cfg = _config(args.config, args.overrides)
+        split = load_split(cfg.data.dataset, cfg.data.root, args.split or cfg.data.test_split, **cfg.data.options)
+        classnames = readable_names(split)
+        backbone = build_backbone(cfg)
+        if args.checkpoint:
+            model = load_model(args.checkpoint, classnames, backbone)
+            what = f"prompt checkpoint {args.checkpoint}"
+        else:
+            path = Path(args.templates)
+            chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+                      if path.is_file() else templates(args.templates))
+            model_cfg = dataclasses.replace(cfg.model, method="zero_shot", templates=chosen,
+                                            zero_shot_scoring=args.scoring)
+            model = MultiLabelCLIP(backbone, classnames, model_cfg)
+            what = f"zero-shot, {len(chosen)} template(s), {args.scoring} scoring"
+        source = ImageFeatureSource(split, backbone, eval_transform(backbone.image_size, backbone.mean, backbone.std),
+                                    cfg.data.eval_batch_size, cfg.data.workers)
+        metrics = evaluate(model, source, _progress)
+        rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
+        print(_table(rows, ["class", "AP"]))
+        print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
+              f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+
+    _run(main)
+
+
+# predict ---------------------------------------------------------------------------------------
+def predict(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Per-class probabilities of images from a prompt checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--threshold", type=float, default=0.5, help="labels with probability >= this are listed")
+    parser.add_argument("--output", help="write .csv or .json (default: print)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.data.base import MultiLabelSplit
+        from clipml.data.transforms import eval_transform
+        from clipml.engine.train import load_model
+
+        paths = []
+        for entry in map(Path, args.inputs):
+            if entry.is_dir():
+                paths += sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            elif entry.is_file():
+                paths.append(entry)
+            else:
+                raise ClipmlError(f"input not found: {entry}")
+        if not paths:
+            raise ClipmlError(f"no images found in {', '.join(args.inputs)}")
+        model = load_model(args.checkpoint, device=args.device)
+        backbone = model.backbone
+        split = MultiLabelSplit("images", "predict", model.classnames, [str(p.resolve()) for p in paths],
+                                torch.zeros(len(paths), len(model.classnames), dtype=torch.int8).numpy(), Path("/"))
+        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+        probs = []
+        model.eval()
+        with torch.no_grad():
+            text = model.text_features()
+            for start in range(0, len(split), args.batch_size):
+                images = torch.stack([transform(split.open_image(i))
+                                      for i in range(start, min(start + args.batch_size, len(split)))])
+                logits = model(images.to(backbone.device), text).logits
+                probs.append(torch.sigmoid(logits).cpu())
+        probs = torch.cat(probs).numpy()
+        records = [{"image": str(path), "labels": [c for c, p in zip(model.classnames, row) if p >= args.threshold],
+                    "probabilities": {c: round(float(p), 5) for c, p in zip(model.classnames, row)}}
+                   for path, row in zip(paths, probs)]
+        if args.output and args.output.endswith(".json"):
+            Path(args.output).write_text(json.dumps(records, indent=1))
+        elif args.output:
+            with open(args.output, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["image", "labels", *model.classnames])
+                for record, row in zip(records, probs):
+                    writer.writerow([record["image"], ";".join(record["labels"]), *[f"{p:.5f}" for p in row]])
+        else:
+            for record in records:
+                print(f"{record['image']}: {', '.join(record['labels']) or '(none above threshold)'}")
+        if args.output:
+            print(f"wrote {len(records)} predictions to {args.output}")
+
+    _run(main)
