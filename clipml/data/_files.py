@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,14 +80,6 @@ def resolve_missing(
     )
     kept = [item for item, ok in zip(items, exists) if ok]
     return kept, labels[exists], missing
-
-
-def positive_matrix(rows: Iterable[Iterable[int]], num_images: int, num_classes: int) -> np.ndarray:
-    """An int8 [N, C] matrix with 1 at the given (image, class) positions, 0 elsewhere."""
-    labels = np.zeros((num_images, num_classes), dtype=np.int8)
-    for i, classes in enumerate(rows):
-        labels[i, list(classes)] = 1
-    return labels
 
 
 def finish_split(split, skipped: List[str]):
