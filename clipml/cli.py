@@ -125,7 +125,8 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
                                             zero_shot_scoring=args.scoring)
             model = MultiLabelCLIP(backbone, classnames, model_cfg)
             what = f"zero-shot, {len(chosen)} template(s), {args.scoring} scoring"
-        source = ImageFeatureSource(split, backbone, eval_transform(backbone.image_size, backbone.mean, backbone.std),
+        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+        source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress)
         rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]

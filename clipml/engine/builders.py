@@ -51,8 +51,8 @@ def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabel
                   val: MultiLabelSplit, test: MultiLabelSplit):
     data = cfg.data
     size, mean, std = backbone.image_size, backbone.mean, backbone.std
-    plain = eval_transform(size, mean, std)
-    augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment)
+    plain = eval_transform(size, mean, std, normalize=False)
+    augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment, normalize=False)
     return (
         ImageFeatureSource(train, backbone, augment, data.batch_size, data.workers, shuffle=True),
         ImageFeatureSource(val, backbone, plain, data.eval_batch_size, data.workers),

@@ -10,12 +10,17 @@ import torch
 from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader
+from clipml.data.transforms import Normalize255
 
 Batch = Tuple[Dense, torch.Tensor, torch.Tensor]  # dense features, int8 labels [B, C], indices [B]
 
 
 class ImageFeatureSource:
-    """Decodes, transforms and encodes the images of a split with the frozen image tower."""
+    """Decodes, transforms and encodes the images of a split with the frozen image tower.
+
+    `transform` must return uint8 images (`normalize=False`): workers move a quarter of the
+    bytes and the batch is normalised on the device with the backbone's mean and std.
+    """
 
     def __init__(self, split: MultiLabelSplit, backbone: FrozenCLIP, transform: Callable,
                  batch_size: int, workers: int = 2, shuffle: bool = False) -> None:
@@ -25,6 +30,7 @@ class ImageFeatureSource:
         self.batch_size = batch_size
         self.workers = workers
         self.shuffle = shuffle
+        self.normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
 
     def __len__(self) -> int:
         """Number of batches."""
@@ -39,5 +45,6 @@ class ImageFeatureSource:
                              workers=self.workers, seed=seed)
         for images, labels, index in loader:
             with torch.no_grad():
-                dense = self.backbone.encode_dense(images.to(device, non_blocking=True))
+                images = self.normalize(images.to(device, non_blocking=True))
+                dense = self.backbone.encode_dense(images)
             yield dense, labels.to(device), index

@@ -1,0 +1,172 @@
+"""Prompt learners, the semantic decoupler, heads and MultiLabelCLIP on tiny backbones."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipml.decoupler import CosineHead, SemanticDecoupler, dualcoop_aggregate
+from clipml.errors import ConfigError
+from clipml.model import METHODS, ModelConfig, MultiLabelCLIP
+from clipml.prompts import ContextPrompts
+
+CLASSES = ["cat", "dog", "dining table", "traffic light"]
+
+
+def make_model(backbone, method, **kwargs):
+    torch.manual_seed(0)
+    return MultiLabelCLIP(backbone, CLASSES, ModelConfig(method=method, n_ctx=4, decoupler_dim=16, **kwargs))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trainable_parameter_count_matches_formula(tiny_backbones, method):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, method)
+    width = backbone.token_embedding(torch.zeros(1, 1, dtype=torch.long)).shape[-1]
+    C, M, D, d = len(CLASSES), 4, backbone.embed_dim, 16
+    expected = {
+        "zero_shot": 0,
+        "coop": M * width,
+        "csc_global": C * M * width,
+        "dualcoop": 2 * C * M * width,
+        "sdm_csp": C * M * width + D * d + D * d + d + 1,  # contexts + U + V (guide = D) + P
+    }[method]
+    assert sum(p.numel() for p in model.trainable_parameters()) == expected
+    # Nothing of the backbone is trainable, and the optimizer's parameters are exactly these.
+    assert all(not p.requires_grad for p in backbone.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+def test_class_specific_logit_independent_of_other_contexts(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, "sdm_csp")
+    images = torch.randn(3, 3, backbone.image_size, backbone.image_size)
+    with torch.no_grad():
+        before = model(images).logits
+        model.prompts.ctx[1].add_(torch.randn_like(model.prompts.ctx[1]))
+        after = model(images).logits
+    changed = (after - before).abs().amax(dim=0)
+    assert changed[1] > 1e-4
+    assert torch.all(changed[[0, 2, 3]] == 0)
+
+
+def test_shared_context_changes_every_class(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, "coop")
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    with torch.no_grad():
+        before = model(images).logits
+        model.prompts.ctx.add_(0.5)
+        after = model(images).logits
+    assert torch.all((after - before).abs().amax(dim=0) > 1e-5)
+
+
+def test_context_prompts_with_words_reproduce_handcrafted_text(tiny_backbones):
+    """Context initialised from 'a photo of a' equals the hand-written prompt's feature."""
+    backbone = tiny_backbones["open_clip_vit"]
+    prompts = ContextPrompts(backbone, CLASSES, n_ctx=4, class_specific=True, init="a photo of a")
+    with torch.no_grad():
+        ours = prompts()
+        theirs = backbone.model.encode_text(backbone.tokenize([f"a photo of a {c}." for c in CLASSES]))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_ctx_init_longer_than_context_is_an_error(tiny_backbones):
+    with pytest.raises(ConfigError, match="more than model.n_ctx"):
+        ContextPrompts(tiny_backbones["open_clip_vit"], CLASSES, n_ctx=2, init="a photo of a")
+
+
+def test_decoupler_attention_sums_to_one_and_finds_the_matching_location():
+    torch.manual_seed(0)
+    D, N = 8, 6
+    decoupler = SemanticDecoupler(D, D, hidden_dim=D)
+    with torch.no_grad():
+        decoupler.U.weight.copy_(torch.eye(D))
+        decoupler.V.weight.copy_(torch.eye(D))
+        decoupler.P.weight.fill_(10.0)
+        decoupler.P.bias.zero_()
+    guidance = F.normalize(torch.randn(3, D), dim=-1) * 3
+    dense = -guidance[0].repeat(1, N, 1) + 0.1 * torch.randn(1, N, D)
+    dense[0, 4] = guidance[0]  # location 4 matches class 0's guidance exactly
+    features, attention = decoupler(dense, guidance)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(1, 3))
+    assert attention[0, 0].argmax() == 4 and attention[0, 0, 4] > 0.99
+    torch.testing.assert_close(features[0, 0], dense[0, 4], atol=0.05, rtol=0)
+    # The features are the attention-weighted sums of the dense tokens.
+    torch.testing.assert_close(features, torch.einsum("bcn,bnd->bcd", attention, dense))
+
+
+def test_decoupler_class_chunks_do_not_change_results():
+    torch.manual_seed(1)
+    whole = SemanticDecoupler(8, 5, hidden_dim=4, class_chunk=100)
+    chunked = SemanticDecoupler(8, 5, hidden_dim=4, class_chunk=3)
+    chunked.load_state_dict(whole.state_dict())
+    dense, guidance = torch.randn(2, 7, 8), torch.randn(10, 5)
+    for a, b in zip(whole(dense, guidance), chunked(dense, guidance)):
+        torch.testing.assert_close(a, b)
+
+
+def test_zero_shot_equals_clip_cosine(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, "zero_shot")
+    images = torch.randn(3, 3, backbone.image_size, backbone.image_size)
+    with torch.no_grad():
+        logits = model(images).logits
+        image = F.normalize(backbone.model.encode_image(images), dim=-1)
+        text = F.normalize(backbone.model.encode_text(backbone.tokenize([f"a photo of a {c}." for c in CLASSES])), dim=-1)
+    torch.testing.assert_close(logits, 100 * image @ text.T, rtol=1e-4, atol=1e-4)
+
+
+def test_template_ensemble_is_mean_of_normalised_features(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    templates = ["a photo of a {}.", "a drawing of the {}."]
+    model = make_model(backbone, "zero_shot", templates=templates)
+    with torch.no_grad():
+        parts = [F.normalize(backbone.encode_text([t.format(c) for c in CLASSES]), dim=-1) for t in templates]
+    torch.testing.assert_close(model.text_features(), F.normalize(parts[0] + parts[1], dim=-1))
+
+
+def test_dualcoop_aggregation_hand_computed():
+    dense = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # two locations
+    positive = torch.tensor([[1.0, 0.0]])
+    negative = torch.tensor([[0.0, 1.0]])
+    logits, attention = dualcoop_aggregate(dense, positive, negative)
+    a = torch.softmax(torch.tensor([20.0, 0.0]), dim=0)
+    expected = 5 * (a[0] * 20 + a[1] * 0) - 5 * (a[0] * 0 + a[1] * 20)
+    torch.testing.assert_close(logits, expected.view(1, 1))
+    torch.testing.assert_close(attention[0, 0], a)
+
+
+def test_cosine_head_scales_cosine():
+    head = CosineHead(temperature=10.0)
+    features = torch.tensor([[[2.0, 0.0], [1.0, 1.0]]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    torch.testing.assert_close(head(features, text), torch.tensor([[10.0, 10 / 2 ** 0.5]]))
+
+
+def test_guidance_options(tiny_backbones, tmp_path):
+    import numpy as np
+
+    backbone = tiny_backbones["open_clip_vit"]
+    vectors = tmp_path / "words.npy"
+    np.save(vectors, np.random.randn(len(CLASSES), 12).astype(np.float32))
+    model = make_model(backbone, "sdm_csp", guidance=str(vectors))
+    assert model.decoupler.V.in_features == 12
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    assert model(images).logits.shape == (2, len(CLASSES))
+    learned = make_model(backbone, "sdm_csp", guidance="learned")
+    assert learned(images).attention.shape == (2, len(CLASSES), 16)
+    np.save(vectors, np.zeros((len(CLASSES) + 1, 12), dtype=np.float32))
+    with pytest.raises(ConfigError, match="expected word vectors of shape"):
+        make_model(backbone, "sdm_csp", guidance=str(vectors))
+
+
+@pytest.mark.parametrize("family", ["open_clip_rn", "hf_vit"])
+def test_every_family_trains_a_step(tiny_backbones, family):
+    backbone = tiny_backbones[family]
+    model = make_model(backbone, "sdm_csp")
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    output = model(images)
+    output.logits.sum().backward()
+    assert model.prompts.ctx.grad.abs().sum() > 0
+    assert model.decoupler.U.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
