@@ -13,6 +13,7 @@ class BackboneConfig:
     spec: str = "toy"  # see clipml.backbones.load_backbone
     image_size: Optional[int] = None  # None: the model's native size
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
+    allow_random: bool = False  # only for clipml's tiny random test models
 
 
 @dataclasses.dataclass

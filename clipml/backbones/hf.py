@@ -29,7 +29,9 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
     if source in tiny_configs:
         if not allow_random:
             raise BackboneError(f"hf:{source} is a test model with random weights; pass allow_random=True")
-        return CLIPModel(CLIPConfig(**tiny_configs[source])), "random"
+        with torch.random.fork_rng():  # reproducible, so a checkpoint can find the same model again
+            torch.manual_seed(0)
+            return CLIPModel(CLIPConfig(**tiny_configs[source])), "random"
     folder = Path(source).expanduser()
     if source.startswith((".", "/", "~")) and not folder.is_dir():
         raise BackboneError(f"transformers model folder not found: {folder}")

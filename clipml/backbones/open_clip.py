@@ -62,7 +62,9 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
                 f"Name a pretrained tag, e.g. open_clip:{name}@TAG{options}, or a local file, "
                 f"open_clip:{name}@/path/to/weights.safetensors."
             )
-        return open_clip.create_model(name, pretrained=None), "random"
+        with torch.random.fork_rng():  # reproducible, so a checkpoint can find the same model again
+            torch.manual_seed(0)
+            return open_clip.create_model(name, pretrained=None), "random"
 
     if weights in tags:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.

@@ -28,7 +28,7 @@ def select_device(name: str) -> str:
 
 def build_backbone(cfg: ExperimentConfig) -> FrozenCLIP:
     return load_backbone(cfg.backbone.spec, cfg.backbone.image_size, select_device(cfg.device),
-                         cfg.backbone.precision)
+                         cfg.backbone.precision, cfg.backbone.allow_random)
 
 
 def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:

@@ -89,7 +89,7 @@ def read_prompt_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tens
 def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> None:
     """Refuse a checkpoint learned on another backbone, naming what differs."""
     saved = metadata["backbone"]
-    differences = [f"{key}: checkpoint {saved.get(key)!r}, model {identity.get(key)!r}"
+    differences = [f"{key}: checkpoint {saved.get(key)!r}, this backbone {identity.get(key)!r}"
                    for key in IDENTITY_KEYS if saved.get(key) != identity.get(key)]
     if differences:
         raise CheckpointError(f"{path} was learned on another backbone ({'; '.join(differences)})")

@@ -97,8 +97,9 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     config_dict = config_to_dict(cfg)
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(cfg.model, method="zero_shot"))
+    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress))
     zero_shot_test = _headline(evaluate(zero_shot, test_source, progress))
-    logger.info("zero-shot test mAP %.2f", zero_shot_test["mAP"])
+    logger.info("zero-shot mAP: val %.2f, test %.2f", zero_shot_val["mAP"], zero_shot_test["mAP"])
     history = []
     best = {"epoch": -1, "val": {"mAP": -1.0}}
 
@@ -119,7 +120,9 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
+        "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
+        "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "seconds": round(time.time() - started, 1),
     }
@@ -167,7 +170,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                     torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             val = _headline(evaluate(model, val_source, progress))
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], "val": val}
             history.append(record)
@@ -213,7 +216,8 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     tensors, metadata = read_prompt_checkpoint(checkpoint)
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
-        backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device, cfg.backbone.precision)
+        backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
+                                 cfg.backbone.precision, cfg.backbone.allow_random)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model
