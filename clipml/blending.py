@@ -98,6 +98,7 @@ class RepresentationBlending(nn.Module):
     ``prototypes [C, 4, D]`` and ``prototype_valid [C, 4]`` are persistent buffers, so they
     travel in the state dict; a :class:`PrototypeBank` pass writes them. Only the enabled
     branches own their state (no unused parameter to upset distributed training).
+    ``max_samples`` is kept only so the caller can build the matching bank from one object.
     """
 
     def __init__(
@@ -144,7 +145,7 @@ class RepresentationBlending(nn.Module):
 
     def _coefficient(self, param: nn.Parameter) -> Tuple[torch.Tensor, torch.Tensor]:
         """Project the parameter into [0, 1]; return (feature coefficient, soft-target value)."""
-        param.data.clamp_(0.0, 1.0)
+        param.data.clamp_(0.0, 1.0)  # through .data: a no-op re-clamp must not break a graph that used it
         target_coef = param if self.target_grad else param.detach()
         return param, 1.0 - target_coef
 
@@ -162,9 +163,10 @@ class RepresentationBlending(nn.Module):
         _check_inputs(f, targets, known, self.num_classes, self.feat_dim)
         alpha, soft = self._coefficient(self.alpha)
         mask = ~known & _known_positive(targets, known).flip(0)
+        rows, cols = mask.nonzero(as_tuple=True)  # blend only these rows: few, and cheap to index
         a = alpha.to(f.dtype)
-        blended = a * f + (1 - a) * f.flip(0)
-        f_blend = torch.where(mask.unsqueeze(-1), blended, f)
+        blended = a * f[rows, cols] + (1 - a) * f[f.shape[0] - 1 - rows, cols]
+        f_blend = f.index_put((rows, cols), blended)
         targets_blend = torch.where(mask, soft.to(targets.dtype), targets)
         return f_blend, targets_blend, known | mask
 

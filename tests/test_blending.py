@@ -247,15 +247,16 @@ def test_prototype_blend_is_deterministic_with_a_seeded_generator():
     assert not torch.equal(runs[0][2], runs[2][2])
 
 
-def test_prototype_blend_beta_stays_in_graph_when_nothing_blends():
-    blend = RepresentationBlending(2, 2, instance=False)  # no valid prototype yet
+def test_coefficients_stay_in_graph_when_nothing_blends():
+    """A zero gradient, not None: distributed training must not see an unused parameter."""
+    blend = RepresentationBlending(2, 2)  # no valid prototype yet, no known positive
     f = torch.randn(3, 2, 2, requires_grad=True)
-    fb, _, kb = blend.prototype_blend(
-        f, torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool), torch.rand(3, 2, 4), (2, 2)
-    )
-    assert torch.equal(fb, f) and not kb.any()
-    fb.sum().backward()
-    assert blend.beta.grad is not None and blend.beta.grad.item() == 0.0
+    args = (f, torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool))
+    fp, _, kp = blend.prototype_blend(*args, torch.rand(3, 2, 4), (2, 2))
+    fi, _, ki = blend.instance_blend(*args)
+    assert torch.equal(fp, f) and torch.equal(fi, f) and not kp.any() and not ki.any()
+    (fp.sum() + fi.sum()).backward()
+    assert blend.beta.grad.item() == 0.0 and blend.alpha.grad.item() == 0.0
 
 
 # ---------------------------------------------------------------- prototype bank
