@@ -53,19 +53,19 @@ class TransportTerms:
 def _masked_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
     """Softmax over the entries of ``mask`` along ``dim``; 0 elsewhere, rows fully masked give 0.
 
-    A fully masked row is set to 0 *before* the softmax (a row of -inf would give NaN, and a
-    NaN multiplied by zero stays NaN, in the value and in the gradient).
+    Excluded entries get the dtype's lowest finite value rather than -inf: their exp is still
+    exactly 0 next to any kept entry, and a fully masked row becomes a harmless uniform softmax
+    that the final ``where`` zeroes (a row of -inf would be NaN, and NaN times 0 stays NaN, in
+    the value and in the gradient).
     """
-    any_kept = mask.any(dim=dim, keepdim=True)
-    filled = logits.masked_fill(~mask, float("-inf"))
-    filled = torch.where(any_kept, filled, torch.zeros_like(filled))
+    filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
     probs = torch.softmax(filled, dim=dim)
-    return torch.where(mask, probs, torch.zeros_like(probs))
+    return torch.where(mask, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
 
 
 def _normalised_weights(weights: Tensor, mask: Tensor, dim: int) -> Tensor:
     """Weights restricted to ``mask`` and normalised to sum 1 along ``dim`` (0 where none kept)."""
-    kept = torch.where(mask, weights, torch.zeros_like(weights))
+    kept = torch.where(mask, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
     total = kept.sum(dim=dim, keepdim=True)
     return kept / torch.where(total > 0, total, torch.ones_like(total))
 
@@ -115,6 +115,9 @@ def transport_terms(
         )
     if known.dtype != torch.bool:
         raise ValueError(f"known must be a bool tensor; got {known.dtype}")
+    bad = known & ~((targets >= 0) & (targets <= 1))
+    if bool(bad.any()):
+        raise ValueError(f"known targets must lie in [0, 1]; found {targets[bad][0].item()}")
     if tau_nav <= 0:
         raise ValueError(f"tau_nav must be > 0; got {tau_nav}")
     dtype = torch.promote_types(torch.promote_types(dense.dtype, text.dtype), torch.float32)
@@ -147,15 +150,18 @@ def transport_terms(
         label_w = torch.cat([label_w, bg_w[:, None]], dim=1)
         labels = torch.cat([labels, has_label[:, None]], dim=1)
 
-    # Vectors that take part in no pair are zeroed *before* normalising: their values (even
-    # non-finite ones) then reach neither the loss nor any gradient, theirs included.
-    used_loc = (locations & has_label[:, None])[:, :, None]
+    # Vectors that take part in no pair are zeroed *before* any arithmetic, so their values,
+    # even non-finite ones, reach neither the loss nor any gradient, theirs included. Cosines
+    # are (dense @ unit text) / |dense|, which spares normalising the big [B, N, D] map.
+    zero = torch.zeros((), dtype=dtype, device=dense.device)
+    used_loc = locations & has_label[:, None]
+    dense = torch.where(used_loc[:, :, None], dense.to(dtype), zero)
+    inv_norm = 1.0 / dense.norm(dim=-1).clamp(min=1e-12)
     used_lab = labels.any(dim=0)[:, None]
-    z = F.normalize(torch.where(used_loc, dense.to(dtype), torch.zeros((), dtype=dtype)), dim=-1)
-    t = F.normalize(torch.where(used_lab, targets_t, torch.zeros((), dtype=dtype)), dim=-1)
+    t = F.normalize(torch.where(used_lab, targets_t, zero), dim=-1)
     pair = locations[:, :, None] & labels[:, None, :]  # [B, N, C']
-    sim = torch.einsum("bnd,cd->bnc", z, t)
-    sim = torch.where(pair, sim, torch.zeros_like(sim))  # excluded pairs carry no gradient
+    sim = torch.einsum("bnd,cd->bnc", dense, t) * inv_norm[:, :, None]
+    sim = torch.where(pair, sim, zero)  # excluded pairs carry no gradient
     cost = 1.0 - sim
 
     # log of the weights only where they are used (elsewhere the softmax mask takes over).

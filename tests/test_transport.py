@@ -267,6 +267,22 @@ def test_unknown_class_text_and_unknown_targets_have_no_effect():
     assert torch.isfinite(dense2.grad).all()
 
 
+def test_excluded_locations_have_no_effect():
+    # Locations of an image with no known positive, and zero-weight locations, may hold anything.
+    dense, text, targets, known, loc_w, lab_w, bg = random_batch(10)
+    ct = module(0.3, 0.3, bg)
+    base = ct(dense, text, targets, known, loc_w, lab_w)
+    poisoned = dense.clone()
+    poisoned[1] = float("nan")  # image 1: nothing known
+    poisoned[0, 1] = float("inf")  # location weight 0
+    poisoned.requires_grad_(True)
+    loss = ct(poisoned, text, targets, known, loc_w, lab_w)
+    loss.backward()
+    assert loss.item() == base.item()
+    assert (poisoned.grad[1] == 0).all() and (poisoned.grad[0, 1] == 0).all()
+    assert torch.isfinite(poisoned.grad).all() and poisoned.grad[0].abs().sum() > 0
+
+
 def test_zero_weights_exclude_and_scale_does_not_matter():
     dense, text, targets, known, loc_w, lab_w, bg = random_batch(9)
     ct = module(0.3, 0.5, bg)
@@ -310,6 +326,8 @@ def test_defaults_dtype_and_checks():
         ct(torch.randn(2, 3, 8), text, torch.ones(2, 3), known)
     with pytest.raises(ValueError, match="bool"):
         ct(torch.randn(2, 3, 8), text, targets, known.double())
+    with pytest.raises(ValueError, match=r"\[0, 1\]; found 2.0"):
+        ct(torch.randn(2, 3, 8), text, targets * 2, known)
     with pytest.raises(ValueError, match="location_weights must be finite"):
         ct(torch.randn(2, 3, 8), text, targets, known, location_weights=-torch.ones(2, 3))
     with pytest.raises(ValueError, match="label_weights must have shape"):
