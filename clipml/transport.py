@@ -160,8 +160,8 @@ def transport_terms(
     used_lab = labels.any(dim=0)[:, None]
     t = F.normalize(torch.where(used_lab, targets_t, zero), dim=-1)
     pair = locations[:, :, None] & labels[:, None, :]  # [B, N, C']
+    # Finite everywhere; excluded pairs get navigator weight exactly 0, hence no gradient.
     sim = torch.einsum("bnd,cd->bnc", dense, t) * inv_norm[:, :, None]
-    sim = torch.where(pair, sim, zero)  # excluded pairs carry no gradient
     cost = 1.0 - sim
 
     # log of the weights only where they are used (elsewhere the softmax mask takes over).
