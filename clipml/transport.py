@@ -22,8 +22,10 @@ where it is implemented:
 - Gradients flow through costs *and* navigators (as in PatchCT / SCT), into ``dense``,
   ``text`` and the background vector.
 
-Everything is batched with masks; excluded entries are replaced by 0 with ``torch.where`` before
-any arithmetic, so they change neither the loss nor any gradient (their gradient is exactly 0).
+Everything is batched with masks (no loop over images or classes): features that take part in
+no pair are zeroed with ``torch.where`` before any arithmetic and excluded pairs get navigator
+weight exactly 0, so they change neither the loss nor any gradient (theirs is exactly 0), even
+when they hold inf or NaN.
 """
 import math
 from dataclasses import dataclass
