@@ -100,15 +100,13 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     def main():
-        import dataclasses
-
         from clipml.data import load_split, readable_names, templates
         from clipml.engine.builders import build_backbone
         from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.data.transforms import eval_transform
         from clipml.engine.train import load_model
-        from clipml.model import MultiLabelCLIP
+        from clipml.model import ModelConfig, MultiLabelCLIP
 
         cfg = _config(args.config, args.overrides)
         split = load_split(cfg.data.dataset, cfg.data.root, args.split or cfg.data.test_split, **cfg.data.options)
@@ -121,8 +119,8 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
             path = Path(args.templates)
             chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
                       if path.is_file() else templates(args.templates))
-            model_cfg = dataclasses.replace(cfg.model, method="zero_shot", templates=chosen,
-                                            zero_shot_scoring=args.scoring)
+            model_cfg = ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=args.scoring,
+                                    temperature=cfg.model.temperature)
             model = MultiLabelCLIP(backbone, classnames, model_cfg)
             what = f"zero-shot, {len(chosen)} template(s), {args.scoring} scoring"
         transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from clipml.backbones import Dense, FrozenCLIP
+from clipml.blending import RepresentationBlending
 from clipml.decoupler import CosineHead, SemanticDecoupler, dense_pool_scores, dualcoop_aggregate
 from clipml.errors import ConfigError
+from clipml.transport import ConditionalTransport
 from clipml.prompts import DEFAULT_TEMPLATE, ContextPrompts, DualPrompts, HandcraftedPrompts, handcrafted_text_features
 
 Method = Literal["zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp"]
@@ -26,6 +28,38 @@ METHODS = {
     "dualcoop": ("dual", "dualcoop"),
     "sdm_csp": ("class_specific", "decoupler"),
 }
+
+
+@dataclasses.dataclass
+class BlendingConfig:
+    """DSRB (METHODS §6): blend per-class features across images (IPRB) and with prototypes (PPRB)."""
+
+    instance: bool = False
+    prototype: bool = False
+    lambda_instance: float = 1.0
+    lambda_prototype: float = 1.0
+    start_epoch: int = 5  # blended branches from this epoch on (0-based); prototypes first computed then
+    prototype_every: int = 5  # recompute prototypes every R epochs
+    max_samples: int = 100
+    topk: int = 1
+    alpha_init: float = 0.5
+    beta_init: float = 0.5
+    target_grad: bool = False  # let the soft target 1 - α carry gradient (the reference code does)
+
+    @property
+    def enabled(self) -> bool:
+        return self.instance or self.prototype
+
+
+@dataclasses.dataclass
+class TransportConfig:
+    """Conditional-transport alignment of dense features with known-positive prompts (METHODS §7)."""
+
+    enabled: bool = False
+    weight: float = 0.1  # λ_CT
+    tau_nav: float = 0.05
+    rho: float = 0.2
+    background: bool = False
 
 
 @dataclasses.dataclass
@@ -42,6 +76,8 @@ class ModelConfig:
     temperature: float = 100.0
     learn_temperature: bool = False
     zero_shot_scoring: Literal["global", "dense"] = "global"
+    blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
+    transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
 
 
 @dataclasses.dataclass
@@ -78,6 +114,21 @@ class MultiLabelCLIP(nn.Module):
             if guidance is not None:
                 self.register_buffer("guidance", guidance, persistent=False)
             self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim)
+        blend = config.blending
+        if blend.enabled:
+            if self.head_kind != "decoupler":
+                raise ConfigError(f"model.blending needs per-class features: method sdm_csp, not {config.method}")
+            # Used by the trainer only: evaluation and prediction never blend.
+            self.blending = RepresentationBlending(
+                len(self.classnames), backbone.embed_dim, blend.instance, blend.prototype,
+                max_samples=blend.max_samples, topk=blend.topk, alpha_init=blend.alpha_init,
+                beta_init=blend.beta_init, target_grad=blend.target_grad,
+            )
+        if config.transport.enabled:
+            if prompt_kind == "handcrafted":
+                raise ConfigError("model.transport aligns learnable prompts; zero_shot has none")
+            ct = config.transport
+            self.transport = ConditionalTransport(backbone.embed_dim, ct.tau_nav, ct.rho, ct.background)
         self.to(backbone.device)
 
     def _fixed_guidance(self) -> Optional[torch.Tensor]:
@@ -130,3 +181,7 @@ class MultiLabelCLIP(nn.Module):
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def checkpoint_buffers(self) -> List[str]:
+        """Learned state that is not a parameter: the DSRB prototypes."""
+        return [name for name, _ in self.named_buffers() if name.startswith("blending.")]

@@ -49,6 +49,9 @@ def model_tensors(model: MultiLabelCLIP) -> Dict[str, torch.Tensor]:
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and name not in context_params:
             tensors[name] = parameter.detach()
+    buffers = dict(model.named_buffers())
+    for name in model.checkpoint_buffers():
+        tensors[name] = buffers[name]
     return {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
 
 
@@ -122,9 +125,12 @@ def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata:
                 )
         missing_classes = learner.load_named_contexts({k: v.to(learner.ctx.device) for k, v in contexts.items()})
     parameters = dict(model.named_parameters())
+    parameters.update((name, buffer) for name, buffer in model.named_buffers() if name in model.checkpoint_buffers())
     for key, value in tensors.items():
         if key.startswith("prompts."):
             continue
+        if key.startswith("blending.prototype") and metadata.get("classes") != model.classnames:
+            value = _rows_by_class(value, metadata["classes"], model.classnames)
         if key not in parameters:
             raise CheckpointError(f"{path}: tensor {key!r} has no place in this {model.config.method} model")
         if parameters[key].shape != value.shape:
@@ -137,6 +143,17 @@ def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata:
         logger.warning("%d classes have no learned context in %s and use the mean context: %s",
                        len(missing_classes), path, ", ".join(missing_classes))
     return missing_classes
+
+
+def _rows_by_class(value: torch.Tensor, saved: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
+    """Per-class rows (prototypes) reordered to another class list; new classes get zeros,
+    which for `prototype_valid` means "no prototype"."""
+    index = {name: i for i, name in enumerate(saved)}
+    out = torch.zeros((len(wanted),) + tuple(value.shape[1:]), dtype=value.dtype)
+    for i, name in enumerate(wanted):
+        if name in index:
+            out[i] = value[index[name]]
+    return out
 
 
 def save_training_state(path: Union[str, Path], state: dict) -> None:

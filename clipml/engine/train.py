@@ -29,7 +29,7 @@ from clipml.engine.evaluate import evaluate
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig, OptimConfig
 from clipml.losses import build_loss
-from clipml.model import ModelConfig, MultiLabelCLIP
+from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[Iterable, str], Iterable]]
@@ -96,7 +96,8 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
     config_dict = config_to_dict(cfg)
 
-    zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(cfg.model, method="zero_shot"))
+    zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
+        cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
     zero_shot_val = _headline(evaluate(zero_shot, val_source, progress))
     zero_shot_test = _headline(evaluate(zero_shot, test_source, progress))
     logger.info("zero-shot mAP: val %.2f, test %.2f", zero_shot_val["mAP"], zero_shot_test["mAP"])
@@ -161,9 +162,12 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             batches = train_source.batches(seed=cfg.seed * 100_003 + epoch)
             if progress is not None:
                 batches = progress(batches, f"epoch {epoch + 1}/{optim.epochs}")
+            blending = _blending_this_epoch(model, epoch)
+            if blending and _prototype_pass_due(model.config.blending, epoch):
+                refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for dense, labels, _ in batches:
-                output = model.forward_dense(dense)
-                loss = loss_fn(output.logits, (labels == 1).float(), labels != -1)
+                loss = training_loss(model, loss_fn, dense, labels, blending, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
@@ -184,7 +188,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             save_training_state(run / STATE, {
                 "epoch": epoch,
                 "model": model_tensors(model),
-                "metadata": json.dumps({"method": model.config.method, "backbone": model.backbone.identity}),
+                "metadata": json.dumps({"method": model.config.method, "classes": model.classnames,
+                                        "backbone": model.backbone.identity}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "history": json.dumps(history),
@@ -193,6 +198,52 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     finally:
         log.close()
     return history, best
+
+
+def _blending_this_epoch(model: MultiLabelCLIP, epoch: int) -> bool:
+    return hasattr(model, "blending") and epoch >= model.config.blending.start_epoch
+
+
+def _prototype_pass_due(blend, epoch: int) -> bool:
+    return blend.prototype and (epoch - blend.start_epoch) % max(1, blend.prototype_every) == 0
+
+
+def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, blending: bool,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Partial-label loss of one batch, plus the DSRB branches and the CT term when enabled."""
+    targets, known = (labels == 1).float(), labels != -1
+    output = model.forward_dense(dense)
+    loss = loss_fn(output.logits, targets, known)
+    if blending:
+        blend, settings = model.blending, model.config.blending
+        if blend.instance:
+            features, soft, mask = blend.instance_blend(output.features, targets, known)
+            loss = loss + settings.lambda_instance * loss_fn(model.head(features, output.text), soft, mask)
+        if blend.prototype:
+            features, soft, mask = blend.prototype_blend(output.features, targets, known, output.attention,
+                                                         dense.grid, generator)
+            loss = loss + settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask)
+    if hasattr(model, "transport"):
+        loss = loss + model.config.transport.weight * model.transport(dense.tokens, output.text, targets, known)
+    return loss
+
+
+def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, object]:
+    """One no-grad pass over the training data to recompute the PPRB prototypes."""
+    from clipml.blending import PrototypeBank
+
+    blend = model.blending
+    bank = PrototypeBank(len(model.classnames), blend.feat_dim, max_samples=blend.max_samples, seed=seed,
+                         class_names=model.classnames)
+    with torch.no_grad():
+        text = model.text_features()
+        for dense, labels, _ in source.batches(seed=seed):
+            output = model.forward_dense(dense, text)
+            bank.update(output.features, output.attention, dense.grid, (labels == 1).float(), labels != -1)
+    stats = bank.finalize(blend)
+    logger.info("prototypes recomputed: %d of %d (class, quadrant) cells filled",
+                stats["valid_cells"], 4 * len(model.classnames))
+    return stats
 
 
 def _markdown(summary: Dict[str, object]) -> str:
