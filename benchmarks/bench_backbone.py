@@ -8,9 +8,9 @@ Random weights (speed does not depend on them). Examples:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import interleaved_medians
 
 from clipml.backbones import load_backbone
 
@@ -21,21 +21,6 @@ DEFAULT_MODELS = [
     "open_clip:ViT-B-16@224",
     "open_clip:ViT-B-16@448",
 ]
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    """Median seconds of `fn()` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -64,17 +49,10 @@ def main() -> None:
             with torch.no_grad():
                 return backbone.encode_dense(images)
 
-        # Interleave the two measurements so drift affects both alike.
-        plain_s, dense_s = [], []
-        for _ in range(2):
-            plain_s.append(timed(plain, args.repeats, args.device))
-            dense_s.append(timed(dense, args.repeats, args.device))
-        plain_t, dense_t = min(plain_s), min(dense_s)
+        medians = interleaved_medians({"plain": plain, "dense": dense}, args.repeats, args.device)
+        plain_t, dense_t = medians["plain"], medians["dense"]
         print(f"{spec:32s} {backbone.image_size:5d} {plain_t:15.4f} {dense_t:15.4f} "
               f"{dense_t / plain_t:7.3f} {args.batch / dense_t:12.1f}")
-        del backbone, model
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -12,32 +12,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable, Dict, List
 
 import torch
+from timing import interleaved_medians
 import torch.nn.functional as F
 
 from clipml.blending import PrototypeBank, RepresentationBlending
 from clipml.losses import partial_bce
-
-
-def timed(fns: Dict[str, Callable[[], None]], repeats: int, device: str) -> Dict[str, float]:
-    """Median seconds of each function, the functions run interleaved so load drifts hit all alike."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def main() -> None:
@@ -92,7 +73,7 @@ def main() -> None:
         loss = loss + partial_bce(logits_of(fi), yi, ki) + partial_bce(logits_of(fp), yp, kp)
         loss.backward()
 
-    t = timed({"plain": plain, "blends": blends_only, "three": three_plain, "dsrb": dsrb}, args.repeats, args.device)
+    t = interleaved_medians({"plain": plain, "blends": blends_only, "three": three_plain, "dsrb": dsrb}, args.repeats, args.device)
     fi, _, ki = blend.instance_blend(f, targets, known)
     _, _, kp = blend.prototype_blend(f, targets, known, attention, grid, gen)
     print(f"B={b} C={c} D={d} N={grid[0] * grid[1]} device={args.device} threads={args.threads} "

@@ -9,29 +9,15 @@ Target ratio <= 1.2. Random weights (speed does not depend on them). Examples:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import interleaved_medians
 
 from clipml.backbones import Dense, load_backbone
 from clipml.engine.train import build_optimizer, training_loss
 from clipml.experiment import OptimConfig
 from clipml.losses import build_loss
 from clipml.model import ModelConfig, MultiLabelCLIP
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -70,11 +56,9 @@ def main() -> None:
         features, _ = model.decoupler(dense.tokens, guidance)
         features.sum().backward()
 
-    rows = []
-    for _ in range(2):  # interleave to share drift
-        rows.append((timed(step, args.repeats, args.device), timed(text_part, args.repeats, args.device),
-                     timed(decoupler_part, args.repeats, args.device)))
-    step_t, text_t, decoupler_t = (min(column) for column in zip(*rows))
+    medians = interleaved_medians({"step": step, "text": text_part, "decoupler": decoupler_part},
+                                  args.repeats, args.device)
+    step_t, text_t, decoupler_t = medians["step"], medians["text"], medians["decoupler"]
     floor = text_t + decoupler_t
     print(f"{args.spec} @ {args.image_size}, C={args.classes}, B={args.batch}, N={h * w}, device={args.device}")
     print(f"{'text fwd+bwd s':>15s} {'decoupler fwd+bwd s':>20s} {'floor s':>9s} {'step s':>9s} {'step/floor':>11s}")

@@ -12,28 +12,13 @@ features and learnable text features (prompt stand-ins). Labels are COCO-like: 3
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 import torch
+from timing import interleaved_medians
 import torch.nn.functional as F
 
 from clipml.transport import ConditionalTransport
-
-
-def timed(fn: Callable[[], None], repeats: int, device: str) -> float:
-    """Median seconds of `fn()` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def decoupler_like(dense: torch.Tensor, text: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -77,9 +62,12 @@ def main() -> None:
                 loss_fn().backward()
             return run
 
-        t_dec = timed(step(lambda: decoupler_like(dense, text, targets)), args.repeats, args.device)
-        t_ct = timed(step(lambda: ct(dense, text, targets, known)), args.repeats, args.device)
-        t_bg = timed(step(lambda: ct_bg(dense, text, targets, known)), args.repeats, args.device)
+        medians = interleaved_medians({
+            "decoupler": step(lambda: decoupler_like(dense, text, targets)),
+            "ct": step(lambda: ct(dense, text, targets, known)),
+            "ct_bg": step(lambda: ct_bg(dense, text, targets, known)),
+        }, args.repeats, args.device)
+        t_dec, t_ct, t_bg = medians["decoupler"], medians["ct"], medians["ct_bg"]
         print(f"{n:>5} {t_dec * 1e3:>13.1f} {t_ct * 1e3:>8.1f} {t_bg * 1e3:>9.1f} "
               f"{t_ct / t_dec:>7.2f} {t_bg / t_dec:>10.2f}")
 

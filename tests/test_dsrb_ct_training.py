@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipml.engine.checkpoint import load_into, model_tensors, read_prompt_checkpoint
+from clipml.engine.checkpoint import load_into, model_tensors
 from clipml.engine.train import load_model, train, training_loss
 from clipml.errors import ConfigError
 from clipml.losses import build_loss

@@ -1,0 +1,28 @@
+"""Shared timing for the benchmarks: medians of functions run interleaved, so that load drifts
+on a shared machine hit every measured function alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
+                        warmup: int = 1) -> Dict[str, float]:
+    """Median seconds of each function over `repeats` rounds, after `warmup` calls of each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
