@@ -18,7 +18,7 @@ def tiny_yaml(tmp_path_factory):
     config = {
         "name": "cli",
         "output_dir": str(tmp / "runs" / "{name}"),
-        "backbone": {"spec": "open_clip:clipml-tiny-vit", "image_size": 64, "allow_random": True},
+        "backbone": {"spec": "open_clip:clipml-tiny-vit", "image_size": 32, "allow_random": True},
         "data": {"options": {"num_images": 64}, "mask_dir": str(tmp / "masks"), "workers": 0,
                  "batch_size": 16, "val_fraction": 0.25},
         "model": {"n_ctx": 4, "decoupler_dim": 16},

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tiny_config(tmp_path, *overrides):
     return load_config(ExperimentConfig, None, [
-        "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=64", "backbone.allow_random=true",
-        "data.options={num_images: 160}", f"data.mask_dir={tmp_path / 'masks'}", "data.workers=0",
+        "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
+        "data.options={num_images: 120}", f"data.mask_dir={tmp_path / 'masks'}", "data.workers=0",
         "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.decoupler_dim=16",
         "optim.name=adamw", "optim.lr=0.01", "optim.epochs=3", "loss.reduction=mean",
         f"output_dir={tmp_path / 'runs' / '{name}'}", *overrides,
@@ -52,7 +52,7 @@ def test_checkpoint_round_trip_gives_identical_logits(trained):
     path = Path(cfg.run_dir()) / "prompts.safetensors"
     model = load_model(str(path))
     again = load_model(str(path))
-    images = torch.randn(3, 3, 64, 64)
+    images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(images).logits, again(images).logits, rtol=0, atol=0)
     tensors, metadata = read_prompt_checkpoint(path)
@@ -75,7 +75,7 @@ def test_transfer_to_another_class_list(trained, caplog):
     torch.testing.assert_close(target.prompts.ctx[2], source.prompts.ctx[0])
     torch.testing.assert_close(target.prompts.ctx[1], source.prompts.ctx.mean(dim=0))
     assert "zebra" in caplog.text
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         full, sub = source(images).logits, target(images).logits
     torch.testing.assert_close(sub[:, [0, 2]], full[:, [3, 0]], rtol=1e-5, atol=1e-5)

@@ -163,3 +163,14 @@ def test_written_jpeg_dataset_round_trips(tmp_path):
                 decoded = np.asarray(image.convert("RGB")).astype(np.int16)
             original = np.asarray(reference.open_image(i)).astype(np.int16)
             assert np.abs(decoded - original).mean() < 8  # the same picture, up to JPEG loss
+
+
+def test_split_serves_the_pixels_rendered_at_load_and_subsets_keep_them():
+    from clipml.data.synthetic import synthetic_split
+
+    split = synthetic_split("val", num_images=6, seed=4)
+    part = split.subset([5, 2])
+    for position, index in enumerate([5, 2]):
+        expected = np.asarray(split.scene(index).image)
+        assert np.array_equal(np.asarray(part.open_image(position)), expected)
+    assert part.rendered is split.rendered

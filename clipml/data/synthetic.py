@@ -266,6 +266,9 @@ class SyntheticSplit(MultiLabelSplit):
     seed: int = 0
     stream: int = STREAMS["train"]
     image_size: int = 64
+    # Scenes rendered while building the split (scene index -> uint8 pixels), shared by subsets,
+    # so that every epoch does not render them again.
+    rendered: Optional[Dict[int, np.ndarray]] = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -283,6 +286,9 @@ class SyntheticSplit(MultiLabelSplit):
         return self._generator.scene(self.scene_index(index))
 
     def open_image(self, index: int) -> Image.Image:
+        pixels = (self.rendered or {}).get(self.scene_index(index))
+        if pixels is not None:
+            return Image.fromarray(pixels, "RGB")
         return self.scene(index).image
 
     def caption(self, index: int) -> str:
@@ -299,7 +305,9 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
     if num_images < 1:
         raise ConfigError(f"synthetic {split}: num_images must be at least 1, got {num_images}")
     generator = SceneGenerator(seed, image_size=image_size, stream=split)
-    labels = np.stack([generator.scene(i).labels for i in range(num_images)])
+    scenes = [generator.scene(i) for i in range(num_images)]
+    labels = np.stack([scene.labels for scene in scenes])
+    rendered = {i: np.asarray(scene.image) for i, scene in enumerate(scenes)}
     items = [f"scene-{split}-{seed}-{i:06d}" for i in range(num_images)]
     return SyntheticSplit(
         dataset="synthetic",
@@ -311,6 +319,7 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
         seed=seed,
         stream=STREAMS[split],
         image_size=image_size,
+        rendered=rendered,
     )
 
 
