@@ -224,7 +224,8 @@ def sweep(argv: Optional[List[str]] = None) -> None:
 
         def progress(iterable, desc):
             outer = desc == "sweep"  # the bar over runs stays; the per-epoch bars go
-            return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr, unit="run" if outer else "it")
+            return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr,
+                        unit="run" if outer else "it")
 
         spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides)
         result = run_sweep(spec, progress)

@@ -157,7 +157,8 @@ def run_sweep(spec: SweepSpec, progress: Progress = None) -> SweepResult:
             summary = train(run.config, resume=True, progress=progress)
             trained += 1
         else:
-            logger.info("run %d/%d: %s p=%g seed %d already finished", index + 1, len(runs), run.method, run.p, run.seed)
+            logger.info("run %d/%d: %s p=%g seed %d already finished", index + 1, len(runs), run.method, run.p,
+                        run.seed)
             reused += 1
         summaries.append(summary)
     table = summarize(folder.name, runs, summaries, spec.overrides)
@@ -212,12 +213,13 @@ def _cell(stats: Optional[Dict[str, object]]) -> str:
     return f"{stats['mean']:.2f}" if stats["std"] is None else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
-def _zero_shot_rows(table: Dict[str, object]) -> List[Tuple[str, float]]:
-    """One "zero-shot" row when all methods share it (same backbone and templates), else one per method."""
+def _zero_shot_rows(table: Dict[str, object]) -> List[Tuple[str, float, Optional[str]]]:
+    """(label, test mAP, method): one "zero-shot" row when all methods share it (same backbone and
+    templates), else one per method."""
     values = {m: row["zero_shot_test_mAP"] for m, row in table["methods"].items()}
     if max(values.values()) - min(values.values()) < 1e-6:
-        return [("zero-shot", next(iter(values.values())))]
-    return [(f"zero-shot ({m})", v) for m, v in values.items()]
+        return [("zero-shot", next(iter(values.values())), None)]
+    return [(f"zero-shot ({m})", v, m) for m, v in values.items()]
 
 
 def markdown(table: Dict[str, object]) -> str:
@@ -228,7 +230,7 @@ def markdown(table: Dict[str, object]) -> str:
     for method, row in table["methods"].items():
         cells = [_cell(row["cells"][label]) for label in labels] + ([_cell(row["avg"])] if has_avg else [])
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    for label, value in _zero_shot_rows(table):
+    for label, value, _ in _zero_shot_rows(table):
         lines.append(f"| {label} | " + " | ".join([f"{value:.2f}"] * (len(header) - 1)) + " |")
     seeds = table["seeds"]
     spread = f"mean ± sample std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
@@ -254,6 +256,8 @@ def write_tables(table: Dict[str, object], folder: Path) -> Dict[str, Path]:
         for method, row in table["methods"].items():
             stats = [row["cells"][label] for label in labels] + ([row["avg"]] if has_avg else [])
             writer.writerow([method, *[number(s[stat]) for s in stats for stat in ("mean", "std")]])
+        for label, value, _ in _zero_shot_rows(table):
+            writer.writerow([label, *[number(x) for _ in columns for x in (value, None)]])
     plot_sweep(table, files["png"])
     return files
 
@@ -268,12 +272,15 @@ def plot_sweep(table: Dict[str, object], path: Optional[Path] = None):
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     proportions = table["proportions"]
+    colors = {}
     for method, row in table["methods"].items():
         cells = [row["cells"][f"{p:g}"] for p in proportions]
         errors = [0.0 if c["std"] is None else c["std"] for c in cells]
-        axes.errorbar(proportions, [c["mean"] for c in cells], yerr=errors, marker="o", capsize=3, label=method)
-    for label, value in _zero_shot_rows(table):
-        axes.axhline(value, linestyle="--", color="gray", linewidth=1, label=label)
+        lines = axes.errorbar(proportions, [c["mean"] for c in cells], yerr=errors, marker="o", capsize=3,
+                              label=method)
+        colors[method] = lines[0].get_color()
+    for label, value, method in _zero_shot_rows(table):
+        axes.axhline(value, linestyle="--", color=colors.get(method, "gray"), linewidth=1, label=label)
     axes.set_xlabel("proportion of known training labels p")
     axes.set_ylabel(table["metric"])
     axes.set_title(f"{table['name']} ({table['dataset']})")

@@ -58,8 +58,9 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3) ->
             f"attention; attention maps need a method with one ({', '.join(_spatial_methods())})"
         )
     h, w = dense.grid
-    probabilities = torch.sigmoid(output.logits[0].float())
-    top = torch.topk(probabilities, top_k).indices
+    logits = output.logits[0].float()
+    top = torch.topk(logits, top_k).indices  # by logit: sigmoid saturates to ties at 1.0
+    probabilities = torch.sigmoid(logits)
     grid = output.attention[0, top].float().reshape(top_k, 1, h, w)
     upsampled = F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)
     return AttentionMaps(

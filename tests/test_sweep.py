@@ -119,12 +119,14 @@ def test_tables_hold_the_runs_test_map(swept):
             assert cell == {"mean": values[0], "std": None, "values": values}
             assert f"| {values[0]:.2f} |" in (folder / "sweep.md").read_text()
     assert len(zero_shot) == 1  # same backbone and templates: one reference row
-    assert f"| zero-shot | {zero_shot.pop():.2f} |" in (folder / "sweep.md").read_text()
+    zero_shot_map = zero_shot.pop()
+    assert f"| zero-shot | {zero_shot_map:.2f} |" in (folder / "sweep.md").read_text()
     assert len(table["runs"]) == len(runs)
 
     rows = list(csv.reader((folder / "sweep.csv").open()))
     assert rows[0] == ["method", "0.2_mean", "0.2_std", "0.6_mean", "0.6_std"]
-    for row in rows[1:]:
+    assert rows[-1] == ["zero-shot", f"{zero_shot_map:.3f}", "", f"{zero_shot_map:.3f}", ""]
+    for row in rows[1:-1]:
         cells = table["methods"][row[0]]["cells"]
         assert float(row[3]) == pytest.approx(cells["0.6"]["mean"], abs=5e-4)
         assert row[4] == ""  # one seed: no spread
@@ -175,8 +177,9 @@ def test_spread_over_seeds_and_average(tmp_path):
     assert "| zero-shot (sdm_csp) | 2.00 |" in text and "| zero-shot (dualcoop) | 3.00 |" in text
     folder.mkdir(parents=True)
     files = write_tables(table, folder)
-    header = next(csv.reader(files["csv"].open()))
-    assert header[-2:] == ["avg_mean", "avg_std"]
+    rows = list(csv.reader(files["csv"].open()))
+    assert rows[0][-2:] == ["avg_mean", "avg_std"] and rows[1][-2:] == ["7.500", "3.536"]
+    assert [row[0] for row in rows[3:]] == ["zero-shot (sdm_csp)", "zero-shot (dualcoop)"]
 
     one_seed = [(r, s) for r, s in zip(runs, summaries) if r.seed == 0]
     single = summarize("full", *map(list, zip(*one_seed)))
