@@ -194,3 +194,68 @@ def predict(argv: Optional[List[str]] = None) -> None:
             print(f"wrote {len(records)} predictions to {args.output}")
 
     _run(main)
+
+
+# sweep -----------------------------------------------------------------------------------------
+def sweep(argv: Optional[List[str]] = None) -> None:
+    from clipml.metrics import PROPORTIONS
+
+    parser = argparse.ArgumentParser(
+        description="Train several methods over known-label proportions p (and seeds) on one dataset; "
+                    "write the test mAP table (Markdown, CSV, JSON) and plot. Re-running resumes.",
+        epilog="Example: sweep.py configs/voc2007/coop.yaml configs/voc2007/sdm_csp.yaml --seeds 0 1 2 "
+               "--set optim.epochs=20 data.cache=true",
+    )
+    parser.add_argument("configs", nargs="+", help="method config YAMLs (same dataset); the file name names the row")
+    parser.add_argument("-p", "--proportions", nargs="+", type=float, default=list(PROPORTIONS),
+                        help="known-label proportions (default: 0.1 ... 0.9)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="experiment seeds (the mask seed stays the config's data.mask_seed)")
+    parser.add_argument("--name", help="sweep name (default: the dataset name)")
+    parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="key=value",
+                        help="config overrides for every run, e.g. optim.epochs=2")
+    args = parser.parse_args(argv)
+
+    def main():
+        from tqdm import tqdm
+
+        from clipml.sweep import SweepSpec, run_sweep
+
+        def progress(iterable, desc):
+            outer = desc == "sweep"  # the bar over runs stays; the per-epoch bars go
+            return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr,
+                        unit="run" if outer else "it")
+
+        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides)
+        result = run_sweep(spec, progress)
+        print(result.files["md"].read_text())
+        print(f"{result.trained} run(s) trained, {result.reused} read back; "
+              f"tables and plot: {', '.join(str(path) for path in result.files.values())}")
+
+    _run(main)
+
+
+# visualize_attention ---------------------------------------------------------------------------
+def visualize_attention(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Overlay the spatial attention of the top-k predicted classes on an image "
+                    "(methods with spatial attention: sdm_csp, dualcoop).")
+    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
+    parser.add_argument("image", help="an image file")
+    parser.add_argument("--output", help="PNG to write (default: <image name>_attention.png here)")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.visualize import visualize_attention as run
+
+        output = args.output or f"{Path(args.image).stem}_attention.png"
+        maps = run(args.checkpoint, args.image, output, args.top_k, args.device, args.alpha)
+        for name, probability in zip(maps.classes, maps.probabilities):
+            print(f"{name}: {probability:.3f}")
+        print(f"wrote {output}")
+
+    _run(main)
