@@ -40,9 +40,9 @@ def _config(path: Optional[str], overrides: List[str]):
 
 def _run(main) -> None:
     """Show user errors as one line, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("root", "open_clip", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # open_clip logs its own INFO lines through the root logger: show clipml's INFO only.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipml").setLevel(logging.INFO)
     try:
         main()
     except ClipmlError as error:
