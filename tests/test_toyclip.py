@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import open_clip
@@ -17,6 +18,7 @@ from clipml.toyclip import (
     clip_loss,
     encode_text_prefix,
     images_to_tensor,
+    partial_caption,
     register_toy_config,
     train_toy_clip,
     zero_shot_map,
@@ -87,6 +89,20 @@ def test_short_context_text_encoding_equals_open_clip():
         short = encode_text_prefix(model, tokens[:, :24])
         full = model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+
+
+def test_partial_captions_name_a_nonempty_subset_of_the_scene():
+    generator = SceneGenerator(0, stream="pretrain")
+    rng = np.random.default_rng(0)
+    shorter = 0
+    for index in range(40):
+        scene = generator.scene(index)
+        drawn = {placed.name for placed in scene.objects}
+        caption = partial_caption(scene, rng)
+        named = {name for name in SYNTHETIC_CLASSES if re.search(rf"\b{name}\b", caption)}
+        assert named and named <= drawn, (caption, drawn)
+        shorter += len(named) < len(drawn)
+    assert shorter > 5
 
 
 def test_a_short_training_run_lowers_the_contrastive_loss():
