@@ -192,11 +192,14 @@ def test_resident_cache_reads_like_the_disk(tmp_path, backbone, split):
 
 
 def test_training_from_the_cache_matches_training_from_images(tmp_path):
-    overrides = ["data.augment=none", "optim.epochs=2", "data.options={num_images: 96}"]
+    # Without augmentation both read the same images in the same order: only fp16 rounding differs.
+    overrides = ["data.augment=none", "optim.epochs=2", "data.options={num_images: 64}", "data.known_ratio=0.5"]
     plain = train(tiny_config(tmp_path, "name=plain", *overrides), resume=False)
     cache_dir = tmp_path / "features"
     cached = train(tiny_config(tmp_path, "name=cached", "data.cache=true", f"data.cache_dir={cache_dir}",
                                *overrides), resume=False)
+    for ours, theirs in zip(cached["history"], plain["history"]):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-3)
     assert abs(plain["val"]["mAP"] - cached["val"]["mAP"]) < 0.5
     assert abs(plain["test"]["mAP"] - cached["test"]["mAP"]) < 0.5
     assert abs(plain["zero_shot_test"]["mAP"] - cached["zero_shot_test"]["mAP"]) < 0.05

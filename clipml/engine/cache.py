@@ -34,7 +34,7 @@ import os
 import shutil
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ FORMAT = 1  # bump when the layout or the meaning of the arrays changes
 META, TOKENS, POOLED = "meta.json", "tokens.npy", "pooled.npy"
 DTYPE = np.dtype(np.float16)
 SAMPLE_CHUNKS = 4  # chunks whose checksum is recomputed on every open
+READ_ROWS = 64  # rows per read when a whole chunk is checked or loaded
 
 
 def cache_key(split: MultiLabelSplit, backbone: FrozenCLIP, views: int, augment: str, seed: int) -> Dict:
@@ -141,6 +142,8 @@ class _Array:
             if got != wanted:
                 raise DataError(f"feature cache file {self.path}: short read ({got} of {wanted} bytes)")
             start = stop
+        if np.array_equal(order, np.arange(len(rows))):
+            return out
         result = np.empty_like(out)
         result[order] = out
         return result
@@ -199,7 +202,10 @@ class FeatureCache:
             chosen = sorted({0, units - 1, *rest.tolist()})
         for unit in chosen:
             rows = _unit_rows(unit, self.count, self.meta["chunk"])
-            crc = _checksum(self.tokens.read_rows(rows), self.pooled.read_rows(rows))
+            crc = [0, 0]
+            for start in range(0, len(rows), READ_ROWS):  # a few MB at a time
+                part = rows[start:start + READ_ROWS]
+                crc = _update_crc(crc, self.tokens.read_rows(part), self.pooled.read_rows(part))
             if crc != self.meta["checksums"][unit]:
                 view, first = divmod(int(rows[0]), self.count)
                 raise DataError(f"feature cache {self.path} is corrupt: chunk {unit} (view {view}, images "
@@ -239,9 +245,8 @@ class FeatureCache:
         rows = self.views * self.count
         tokens = torch.empty((rows,) + self.tokens.row_shape, dtype=torch.float16, device=device)
         pooled = torch.empty((rows,) + self.pooled.row_shape, dtype=torch.float16, device=device)
-        step = max(1, (256 << 20) // self.tokens.row_bytes)  # about 256 MB of host memory at a time
-        for start in range(0, rows, step):
-            part = np.arange(start, min(rows, start + step))
+        for start in range(0, rows, READ_ROWS):
+            part = np.arange(start, min(rows, start + READ_ROWS))
             tokens[start:start + len(part)] = torch.from_numpy(self.tokens.read_rows(part))
             pooled[start:start + len(part)] = torch.from_numpy(self.pooled.read_rows(part))
         self.resident = (tokens, pooled)
@@ -267,6 +272,8 @@ class _SeededViews(Dataset):
 
     def __getitem__(self, position: int) -> torch.Tensor:
         index = self.start + position
+        if self.view == 0:  # the evaluation transform draws no random numbers
+            return self.transform(self.split.open_image(index))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, self.view, index]).generate_state(1)[0]))
             return self.transform(self.split.open_image(index))
@@ -280,8 +287,10 @@ def _unit_rows(unit: int, count: int, chunk: int) -> np.ndarray:
     return view * count + np.arange(first, min(count, first + chunk))
 
 
-def _checksum(tokens: np.ndarray, pooled: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(pooled).data, zlib.crc32(np.ascontiguousarray(tokens).data))
+def _update_crc(crc: List[int], tokens: np.ndarray, pooled: np.ndarray) -> List[int]:
+    """CRC32s of a chunk's token and pooled bytes, extended by the next rows."""
+    return [zlib.crc32(np.ascontiguousarray(tokens).data, crc[0]),
+            zlib.crc32(np.ascontiguousarray(pooled).data, crc[1])]
 
 
 META_KEYS = ("key", "views", "tokens", "dim", "grid", "chunk", "units", "done", "checksums", "complete")
@@ -352,12 +361,9 @@ def build_feature_cache(
             rows = _unit_rows(meta["done"], len(split), meta["chunk"])
             view, first = divmod(int(rows[0]), len(split))
             dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, first, len(rows))
-            parts = []
-            for images in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
-                with torch.no_grad():
-                    dense = backbone.encode_dense(normalize(images.to(backbone.device)))
-                parts.append((dense.tokens.half().cpu().numpy(), dense.pooled.half().cpu().numpy()))
-            _commit(meta, partial, tokens, pooled, rows, parts)
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+            _extract_chunk(meta, partial, tokens, pooled, rows, loader,
+                           lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
             if on_chunk is not None:
                 on_chunk(meta["done"], units)
     finally:
@@ -370,19 +376,25 @@ def build_feature_cache(
     return FeatureCache(final, split, key)
 
 
-def _commit(meta: Dict, partial: Path, tokens: _Array, pooled: _Array, rows: np.ndarray,
-            parts: List[Tuple[np.ndarray, np.ndarray]]) -> None:
-    """Write one chunk, flush it to disk, then record it: progress never runs ahead of the data."""
-    block_tokens = np.concatenate([p[0] for p in parts])
-    block_pooled = np.concatenate([p[1] for p in parts])
-    if len(block_tokens) != len(rows):
-        raise DataError(f"feature cache {partial}: chunk {meta['done']} got {len(block_tokens)} images, "
+def _extract_chunk(meta: Dict, partial: Path, tokens: _Array, pooled: _Array, rows: np.ndarray,
+                   batches: Iterable[torch.Tensor], encode: Callable) -> None:
+    """Encode and write one chunk batch by batch, flush it to disk, then record it: progress never
+    runs ahead of the data, and memory holds one batch."""
+    crc, row = [0, 0], int(rows[0])
+    for images in batches:
+        with torch.no_grad():
+            dense = encode(images)
+        block_tokens, block_pooled = dense.tokens.half().cpu().numpy(), dense.pooled.half().cpu().numpy()
+        tokens.write_rows(row, block_tokens)
+        pooled.write_rows(row, block_pooled)
+        crc = _update_crc(crc, block_tokens, block_pooled)
+        row += len(block_tokens)
+    if row != int(rows[-1]) + 1:
+        raise DataError(f"feature cache {partial}: chunk {meta['done']} got {row - int(rows[0])} images, "
                         f"expected {len(rows)}")
-    tokens.write_rows(int(rows[0]), block_tokens)
-    pooled.write_rows(int(rows[0]), block_pooled)
     tokens.sync()
     pooled.sync()
-    meta["checksums"].append(_checksum(block_tokens, block_pooled))
+    meta["checksums"].append(crc)
     meta["done"] += 1
     _write_meta(partial, meta)
 
