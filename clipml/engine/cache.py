@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -176,7 +177,7 @@ class FeatureCache:
         if not self.meta.get("complete") or len(self.meta.get("checksums", ())) != self.meta.get("units"):
             raise DataError(f"feature cache {self.path} is incomplete ({self.meta['done']} of "
                             f"{self.meta['units']} chunks); remove it to rebuild")
-        if split.fingerprint() != self.key["images"]["fingerprint"]:
+        if split.fingerprint() != self.key.get("images", {}).get("fingerprint"):
             raise DataError(f"feature cache {self.path} holds another image list than {split.dataset}/{split.split}")
         self.items = list(split.items)
         self.views, self.count = int(self.meta["views"]), len(self.items)
@@ -355,17 +356,22 @@ def build_feature_cache(
     if views > 1:
         transforms.append(train_transform(size, mean, std, augment, normalize=False))
     normalize = Normalize255(mean, std).to(backbone.device)
+    per_view = units // views
     tokens, pooled = _Array(partial / TOKENS, writable=True), _Array(partial / POOLED, writable=True)
     try:
         while meta["done"] < units:
-            rows = _unit_rows(meta["done"], len(split), meta["chunk"])
-            view, first = divmod(int(rows[0]), len(split))
-            dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, first, len(rows))
-            loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-            _extract_chunk(meta, partial, tokens, pooled, rows, loader,
-                           lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
-            if on_chunk is not None:
-                on_chunk(meta["done"], units)
+            # One loader for the rest of a view (workers start once per view, not per chunk);
+            # chunks are whole batches, so each chunk takes the next batches of it.
+            view, first = divmod(int(_unit_rows(meta["done"], len(split), meta["chunk"])[0]), len(split))
+            dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, first, len(split) - first)
+            batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+            while meta["done"] < units and meta["done"] // per_view == view:
+                rows = _unit_rows(meta["done"], len(split), meta["chunk"])
+                _extract_chunk(meta, partial, tokens, pooled, rows,
+                               itertools.islice(batches, -(-len(rows) // batch_size)),
+                               lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
+                if on_chunk is not None:
+                    on_chunk(meta["done"], units)
     finally:
         tokens.close()
         pooled.close()
