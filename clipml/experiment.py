@@ -32,6 +32,12 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     workers: int = 2
+    # Feature cache (clipml.engine.cache): the frozen image tower runs once per image and view.
+    cache: bool = False
+    cache_dir: str = "cache"  # one folder per key (backbone, size, transform, image list)
+    cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
+    cache_seed: int = 0
+    cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
 
 
 @dataclasses.dataclass

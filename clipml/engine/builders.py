@@ -11,7 +11,8 @@ from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import carve_validation, import_mask, load_split, partial_split
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform, train_transform
-from clipml.engine.features import ImageFeatureSource
+from clipml.engine.cache import build_feature_cache, union_split
+from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 
@@ -50,6 +51,8 @@ def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSpli
 def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,
                   val: MultiLabelSplit, test: MultiLabelSplit):
     data = cfg.data
+    if data.cache:
+        return build_cached_sources(cfg, backbone, train, val, test)
     size, mean, std = backbone.image_size, backbone.mean, backbone.std
     plain = eval_transform(size, mean, std, normalize=False)
     augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment, normalize=False)
@@ -57,4 +60,26 @@ def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabel
         ImageFeatureSource(train, backbone, augment, data.batch_size, data.workers, shuffle=True),
         ImageFeatureSource(val, backbone, plain, data.eval_batch_size, data.workers),
         ImageFeatureSource(test, backbone, plain, data.eval_batch_size, data.workers),
+    )
+
+
+def build_cached_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,
+                         val: MultiLabelSplit, test: MultiLabelSplit):
+    """Sources reading a feature cache: one for the training and validation parts together (keyed
+    by their sorted image list, so it survives another validation carve), one for the test split.
+    Only the first is held on `data.cache_device`: it is read every epoch, the test cache twice."""
+    data = cfg.data
+    if data.cache_device == "cuda" and backbone.device.type != "cuda":
+        raise ConfigError(f"data.cache_device='cuda' needs the model on CUDA, but it runs on {backbone.device}")
+    options = dict(augment=data.augment, seed=data.cache_seed, batch_size=data.eval_batch_size,
+                   workers=data.workers)
+    shared = build_feature_cache(union_split(train, val), backbone, data.cache_dir, data.cache_views, **options)
+    if data.cache_device == "cuda":
+        shared.load(str(backbone.device))
+    test_cache = build_feature_cache(test, backbone, data.cache_dir, 1, **options)
+    device = backbone.device
+    return (
+        CachedFeatureSource(train, shared, data.batch_size, device, shuffle=True, random_views=True),
+        CachedFeatureSource(val, shared, data.eval_batch_size, device),
+        CachedFeatureSource(test, test_cache, data.eval_batch_size, device),
     )

@@ -1,0 +1,438 @@
+"""A disk cache of the frozen image tower's features: encode each image (and each augmented view)
+once, then train every epoch from fp16 arrays instead of re-encoding.
+
+Layout of one cache folder `<cache_dir>/<dataset>-<key hash>/`:
+
+- `tokens.npy`: fp16 [views, images, tokens, dim], the dense features;
+- `pooled.npy`: fp16 [views, images, dim], the global feature;
+- `meta.json`: the key (what the features depend on), the shapes, and one CRC32 per committed
+  chunk of images of one view.
+
+View 0 is the evaluation transform; views 1.. are the training augmentation, each image seeded
+from (seed, view, image index), so a cache is reproducible and resuming gives the same bytes.
+
+The folder name is a hash of the key, so a change of backbone, precision, image size, transform
+or image list lands in another folder and is built anew; a stale cache is never read. A folder
+whose stored key differs from the expected one is refused. A cache is built in
+`<folder>.partial/`, chunk by chunk (meta.json records progress), and renamed when complete:
+an interrupted build resumes where it stopped. On opening, file sizes are checked and the CRC
+of a sample of chunks is recomputed; `verify(full=True)` checks every chunk.
+
+The .npy files are ordinary arrays (`np.load(path, mmap_mode="r")` works), but clipml reads and
+writes them with positioned file I/O, not through a memory map: pages touched through a map count
+in the process's resident memory, so one epoch over a COCO-sized cache would grow it to the
+file's size, while plain reads keep it at one batch (the OS page cache still caches them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import zlib
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipml.backbones import FrozenCLIP
+from clipml.data.base import MultiLabelSplit
+from clipml.data.transforms import Normalize255, eval_transform, train_transform
+from clipml.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the layout or the meaning of the arrays changes
+META, TOKENS, POOLED = "meta.json", "tokens.npy", "pooled.npy"
+DTYPE = np.dtype(np.float16)
+SAMPLE_CHUNKS = 4  # chunks whose checksum is recomputed on every open
+READ_ROWS = 64  # rows per read when a whole chunk is checked or loaded
+
+
+def cache_key(split: MultiLabelSplit, backbone: FrozenCLIP, views: int, augment: str, seed: int) -> Dict:
+    """Everything the cached features depend on. Augmentation policy and seed matter only when
+    there are augmented views, so a one-view cache survives a change of either."""
+    augmented = views > 1
+    return {
+        "format": FORMAT,
+        "backbone": backbone.identity,
+        "precision": backbone.precision,
+        "mean": [float(v) for v in backbone.mean],
+        "std": [float(v) for v in backbone.std],
+        "transform": {
+            "eval": "resize-bicubic-antialias",
+            "views": int(views),
+            "augment": augment if augmented else None,
+            "seed": int(seed) if augmented else None,
+        },
+        "images": {"dataset": split.dataset, "count": len(split), "fingerprint": split.fingerprint()},
+    }
+
+
+def key_digest(key: Dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def union_split(*splits: MultiLabelSplit) -> MultiLabelSplit:
+    """The distinct images of `splits` in sorted order (labels all 0: a cache stores none).
+
+    Training and validation parts carved from one split share one cache keyed by this list,
+    which stays the same whatever the validation fraction or seed.
+    """
+    first = splits[0]
+    for other in splits[1:]:
+        if other.classes != first.classes or type(other) is not type(first) or other.root != first.root:
+            raise DataError(f"cannot cache {first.dataset}/{first.split} and {other.dataset}/{other.split} "
+                            "together: they differ in class list, image root or kind")
+    items = sorted({item for split in splits for item in split.items})
+    labels = np.zeros((len(items), len(first.classes)), dtype=np.int8)
+    return dataclasses.replace(first, split="+".join(s.split for s in splits), items=items, labels=labels)
+
+
+def _data_offset(path: Path) -> Tuple[int, Tuple[int, ...]]:
+    """(byte offset of the data, shape) of an fp16 C-order .npy file."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+    except (OSError, ValueError) as error:
+        raise DataError(f"feature cache file {path} cannot be read: {error}") from None
+    if dtype != DTYPE or fortran:
+        raise DataError(f"feature cache file {path}: expected C-order float16, found {dtype} (fortran={fortran})")
+    return offset, tuple(shape)
+
+
+class _Array:
+    """Positioned reads and writes of rows (the first two axes flattened) of one .npy file."""
+
+    def __init__(self, path: Path, writable: bool = False) -> None:
+        self.path = path
+        self.offset, self.shape = _data_offset(path)
+        self.row_shape = self.shape[2:]
+        self.row_bytes = int(np.prod(self.row_shape)) * DTYPE.itemsize
+        expected = self.offset + self.shape[0] * self.shape[1] * self.row_bytes
+        found = path.stat().st_size
+        if found != expected:
+            raise DataError(f"feature cache file {path} is truncated or corrupt: "
+                            f"{found} bytes, expected {expected} for shape {self.shape}")
+        self.handle = open(path, "r+b" if writable else "rb", buffering=0)
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows in the given order; sorted contiguous runs are read with one call each."""
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        out = np.empty((len(rows),) + self.row_shape, dtype=DTYPE)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        start = 0
+        while start < len(ordered):
+            stop = start + 1
+            while stop < len(ordered) and ordered[stop] == ordered[stop - 1] + 1:
+                stop += 1
+            self.handle.seek(self.offset + int(ordered[start]) * self.row_bytes)
+            wanted = (stop - start) * self.row_bytes
+            got = self.handle.readinto(view[start * self.row_bytes:stop * self.row_bytes])
+            if got != wanted:
+                raise DataError(f"feature cache file {self.path}: short read ({got} of {wanted} bytes)")
+            start = stop
+        if np.array_equal(order, np.arange(len(rows))):
+            return out
+        result = np.empty_like(out)
+        result[order] = out
+        return result
+
+    def write_rows(self, first_row: int, values: np.ndarray) -> None:
+        self.handle.seek(self.offset + first_row * self.row_bytes)
+        self.handle.write(np.ascontiguousarray(values, dtype=DTYPE).tobytes())
+
+    def sync(self) -> None:
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class FeatureCache:
+    """A complete cache folder for the images of `split` (same image list as when it was built).
+
+    `read(images, views)` returns fp16 (tokens [B, T, D], pooled [B, D]) on the CPU, or on the
+    device the cache was `load`ed to.
+    """
+
+    def __init__(self, path: Path, split: MultiLabelSplit, expected_key: Optional[Dict] = None) -> None:
+        self.path = Path(path)
+        self.meta = _read_meta(self.path)
+        self.key = self.meta["key"]
+        if expected_key is not None and self.key != expected_key:
+            raise DataError(f"feature cache {self.path} was built for another key:\n  stored   {self.key}\n"
+                            f"  expected {expected_key}\nremove the folder or choose another data.cache_dir")
+        if not self.meta.get("complete") or len(self.meta.get("checksums", ())) != self.meta.get("units"):
+            raise DataError(f"feature cache {self.path} is incomplete ({self.meta['done']} of "
+                            f"{self.meta['units']} chunks); remove it to rebuild")
+        if split.fingerprint() != self.key.get("images", {}).get("fingerprint"):
+            raise DataError(f"feature cache {self.path} holds another image list than {split.dataset}/{split.split}")
+        self.items = list(split.items)
+        self.views, self.count = int(self.meta["views"]), len(self.items)
+        self.grid = tuple(self.meta["grid"])
+        self.tokens = _Array(self.path / TOKENS)
+        self.pooled = _Array(self.path / POOLED)
+        expected = {"tokens": [self.views, self.count, self.meta["tokens"], self.meta["dim"]],
+                    "pooled": [self.views, self.count, self.meta["dim"]]}
+        found = {"tokens": list(self.tokens.shape), "pooled": list(self.pooled.shape)}
+        if found != expected:
+            raise DataError(f"feature cache {self.path}: arrays have shapes {found}, meta.json says {expected}")
+        self.resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.verify(full=False)
+
+    # Integrity ------------------------------------------------------------------------------
+    def verify(self, full: bool = False) -> None:
+        """Recompute the CRC of every chunk (`full`) or of a seeded sample of them."""
+        units = len(self.meta["checksums"])
+        if full or units <= SAMPLE_CHUNKS:
+            chosen = range(units)
+        else:
+            rest = np.random.RandomState(0).choice(np.arange(1, units - 1), SAMPLE_CHUNKS - 2, replace=False)
+            chosen = sorted({0, units - 1, *rest.tolist()})
+        for unit in chosen:
+            rows = _unit_rows(unit, self.count, self.meta["chunk"])
+            crc = [0, 0]
+            for start in range(0, len(rows), READ_ROWS):  # a few MB at a time
+                part = rows[start:start + READ_ROWS]
+                crc = _update_crc(crc, self.tokens.read_rows(part), self.pooled.read_rows(part))
+            if crc != self.meta["checksums"][unit]:
+                view, first = divmod(int(rows[0]), self.count)
+                raise DataError(f"feature cache {self.path} is corrupt: chunk {unit} (view {view}, images "
+                                f"{first}..{first + len(rows) - 1}) fails its checksum; remove the folder to rebuild")
+
+    # Access ---------------------------------------------------------------------------------
+    def positions(self, split: MultiLabelSplit) -> np.ndarray:
+        """Where each image of `split` sits in the cache; every one must be there."""
+        index = {item: i for i, item in enumerate(self.items)}
+        missing = [item for item in split.items if item not in index]
+        if missing:
+            raise DataError(f"feature cache {self.path} lacks {len(missing)} images of "
+                            f"{split.dataset}/{split.split}, e.g. {missing[0]!r}")
+        return np.array([index[item] for item in split.items], dtype=np.int64)
+
+    def read(self, images: np.ndarray, views: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        rows = np.asarray(views, dtype=np.int64) * self.count + np.asarray(images, dtype=np.int64)
+        if self.resident is not None:
+            tokens, pooled = self.resident
+            index = torch.from_numpy(rows).to(tokens.device)
+            return tokens[index], pooled[index]
+        return torch.from_numpy(self.tokens.read_rows(rows)), torch.from_numpy(self.pooled.read_rows(rows))
+
+    def nbytes(self) -> int:
+        return (int(np.prod(self.tokens.shape)) + int(np.prod(self.pooled.shape))) * DTYPE.itemsize
+
+    def load(self, device: str) -> bool:
+        """Hold the arrays in memory on `device`, chunk by chunk; False (and stay on disk) if they
+        do not fit in the free memory of a CUDA device."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self.nbytes() > 0.8 * free:
+                logger.warning("feature cache %s (%.1f GB) does not fit on %s (%.1f GB free): reading it from disk",
+                               self.path, self.nbytes() / 1e9, device, free / 1e9)
+                return False
+        rows = self.views * self.count
+        tokens = torch.empty((rows,) + self.tokens.row_shape, dtype=torch.float16, device=device)
+        pooled = torch.empty((rows,) + self.pooled.row_shape, dtype=torch.float16, device=device)
+        for start in range(0, rows, READ_ROWS):
+            part = np.arange(start, min(rows, start + READ_ROWS))
+            tokens[start:start + len(part)] = torch.from_numpy(self.tokens.read_rows(part))
+            pooled[start:start + len(part)] = torch.from_numpy(self.pooled.read_rows(part))
+        self.resident = (tokens, pooled)
+        return True
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.pooled.close()
+
+
+# Building ---------------------------------------------------------------------------------------
+class _SeededViews(Dataset):
+    """Images `start..start+count-1` of `split` through `transform`, the torch RNG seeded per (seed, view, image)
+    so every view is reproducible whatever the batch, worker or resume point."""
+
+    def __init__(self, split: MultiLabelSplit, transform: Callable, view: int, seed: int, start: int,
+                 count: int) -> None:
+        self.split, self.transform, self.view, self.seed = split, transform, view, seed
+        self.start, self.count = start, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        index = self.start + position
+        if self.view == 0:  # the evaluation transform draws no random numbers
+            return self.transform(self.split.open_image(index))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, self.view, index]).generate_state(1)[0]))
+            return self.transform(self.split.open_image(index))
+
+
+def _unit_rows(unit: int, count: int, chunk: int) -> np.ndarray:
+    """Rows (view * count + image) of progress unit `unit`: one chunk of images of one view."""
+    per_view = (count + chunk - 1) // chunk
+    view, part = divmod(unit, per_view)
+    first = part * chunk
+    return view * count + np.arange(first, min(count, first + chunk))
+
+
+def _update_crc(crc: List[int], tokens: np.ndarray, pooled: np.ndarray) -> List[int]:
+    """CRC32s of a chunk's token and pooled bytes, extended by the next rows."""
+    return [zlib.crc32(np.ascontiguousarray(tokens).data, crc[0]),
+            zlib.crc32(np.ascontiguousarray(pooled).data, crc[1])]
+
+
+META_KEYS = ("key", "views", "tokens", "dim", "grid", "chunk", "units", "done", "checksums", "complete")
+
+
+def _read_meta(path: Path) -> Dict:
+    file = path / META
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"feature cache {path} has no {META}; remove the folder to rebuild") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"feature cache file {file} cannot be read: {error}") from None
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise DataError(f"feature cache file {file} lacks {missing}; remove the folder to rebuild")
+    return meta
+
+
+def _write_meta(path: Path, meta: Dict) -> None:
+    """Atomic: a crash leaves the old or the new progress record, never half of one."""
+    tmp = path / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path / META)
+
+
+def build_feature_cache(
+    split: MultiLabelSplit,
+    backbone: FrozenCLIP,
+    cache_dir: str,
+    views: int = 1,
+    augment: str = "resized_crop",
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int = 0,
+    chunk_batches: int = 16,
+    on_chunk: Optional[Callable[[int, int], None]] = None,
+) -> FeatureCache:
+    """The cache of `split`'s features under `cache_dir`: opened if built, else built (or resumed).
+
+    View 0 uses the evaluation transform, views 1..views-1 the training policy `augment`.
+    A chunk is `chunk_batches` batches of `batch_size` images of one view; `on_chunk(done, total)`
+    is called after each chunk is committed to disk.
+    """
+    if views < 1:
+        raise ConfigError(f"data.cache_views must be at least 1, got {views}")
+    if views > 1 and augment == "none":
+        raise ConfigError(f"data.cache_views={views} asks for augmented views but data.augment is 'none'")
+    key = cache_key(split, backbone, views, augment, seed)
+    final = Path(cache_dir) / f"{split.dataset}-{key_digest(key)}"
+    if final.is_dir():
+        logger.info("feature cache %s found", final)
+        return FeatureCache(final, split, key)
+
+    partial = final.with_name(final.name + ".partial")
+    meta = _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
+    units = meta["units"]
+    if meta["done"]:
+        logger.info("resuming feature cache %s at chunk %d of %d", partial, meta["done"], units)
+    size, mean, std = backbone.image_size, backbone.mean, backbone.std
+    transforms = [eval_transform(size, mean, std, normalize=False)]
+    if views > 1:
+        transforms.append(train_transform(size, mean, std, augment, normalize=False))
+    normalize = Normalize255(mean, std).to(backbone.device)
+    per_view = units // views
+    tokens, pooled = _Array(partial / TOKENS, writable=True), _Array(partial / POOLED, writable=True)
+    try:
+        while meta["done"] < units:
+            # One loader for the rest of a view (workers start once per view, not per chunk);
+            # chunks are whole batches, so each chunk takes the next batches of it.
+            view, first = divmod(int(_unit_rows(meta["done"], len(split), meta["chunk"])[0]), len(split))
+            dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, first, len(split) - first)
+            batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+            while meta["done"] < units and meta["done"] // per_view == view:
+                rows = _unit_rows(meta["done"], len(split), meta["chunk"])
+                _extract_chunk(meta, partial, tokens, pooled, rows,
+                               itertools.islice(batches, -(-len(rows) // batch_size)),
+                               lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
+                if on_chunk is not None:
+                    on_chunk(meta["done"], units)
+    finally:
+        tokens.close()
+        pooled.close()
+    meta["complete"] = True
+    _write_meta(partial, meta)
+    os.replace(partial, final)
+    logger.info("feature cache %s built (%d views of %d images)", final, views, len(split))
+    return FeatureCache(final, split, key)
+
+
+def _extract_chunk(meta: Dict, partial: Path, tokens: _Array, pooled: _Array, rows: np.ndarray,
+                   batches: Iterable[torch.Tensor], encode: Callable) -> None:
+    """Encode and write one chunk batch by batch, flush it to disk, then record it: progress never
+    runs ahead of the data, and memory holds one batch."""
+    crc, row = [0, 0], int(rows[0])
+    for images in batches:
+        with torch.no_grad():
+            dense = encode(images)
+        block_tokens, block_pooled = dense.tokens.half().cpu().numpy(), dense.pooled.half().cpu().numpy()
+        tokens.write_rows(row, block_tokens)
+        pooled.write_rows(row, block_pooled)
+        crc = _update_crc(crc, block_tokens, block_pooled)
+        row += len(block_tokens)
+    if row != int(rows[-1]) + 1:
+        raise DataError(f"feature cache {partial}: chunk {meta['done']} got {row - int(rows[0])} images, "
+                        f"expected {len(rows)}")
+    tokens.sync()
+    pooled.sync()
+    meta["checksums"].append(crc)
+    meta["done"] += 1
+    _write_meta(partial, meta)
+
+
+def _start_or_resume(partial: Path, key: Dict, split: MultiLabelSplit, backbone: FrozenCLIP,
+                     views: int, chunk: int) -> Dict:
+    """The progress record of `partial`, creating the folder and its empty arrays if needed."""
+    if partial.is_dir():
+        try:
+            meta = _read_meta(partial)
+            if meta["key"] == key and meta["chunk"] == chunk:
+                _Array(partial / TOKENS).close()  # size check
+                _Array(partial / POOLED).close()
+                return meta
+            logger.warning("discarding unfinished feature cache %s: built with other settings", partial)
+        except DataError as error:
+            logger.warning("discarding unreadable unfinished feature cache %s: %s", partial, error)
+        shutil.rmtree(partial)
+    with torch.no_grad():
+        probe = backbone.encode_dense(torch.zeros(1, 3, backbone.image_size, backbone.image_size,
+                                                  device=backbone.device))
+    tokens, dim = probe.tokens.shape[1], probe.tokens.shape[2]
+    partial.mkdir(parents=True)
+    for name, shape in ((TOKENS, (views, len(split), tokens, dim)), (POOLED, (views, len(split), dim))):
+        array = np.lib.format.open_memmap(partial / name, mode="w+", dtype=DTYPE, shape=shape)
+        del array  # a sparse file of the final size; the data is written chunk by chunk
+    per_view = (len(split) + chunk - 1) // chunk
+    meta = {"key": key, "split": split.split, "views": views, "tokens": int(tokens), "dim": int(dim),
+            "grid": list(probe.grid), "chunk": chunk, "units": views * per_view, "done": 0,
+            "checksums": [], "complete": False}
+    _write_meta(partial, meta)
+    return meta
+
+
+__all__ = ["FeatureCache", "build_feature_cache", "cache_key", "key_digest", "union_split"]
