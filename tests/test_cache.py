@@ -193,7 +193,8 @@ def test_resident_cache_reads_like_the_disk(tmp_path, backbone, split):
 
 def test_training_from_the_cache_matches_training_from_images(tmp_path):
     # Without augmentation both read the same images in the same order: only fp16 rounding differs.
-    overrides = ["data.augment=none", "optim.epochs=2", "data.options={num_images: 64}", "data.known_ratio=0.5"]
+    overrides = ["data.augment=none", "optim.epochs=2", "data.options={num_images: 64}", "data.known_ratio=0.5",
+                 "backbone.image_size=64"]
     plain = train(tiny_config(tmp_path, "name=plain", *overrides), resume=False)
     cache_dir = tmp_path / "features"
     cached = train(tiny_config(tmp_path, "name=cached", "data.cache=true", f"data.cache_dir={cache_dir}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,19 +36,21 @@ def make_loader(
     pin_memory: Optional[bool] = None,
     drop_last: bool = False,
     seed: Optional[int] = None,
+    batch_sampler: Optional[Sequence[Sequence[int]]] = None,
 ) -> DataLoader:
     """A DataLoader over `split`; `seed` fixes the shuffle order, pin_memory defaults to CUDA availability.
 
-    Use drop_last=False for evaluation: every test image must be scored.
+    `batch_sampler` (explicit lists of indices) replaces batch_size/shuffle/drop_last. Use
+    drop_last=False for evaluation: every test image must be scored.
     """
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    batching = (dict(batch_sampler=batch_sampler) if batch_sampler is not None
+                else dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last))
     return DataLoader(
         ImageLabelDataset(split, transform),
-        batch_size=batch_size,
-        shuffle=shuffle,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
         generator=generator,
         persistent_workers=False,
+        **batching,
     )

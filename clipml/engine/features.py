@@ -7,13 +7,13 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import RandomSampler
 
 from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader
 from clipml.data.transforms import Normalize255
 from clipml.engine.cache import FeatureCache
+from clipml.engine.distributed import DistContext, global_batches, shard
 
 Batch = Tuple[Dense, torch.Tensor, torch.Tensor]  # dense features, int8 labels [B, C], indices [B]
 
@@ -34,18 +34,25 @@ class ImageFeatureSource:
         self.workers = workers
         self.shuffle = shuffle
         self.normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
+        self.context: Optional[DistContext] = None  # set by the trainer under data parallelism
 
     def __len__(self) -> int:
         """Number of batches."""
         return (len(self.split) + self.batch_size - 1) // self.batch_size
 
-    def batches(self, seed: Optional[int] = None) -> Iterator[Batch]:
-        """One pass; `seed` fixes the shuffle order (and the workers' augmentation seeds)."""
+    def batches(self, seed: Optional[int] = None, sharded: bool = True) -> Iterator[Batch]:
+        """One pass; `seed` fixes the shuffle order (and the workers' augmentation seeds).
+
+        Under data parallelism each rank gets its part of every global batch (`sharded=False`:
+        all of it, e.g. for the DSRB prototype pass that every rank must agree on)."""
         device = self.backbone.device
         if seed is not None:
             torch.manual_seed(seed)
-        loader = make_loader(self.split, self.transform, self.batch_size, shuffle=self.shuffle,
-                             workers=self.workers, seed=seed)
+        plan = global_batches(len(self.split), self.batch_size, self.shuffle, seed)
+        context = self.context if sharded else None
+        plan = [shard(index, context) for index in plan]
+        loader = make_loader(self.split, self.transform, workers=self.workers, seed=seed,
+                             batch_sampler=[index.tolist() for index in plan if len(index)])
         for images, labels, index in loader:
             with torch.no_grad():
                 images = self.normalize(images.to(device, non_blocking=True))
@@ -59,8 +66,8 @@ class CachedFeatureSource:
 
     The split may be any subset of the cached image list (the training and validation parts
     share one cache). With `random_views`, every image gets one of the cached views at random
-    per pass, drawn from `seed`; otherwise view 0 (the evaluation transform). The shuffle order
-    for a seed is the one ImageFeatureSource's DataLoader uses.
+    per pass, drawn from `seed`; otherwise view 0 (the evaluation transform). The batches for a
+    seed are the ones ImageFeatureSource yields.
     """
 
     def __init__(self, split: MultiLabelSplit, cache: FeatureCache, batch_size: int, device: torch.device,
@@ -73,6 +80,7 @@ class CachedFeatureSource:
         self.random_views = random_views
         self.positions = cache.positions(split)
         self.labels = torch.from_numpy(split.labels.copy())
+        self.context: Optional[DistContext] = None  # set by the trainer under data parallelism
 
     def __len__(self) -> int:
         """Number of batches."""
@@ -87,22 +95,16 @@ class CachedFeatureSource:
         generator.manual_seed(seed + 7_919 if seed is not None else int(torch.randint(2**62, ())))
         return torch.randint(self.cache.views, (count,), generator=generator).numpy()
 
-    def batches(self, seed: Optional[int] = None) -> Iterator[Batch]:
-        """One pass; `seed` fixes the shuffle order and the views."""
-        count = len(self.split)
+    def batches(self, seed: Optional[int] = None, sharded: bool = True) -> Iterator[Batch]:
+        """One pass; `seed` fixes the shuffle order and the views (sharding as ImageFeatureSource)."""
         if seed is not None:
             torch.manual_seed(seed)  # as ImageFeatureSource, so both leave the global RNG alike
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
-            # A DataLoader draws its workers' base seed from the generator before shuffling.
-            torch.empty((), dtype=torch.int64).random_(generator=generator)
-            order = np.fromiter(RandomSampler(range(count), generator=generator), dtype=np.int64, count=count)
-        else:
-            order = np.arange(count)
         views = self.views(seed)
-        for start in range(0, count, self.batch_size):
-            index = order[start:start + self.batch_size]
+        context = self.context if sharded else None
+        for index in global_batches(len(self.split), self.batch_size, self.shuffle, seed):
+            index = shard(index, context)
+            if not len(index):
+                continue
             tokens, pooled = self.cache.read(self.positions[index], views[index])
             dense = Dense(tokens=tokens.to(self.device, non_blocking=True).float(),
                           pooled=pooled.to(self.device, non_blocking=True).float(), grid=self.cache.grid)
