@@ -12,18 +12,28 @@ from clipml.data.base import MultiLabelSplit
 
 class ImageLabelDataset(Dataset):
     """Items `(image_tensor, labels int8 [C], index)`; images come from `split.open_image`,
-    so in-memory splits work, and a missing or corrupt file raises a DataError naming it."""
+    so in-memory splits work, and a missing or corrupt file raises a DataError naming it.
 
-    def __init__(self, split: MultiLabelSplit, transform: Callable) -> None:
+    With `seed`, each image's random augmentation is drawn from a generator seeded by
+    (seed, index): the same crop whatever the batch, worker or data-parallel rank it lands in.
+    """
+
+    def __init__(self, split: MultiLabelSplit, transform: Callable, seed: Optional[int] = None) -> None:
         self.split = split
         self.transform = transform
+        self.seed = seed
         self.labels = torch.from_numpy(split.labels.copy())
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        return self.transform(self.split.open_image(index)), self.labels[index], index
+        image = self.split.open_image(index)
+        if self.seed is None:
+            return self.transform(image), self.labels[index], index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return self.transform(image), self.labels[index], index
 
 
 def make_loader(
@@ -38,7 +48,8 @@ def make_loader(
     seed: Optional[int] = None,
     batch_sampler: Optional[Sequence[Sequence[int]]] = None,
 ) -> DataLoader:
-    """A DataLoader over `split`; `seed` fixes the shuffle order, pin_memory defaults to CUDA availability.
+    """A DataLoader over `split`; `seed` fixes the shuffle order and every image's augmentation;
+    pin_memory defaults to CUDA availability.
 
     `batch_sampler` (explicit lists of indices) replaces batch_size/shuffle/drop_last. Use
     drop_last=False for evaluation: every test image must be scored.
@@ -47,7 +58,7 @@ def make_loader(
     batching = (dict(batch_sampler=batch_sampler) if batch_sampler is not None
                 else dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last))
     return DataLoader(
-        ImageLabelDataset(split, transform),
+        ImageLabelDataset(split, transform, seed),
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         generator=generator,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -27,8 +27,8 @@ def select_device(name: str) -> str:
     return name
 
 
-def build_backbone(cfg: ExperimentConfig) -> FrozenCLIP:
-    return load_backbone(cfg.backbone.spec, cfg.backbone.image_size, select_device(cfg.device),
+def build_backbone(cfg: ExperimentConfig, device: Optional[str] = None) -> FrozenCLIP:
+    return load_backbone(cfg.backbone.spec, cfg.backbone.image_size, device or select_device(cfg.device),
                          cfg.backbone.precision, cfg.backbone.allow_random)
 
 

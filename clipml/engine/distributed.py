@@ -83,6 +83,15 @@ def global_batches(count: int, batch_size: int, shuffle: bool, seed: Optional[in
     return [order[start:start + batch_size] for start in range(0, count, batch_size)]
 
 
+def all_reduce(context: DistContext, value: float, average: bool) -> float:
+    """Sum (or average) a number over ranks."""
+    if not context.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor) / (context.world if average else 1)
+
+
 def gather_rows(context: DistContext, parts: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
     """Concatenate each array over all ranks (in rank order)."""
     if not context.active:

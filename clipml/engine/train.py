@@ -13,10 +13,13 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
-from clipml.engine.builders import build_backbone, build_sources, build_splits
+from clipml.engine import distributed
+from clipml.engine.builders import build_backbone, build_sources, build_splits, select_device
 from clipml.engine.checkpoint import (
     load_into,
     load_training_state,
@@ -80,18 +83,24 @@ def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
 def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None) -> Dict[str, object]:
     """Run one experiment end to end; returns the summary that is also written to the run folder."""
     run = Path(cfg.run_dir())
-    if resume:
-        _check_resumable(run, cfg)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    context = distributed.setup(select_device(cfg.device))
+    if context.is_main:
+        if resume:
+            _check_resumable(run, cfg)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
     started = time.time()
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    backbone = build_backbone(cfg)
-    train_split, val_split, test_split = build_splits(cfg)
+    backbone = build_backbone(cfg, context.device)
+    # Rank 0 writes the mask files and feature caches first; the other ranks then read them.
+    train_split, val_split, test_split = context.main_first(lambda: build_splits(cfg))
     classnames = readable_names(train_split)
-    train_source, val_source, test_source = build_sources(cfg, backbone, train_split, val_split, test_split)
+    sources = context.main_first(lambda: build_sources(cfg, backbone, train_split, val_split, test_split))
+    for source in sources:
+        source.context = context
+    train_source, val_source, test_source = sources
     torch.manual_seed(cfg.seed)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
     config_dict = config_to_dict(cfg)
@@ -105,7 +114,8 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     best = {"epoch": -1, "val": {"mAP": -1.0}}
 
     if model.trainable_parameters():
-        history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress)
+        history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context)
+        context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
     else:
@@ -127,14 +137,28 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "seconds": round(time.time() - started, 1),
     }
-    if model.trainable_parameters():
-        save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test})
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run / "summary.md").write_text(_markdown(summary))
+    if context.is_main:
+        if model.trainable_parameters():
+            save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test})
+        (run / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run / "summary.md").write_text(_markdown(summary))
+    context.barrier()
     return summary
 
 
-def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress):
+class TrainingStep(nn.Module):
+    """The loss of one batch as a module call, so DistributedDataParallel can hook it."""
+
+    def __init__(self, model: MultiLabelCLIP, loss_fn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, dense, labels: torch.Tensor, blending: bool, generator=None) -> torch.Tensor:
+        return training_loss(self.model, self.loss_fn, dense, labels, blending, generator)
+
+
+def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context):
     optim = cfg.optim
     optimizer = build_optimizer(optim, model)
     steps_per_epoch = len(train_source)
@@ -154,7 +178,13 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
         logger.info("resuming %s after epoch %d", run, state["epoch"])
 
-    log = open(run / LOG, "a")
+    step = TrainingStep(model, loss_fn)
+    if context.active:
+        # Blend weights go unused before the blending epochs start.
+        step = DistributedDataParallel(step, find_unused_parameters=hasattr(model, "blending"))
+    # DDP averages gradients over ranks; a summed loss must add them up instead.
+    loss_scale = context.world if cfg.loss.reduction == "sum" else 1
+    log = open(run / LOG, "a") if context.is_main else None
     try:
         for epoch in range(start_epoch, optim.epochs):
             model.train()
@@ -167,22 +197,27 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for dense, labels, _ in batches:
-                loss = training_loss(model, loss_fn, dense, labels, blending, generator)
+                loss = step(dense, labels, blending, generator) * loss_scale
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(float(loss.detach()) / loss_scale)
             val = _headline(evaluate(model, val_source, progress))
-            record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], "val": val}
+            # The loss of the whole global batch: per-rank sums add up, per-rank means average.
+            epoch_loss = distributed.all_reduce(context, float(np.mean(losses)), average=loss_scale == 1)
+            record = {"epoch": epoch, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
             history.append(record)
+            if val["mAP"] > best["val"]["mAP"]:
+                best = {"epoch": epoch, "val": val}
+            if not context.is_main:
+                continue
             log.write(json.dumps(record) + "\n")
             log.flush()
             logger.info("epoch %d loss %.4f val mAP %.2f", epoch + 1, record["loss"], val["mAP"])
-            if val["mAP"] > best["val"]["mAP"]:
-                best = {"epoch": epoch, "val": val}
+            if best["epoch"] == epoch:
                 save_prompt_checkpoint(run / BEST, model, config_dict, {"val": val, "epoch": epoch})
             save_prompt_checkpoint(run / LAST, model, config_dict, {"val": val, "epoch": epoch})
             save_training_state(run / STATE, {
@@ -196,7 +231,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 "best": json.dumps(best),
             })
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return history, best
 
 
@@ -237,7 +273,7 @@ def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, ob
                          class_names=model.classnames)
     with torch.no_grad():
         text = model.text_features()
-        for dense, labels, _ in source.batches(seed=seed):
+        for dense, labels, _ in source.batches(seed=seed, sharded=False):  # every rank: the same prototypes
             output = model.forward_dense(dense, text)
             bank.update(output.features, output.attention, dense.grid, (labels == 1).float(), labels != -1)
     stats = bank.finalize(blend)
