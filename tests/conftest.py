@@ -5,6 +5,9 @@ import torch
 
 from clipml.backbones import load_backbone
 
+# The tests run tiny models: one thread avoids OpenMP overhead (and stalls on a busy machine).
+torch.set_num_threads(1)
+
 TINY_SPECS = {
     "open_clip_vit": "open_clip:clipml-tiny-vit",
     "open_clip_vit_customtext": "open_clip:clipml-tiny-vit-customtext",

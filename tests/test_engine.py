@@ -36,11 +36,10 @@ def trained(tmp_path_factory):
     return cfg, train(cfg, resume=False)
 
 
-def test_training_lowers_loss_and_beats_zero_shot(trained):
+def test_training_lowers_loss_and_writes_the_run(trained):
     cfg, summary = trained
     losses = [record["loss"] for record in summary["history"]]
     assert losses[-1] < losses[0]
-    assert summary["val"]["mAP"] > summary["zero_shot_val"]["mAP"]
     run = Path(cfg.run_dir())
     for name in ("config.yaml", "log.jsonl", "best.safetensors", "prompts.safetensors", "summary.json", "summary.md"):
         assert (run / name).is_file(), name
@@ -143,3 +142,17 @@ def test_zero_shot_method_has_nothing_to_train(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(ExperimentConfig, REPO / path)
     assert cfg.model.method in ("zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp")
+
+
+def test_toy_clip_end_to_end_beats_its_zero_shot_start(tmp_path):
+    """The shipped toy CLIP, generated scenes, 10% known labels: learning must pay off."""
+    cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
+        f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=true",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.options={num_images: 600}", "data.val_fraction=0.3",
+        "optim.epochs=4",
+    ])
+    summary = train(cfg, resume=False)
+    losses = [record["loss"] for record in summary["history"]]
+    assert losses[-1] < losses[0]
+    assert summary["val"]["mAP"] > summary["zero_shot_val"]["mAP"] + 2
+    assert summary["test"]["mAP"] > summary["zero_shot_test"]["mAP"] + 2
