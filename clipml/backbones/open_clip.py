@@ -195,7 +195,10 @@ class OpenCLIPBackbone(FrozenCLIP):
     def resnet_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """The layer-4 map [B, C, h, w] that the attention pool reads."""
         visual = self.model.visual
-        x = visual.stem(images.to(visual.conv1.weight.dtype))
+        images = images.to(visual.conv1.weight.dtype)
+        if images.is_cuda:  # cuDNN convolutions are fastest in channels-last layout
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = visual.stem(images)
         return visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
 
     def _resnet_dense(self, images: torch.Tensor):
