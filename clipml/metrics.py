@@ -136,17 +136,22 @@ def topk_metrics(scores, labels, k: int = 3, threshold: Optional[float] = None) 
 
 
 def evaluate_scores(
-    probs, labels, *, threshold: float = 0.5, k: int = 3, interpolated: bool = True
+    probs, labels, *, scores=None, threshold: float = 0.5, k: int = 3, interpolated: bool = True
 ) -> Dict[str, object]:
     """Everything of METHODS §9 for one evaluation: `mAP`, per-class `AP` (list, nan for
     classes without a positive), the F1 family at `threshold` and its top-k variant
-    (keys suffixed `_top{k}`)."""
-    ap = average_precision(probs, labels, interpolated)
+    (keys suffixed `_top{k}`).
+
+    Rankings (AP, top-k) use `scores` when given, e.g. logits: probabilities of scaled-cosine
+    logits saturate to exactly 1.0 in floating point, and ties would destroy the ranking.
+    """
+    ranking = probs if scores is None else scores
+    ap = average_precision(ranking, labels, interpolated)
     if np.isnan(ap).all():
         raise DataError("no class has a positive label: mAP is undefined")
     result: Dict[str, object] = {"mAP": float(np.nanmean(ap)), "AP": ap.tolist()}
     result.update(threshold_metrics(probs, labels, threshold))
-    result.update({f"{key}_top{k}": value for key, value in topk_metrics(probs, labels, k).items()})
+    result.update({f"{key}_top{k}": value for key, value in topk_metrics(ranking, labels, k).items()})
     return result
 
 

@@ -151,3 +151,15 @@ def test_sweep_average():
         sweep_average(results)
     assert sweep_average(results, expected=None) == pytest.approx(np.mean(list(results.values())))
     assert sweep_average({0.1 + 0.2: 1.0, 0.1: 0.0}, expected=(0.3, 0.1)) == 0.5
+
+
+def test_rankings_use_scores_when_probabilities_saturate():
+    """sigmoid(100 * cos) is exactly 1.0 in float32 for typical cosines: rank by the logits."""
+    logits = np.array([[30.0, -5.0], [25.0, 40.0], [20.0, 35.0]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [0, 0]], dtype=np.int8)
+    probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    assert (probs[:, 0] == 1.0).all()  # the saturation this guards against
+    from_scores = evaluate_scores(probs, labels, scores=logits, k=1)
+    assert from_scores["mAP"] == 1.0
+    assert evaluate_scores(probs, labels, k=1)["mAP"] < 1.0
+    assert from_scores["CP"] == evaluate_scores(probs, labels, k=1)["CP"]  # thresholds still on probabilities

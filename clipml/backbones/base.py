@@ -93,6 +93,8 @@ class FrozenCLIP(nn.Module):
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenize(texts).to(self.device)
+        # The end token has the largest id; nothing after it reaches its feature (causal mask).
+        ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]
         return self.encode_embeddings(self.token_embedding(ids), ids)
 
 

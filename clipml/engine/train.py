@@ -113,6 +113,7 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     history = []
     best = {"epoch": -1, "val": {"mAP": -1.0}}
 
+    initial_val = _headline(evaluate(model, val_source, progress))  # the untrained model: where learning starts
     if model.trainable_parameters():
         history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context)
         context.barrier()  # rank 0 has written the best checkpoint
@@ -131,6 +132,7 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
+        "initial_val": initial_val,
         "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
         "history": history,
