@@ -50,10 +50,10 @@ def encoders(learners: List[ContextPrompts]) -> Tuple[Callable[[], torch.Tensor]
 def learners_for(backbone: FrozenCLIP, classnames: List[str], n_ctx: int) -> Dict[str, List[ContextPrompts]]:
     torch.manual_seed(0)
     return {
-        "CSC (class-specific)": [ContextPrompts(backbone, classnames, n_ctx, class_specific=True)],
-        "shared (CoOp)": [ContextPrompts(backbone, classnames, n_ctx, class_specific=False)],
-        "dual (DualCoOp +/-)": [ContextPrompts(backbone, classnames, n_ctx, True),
-                                ContextPrompts(backbone, classnames, n_ctx, True)],
+        "csc": [ContextPrompts(backbone, classnames, n_ctx, class_specific=True)],
+        "shared": [ContextPrompts(backbone, classnames, n_ctx, class_specific=False)],
+        "dual": [ContextPrompts(backbone, classnames, n_ctx, True),
+                 ContextPrompts(backbone, classnames, n_ctx, True)],
     }
 
 
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--learners", nargs="+", choices=["csc", "shared", "dual"], default=["csc", "shared", "dual"])
     args = parser.parse_args()
 
     backbone = load_backbone(args.spec, device=args.device, allow_random=True)
@@ -72,7 +73,10 @@ def main() -> None:
           f"device={args.device}, threads={torch.get_num_threads()}, repeats={args.repeats} (interleaved medians)")
     print("\n| learner | tokens (truncated / full) | max abs diff of features | truncated fwd+bwd s | "
           "full fwd+bwd s | speed-up |\n|---|---|---|---|---|---|")
-    for label, learners in learners_for(backbone, classnames, args.n_ctx).items():
+    labels = {"csc": "CSC (class-specific)", "shared": "shared (CoOp)", "dual": "dual (DualCoOp +/-)"}
+    built = learners_for(backbone, classnames, args.n_ctx)
+    for key in args.learners:
+        label, learners = labels[key], built[key]
         truncated, full = encoders(learners)
         with torch.no_grad():
             diff = float((truncated() - full()).abs().max())
