@@ -7,7 +7,7 @@ see the same pixels and should agree up to the cache's fp16 rounding).
 The re-encode pipeline is slow on a CPU: it runs on the first `--encode-proportions` of the
 proportions and its sweep time is extrapolated linearly (its runs cost the same whatever p).
 Random weights (speed does not depend on them); everything runs in one process, in this order:
-tower pass, cached sweep, re-encode runs. Example (about 13 minutes on 2 shared CPU cores):
+tower pass, cached sweep, re-encode runs. Example (23 minutes on 2 busy shared CPU cores):
 
     PYTHONPATH=. python benchmarks/bench_sweep.py --images 96 --epochs 2 --encode-proportions 2
 """
