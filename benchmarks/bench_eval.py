@@ -1,0 +1,110 @@
+"""Images/s of `clipml.engine.evaluate.evaluate` (JPEG decode, transform, image tower, text
+features, heads, metrics) against the bare image tower (`encode_dense` on ready tensors of the
+same batch size), target ratio >= 0.9; also `evaluate` on pre-decoded tensors (the image pipeline
+excluded) and the image pipeline alone (DataLoader, no tower), all measured interleaved in one
+run. The images are synthetic scenes written as JPEG files (COCO-like decode cost) and read
+through the manifest loader. Random weights. Examples:
+
+    PYTHONPATH=. python benchmarks/bench_eval.py --images 32 --batch 16 --repeats 3
+    PYTHONPATH=. python benchmarks/bench_eval.py --device cuda --images 2048 --batch 128 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from typing import Iterator
+
+import torch
+from timing import interleaved_medians
+
+from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.data import load_split, readable_names
+from clipml.data.base import MultiLabelSplit
+from clipml.data.loader import make_loader
+from clipml.data.synthetic import write_synthetic_dataset
+from clipml.data.transforms import Normalize255, eval_transform
+from clipml.engine.evaluate import evaluate
+from clipml.engine.features import Batch, ImageFeatureSource
+from clipml.model import ModelConfig, MultiLabelCLIP
+
+
+class PreDecodedSource:
+    """ImageFeatureSource without the image pipeline: uint8 images decoded and transformed once,
+    normalised and encoded per pass."""
+
+    def __init__(self, split: MultiLabelSplit, backbone: FrozenCLIP, transform, batch_size: int) -> None:
+        self.split, self.backbone, self.batch_size = split, backbone, batch_size
+        self.images = torch.stack([transform(split.open_image(i)) for i in range(len(split))]).to(backbone.device)
+        self.labels = torch.from_numpy(split.labels.copy()).to(backbone.device)
+        self.normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
+
+    def batches(self, seed=None) -> Iterator[Batch]:
+        for start in range(0, len(self.split), self.batch_size):
+            index = torch.arange(start, min(len(self.split), start + self.batch_size))
+            with torch.no_grad():
+                dense = self.backbone.encode_dense(self.normalize(self.images[index]))
+            yield dense, self.labels[index], index
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="open_clip:ViT-B-16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--method", default="sdm_csp")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--jpeg-size", type=int, default=480, help="side of the JPEG files")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # random-weight notices
+
+    torch.manual_seed(0)
+    backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_dataset(tmp, {"test": args.images}, image_size=args.jpeg_size, quality=90)
+        split = load_split("manifest", tmp, "test")
+        model = MultiLabelCLIP(backbone, readable_names(split), ModelConfig(method=args.method))
+        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+        full = ImageFeatureSource(split, backbone, transform, args.batch, args.workers)
+        decoded = PreDecodedSource(split, backbone, transform, args.batch)
+        ready = [decoded.normalize(decoded.images[s:s + args.batch]) for s in range(0, args.images, args.batch)]
+
+        def tower() -> None:
+            with torch.no_grad():
+                for images in ready:
+                    backbone.encode_dense(images)
+
+        def pipeline() -> None:
+            for _ in make_loader(split, transform, args.batch, shuffle=False, workers=args.workers):
+                pass
+
+        medians = interleaved_medians({
+            "tower": tower,
+            "evaluate": lambda: evaluate(model, full),
+            "evaluate_decoded": lambda: evaluate(model, decoded),
+            "pipeline": pipeline,
+        }, args.repeats, args.device)
+
+    rate = {name: args.images / seconds for name, seconds in medians.items()}
+    print(f"{args.spec} @ {backbone.image_size}px random weights, {args.method}, C={len(model.classnames)}, "
+          f"{args.images} JPEGs of {args.jpeg_size}px, batch {args.batch}, workers {args.workers}, "
+          f"device={args.device}, threads={torch.get_num_threads()}, repeats={args.repeats} (interleaved medians)")
+    rows = [
+        ("bare image tower: encode_dense on ready tensors", "tower"),
+        ("evaluate(): JPEG decode + transform + tower + text + heads + metrics", "evaluate"),
+        ("evaluate() on pre-decoded uint8 tensors (image pipeline excluded)", "evaluate_decoded"),
+        ("image pipeline alone: DataLoader decode + transform, no tower", "pipeline"),
+    ]
+    print("\n| what | s per pass | images/s | / bare tower |\n|---|---|---|---|")
+    for label, key in rows:
+        print(f"| {label} | {medians[key]:.2f} | {rate[key]:.2f} | {rate[key] / rate['tower']:.3f} |")
+    print(f"\nevaluate / tower: {rate['evaluate'] / rate['tower']:.3f} (target >= 0.9); "
+          f"pre-decoded: {rate['evaluate_decoded'] / rate['tower']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
