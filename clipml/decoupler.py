@@ -3,7 +3,7 @@ DualCoOp / zero-shot spatial aggregations (METHODS §4)."""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,15 +38,20 @@ class SemanticDecoupler(nn.Module):
 
 
 class CosineHead(nn.Module):
-    """s_c = τ · cos(f_c, t_c): each class scored only against its own text feature."""
+    """s_c = τ · cos(f_c, t_c) (+ b): each class scored only against its own text feature.
 
-    def __init__(self, temperature: float = 100.0, learnable: bool = False) -> None:
+    The optional learned bias b (SigLIP-style, e.g. init -τ/4) lets a sigmoid loss move all
+    logits at once instead of rotating every prompt away from the image features to do so.
+    """
+
+    def __init__(self, temperature: float = 100.0, learnable: bool = False, bias: Optional[float] = None) -> None:
         super().__init__()
         log_tau = torch.tensor(float(temperature)).log()
         if learnable:
             self.log_temperature = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_temperature", log_tau, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
 
     def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """features [B, C, D] (per class) or [B, D] (global), text [C, D] -> logits [B, C]."""
@@ -56,7 +61,8 @@ class CosineHead(nn.Module):
             cosine = features @ text.T
         else:
             cosine = (features * text.unsqueeze(0)).sum(dim=-1)
-        return self.log_temperature.exp() * cosine
+        logits = self.log_temperature.exp() * cosine
+        return logits if self.bias is None else logits + self.bias
 
 
 def spatial_cosine(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,7 @@ class ModelConfig:
     decoupler_dim: int = 512
     temperature: float = 100.0
     learn_temperature: bool = False
+    logit_bias: Optional[float] = None  # a learned logit bias with this initial value (None: no bias, as METHODS §3)
     zero_shot_scoring: Literal["global", "dense"] = "global"
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
@@ -107,7 +108,8 @@ class MultiLabelCLIP(nn.Module):
             self.prompts = ContextPrompts(
                 backbone, classnames, config.n_ctx, prompt_kind == "class_specific", config.ctx_init, config.ctx_std
             )
-        self.head = CosineHead(config.temperature, config.learn_temperature)
+        self.head = CosineHead(config.temperature, config.learn_temperature,
+                               None if prompt_kind == "handcrafted" else config.logit_bias)
         if self.head_kind == "decoupler":
             guidance = self._fixed_guidance()
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]

@@ -170,3 +170,15 @@ def test_every_family_trains_a_step(tiny_backbones, family):
     assert model.prompts.ctx.grad.abs().sum() > 0
     assert model.decoupler.U.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_logit_bias_is_one_learned_scalar_added_to_every_logit(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    plain = make_model(backbone, "csc_global")
+    biased = make_model(backbone, "csc_global", logit_bias=-25.0)
+    assert (sum(p.numel() for p in biased.trainable_parameters())
+            == sum(p.numel() for p in plain.trainable_parameters()) + 1)
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(biased(images).logits, plain(images).logits - 25.0)
+    assert make_model(backbone, "zero_shot", logit_bias=-25.0).trainable_parameters() == []
