@@ -27,6 +27,15 @@ def tiny_backbone(family: str, image_size=None, seed: int = 0):
     return load_backbone(TINY_SPECS[family], image_size=image_size, allow_random=True)
 
 
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test, restored so other tests are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones():
     return {family: tiny_backbone(family) for family in TINY_SPECS}

@@ -9,13 +9,8 @@ from clipml.losses import build_loss, dual_asl, partial_asl, partial_bce
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons with hand-computed floats; restored so other test files are unaffected."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Exact comparisons with hand-computed and brute-force floats.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def sig(x):

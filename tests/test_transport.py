@@ -7,13 +7,8 @@ from clipml.errors import ConfigError
 from clipml.transport import ConditionalTransport, transport_terms
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons with brute-force floats; restored so other test files are unaffected."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Exact comparisons with hand-computed and brute-force floats.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ---------------------------------------------------------------- independent reference
