@@ -174,3 +174,20 @@ def test_split_serves_the_pixels_rendered_at_load_and_subsets_keep_them():
         expected = np.asarray(split.scene(index).image)
         assert np.array_equal(np.asarray(part.open_image(position)), expected)
     assert part.rendered is split.rendered
+
+
+def test_a_split_asked_for_again_reuses_the_rendering_and_it_cannot_be_changed():
+    from clipml.data.partial import partial_split
+    from clipml.data.synthetic import synthetic_split
+
+    first = synthetic_split("val", num_images=5, seed=9)
+    second = synthetic_split("val", num_images=5, seed=9)
+    assert second.rendered is first.rendered  # rendered once per process
+    assert np.array_equal(second.labels, first.labels)
+    with pytest.raises(ValueError):
+        first.labels[0, 0] = 1 - first.labels[0, 0]
+    with pytest.raises(ValueError):
+        first.rendered[0][0, 0, 0] = 0
+    masked = partial_split(first, 0.5, seed=0)  # derived splits get their own label arrays
+    assert masked.labels.flags.writeable and (masked.labels == -1).any()
+    assert np.array_equal(synthetic_split("val", num_images=5, seed=9).labels, first.labels)

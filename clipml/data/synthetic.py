@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -295,6 +296,19 @@ class SyntheticSplit(MultiLabelSplit):
         return self.scene(index).caption
 
 
+@functools.lru_cache(maxsize=4)
+def _render(split: str, num_images: int, seed: int, image_size: int) -> Tuple[np.ndarray, Dict[int, np.ndarray]]:
+    """Labels and pixels of a stream's first scenes, kept for the process: every run of a sweep
+    asks for the same splits, and rendering them costs seconds each time. Arrays are read-only."""
+    generator = SceneGenerator(seed, image_size=image_size, stream=split)
+    scenes = [generator.scene(i) for i in range(num_images)]
+    labels = np.stack([scene.labels for scene in scenes])
+    rendered = {i: np.asarray(scene.image) for i, scene in enumerate(scenes)}
+    for array in (labels, *rendered.values()):
+        array.flags.writeable = False
+    return labels, rendered
+
+
 def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0, image_size: int = 64) -> SyntheticSplit:
     """Scenes 0..num_images-1 of `split`'s stream, with their complete labels.
 
@@ -304,10 +318,7 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
         raise ConfigError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
     if num_images < 1:
         raise ConfigError(f"synthetic {split}: num_images must be at least 1, got {num_images}")
-    generator = SceneGenerator(seed, image_size=image_size, stream=split)
-    scenes = [generator.scene(i) for i in range(num_images)]
-    labels = np.stack([scene.labels for scene in scenes])
-    rendered = {i: np.asarray(scene.image) for i, scene in enumerate(scenes)}
+    labels, rendered = _render(split, num_images, seed, image_size)
     items = [f"scene-{split}-{seed}-{i:06d}" for i in range(num_images)]
     return SyntheticSplit(
         dataset="synthetic",
