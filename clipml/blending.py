@@ -1,4 +1,5 @@
-"""DSRB representation blending (METHODS.md §6): IPRB and PPRB on category features.
+"""DSRB representation blending (METHODS.md §6): IPRB and PPRB on category features, and the
+optional category-wise contrastive term between images.
 
 Both blends take the decoupler's category features ``f [B, C, D]`` with ``targets [B, C]``
 (float in [0, 1]) and ``known [B, C]`` (bool) and return a blended copy of all three; the
@@ -26,6 +27,7 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipml.errors import ConfigError
@@ -90,6 +92,38 @@ def _check_counts(num_classes: int, feat_dim: int, num_prototypes: int, max_samp
         )
     if max_samples < 1:
         raise ConfigError(f"max_samples must be >= 1; got {max_samples}")
+
+
+def _pair_mean(values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the ``pairs`` mask; exactly 0 (with zero gradient) when it is empty."""
+    return (values * pairs).sum() / pairs.sum().clamp(min=1)
+
+
+def category_contrastive(f: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Category-wise contrastive term between the images of a batch (METHODS §6, optional).
+
+    For every class c and two different images i, j, with ``s = cos(f[i, c], f[j, c])``:
+
+    - pull ``1 − s`` when c is a known positive in both images;
+    - push ``max(0, s)`` when c is a known positive in one image and a known negative in the other.
+
+    Returns ``mean(pull) + mean(push)``, each mean over its own pairs of the whole batch (all
+    classes pooled, each unordered pair once); a kind without any pair adds exactly 0. Unknown
+    entries form no pair. The push is a hinge at orthogonality rather than ``(1 + s) / 2``: a
+    positive and a negative feature need only stop pointing the same way, and pushing them towards
+    opposite directions cannot be met by three or more features at once.
+    """
+    if f.dim() != 3:
+        raise ValueError(f"f must be [B, C, D]; got {tuple(f.shape)}")
+    _check_inputs(f, targets, known, f.shape[1], f.shape[2])
+    unit = F.normalize(f, dim=-1).transpose(0, 1)  # [C, B, D]
+    cos = unit @ unit.transpose(1, 2)  # [C, B, B]: cos[c, i, j]
+    positive = _known_positive(targets, known).T  # [C, B]
+    negative = (known & ~_known_positive(targets, known)).T
+    other = ~torch.eye(f.shape[0], dtype=torch.bool, device=f.device)
+    both = positive.unsqueeze(2) & positive.unsqueeze(1) & other  # ordered: the mean is that of unordered pairs
+    mixed = positive.unsqueeze(2) & negative.unsqueeze(1)  # (positive i, negative j): each pair once
+    return _pair_mean(1 - cos, both) + _pair_mean(cos.clamp(min=0), mixed)
 
 
 class RepresentationBlending(nn.Module):

@@ -32,13 +32,15 @@ METHODS = {
 
 @dataclasses.dataclass
 class BlendingConfig:
-    """DSRB (METHODS §6): blend per-class features across images (IPRB) and with prototypes (PPRB)."""
+    """DSRB (METHODS §6): blend per-class features across images (IPRB) and with prototypes (PPRB),
+    optionally with a category-wise contrastive term between images; all from ``start_epoch`` on."""
 
     instance: bool = False
     prototype: bool = False
+    contrastive_weight: float = 0.0  # weight of blending.category_contrastive; 0 = off, reference 0.05
     lambda_instance: float = 1.0
     lambda_prototype: float = 1.0
-    start_epoch: int = 5  # blended branches from this epoch on (0-based); prototypes first computed then
+    start_epoch: int = 5  # all DSRB terms from this epoch on (0-based); prototypes first computed then
     prototype_every: int = 5  # recompute prototypes every R epochs
     max_samples: int = 100
     topk: int = 1
@@ -48,7 +50,8 @@ class BlendingConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.instance or self.prototype
+        """Any DSRB training term is on (each needs the decoupler's per-class features)."""
+        return self.instance or self.prototype or self.contrastive_weight > 0
 
 
 @dataclasses.dataclass
@@ -117,9 +120,11 @@ class MultiLabelCLIP(nn.Module):
                 self.register_buffer("guidance", guidance, persistent=False)
             self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim)
         blend = config.blending
-        if blend.enabled:
-            if self.head_kind != "decoupler":
-                raise ConfigError(f"model.blending needs per-class features: method sdm_csp, not {config.method}")
+        if blend.contrastive_weight < 0:
+            raise ConfigError(f"model.blending.contrastive_weight must be >= 0; got {blend.contrastive_weight}")
+        if blend.enabled and self.head_kind != "decoupler":
+            raise ConfigError(f"model.blending needs per-class features: method sdm_csp, not {config.method}")
+        if blend.instance or blend.prototype:
             # Used by the trainer only: evaluation and prediction never blend.
             self.blending = RepresentationBlending(
                 len(self.classnames), backbone.embed_dim, blend.instance, blend.prototype,

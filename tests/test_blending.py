@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipml.blending import PrototypeBank, RepresentationBlending, quadrant
+from clipml.blending import PrototypeBank, RepresentationBlending, category_contrastive, quadrant
 from clipml.errors import ConfigError
 
 U = float("nan")  # target value of an unknown entry: must never leak into a known one
@@ -425,3 +425,97 @@ def test_wrong_shapes_are_rejected():
         blend.instance_blend(torch.zeros(2, 3, 5), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="known must be a bool"):
         blend.instance_blend(torch.zeros(2, 3, 2), torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------- category-wise contrastive term
+
+def brute_force_contrastive(f, targets, known):
+    """The documented formula over every class and unordered pair of images, one at a time."""
+    pulls, pushes = [], []
+    b, c, _ = f.shape
+    for k in range(c):
+        for i in range(b):
+            for j in range(i + 1, b):
+                if not (known[i, k] and known[j, k]):
+                    continue
+                s = float(f[i, k] @ f[j, k]) / (float(f[i, k].norm()) * float(f[j, k].norm()))
+                pos_i, pos_j = bool(targets[i, k] >= 0.5), bool(targets[j, k] >= 0.5)
+                if pos_i and pos_j:
+                    pulls.append(1 - s)
+                elif pos_i != pos_j:
+                    pushes.append(max(0.0, s))
+    return (np.mean(pulls) if pulls else 0.0) + (np.mean(pushes) if pushes else 0.0)
+
+
+def test_contrastive_hand_computed():
+    # class 0: positives along x and y (cos 0), negative at 45° (cos 1/√2 to each), one unknown;
+    # class 1: one positive, one negative pointing away (cos -1, pushed by 0), the rest unknown.
+    f = torch.tensor(
+        [
+            [[1.0, 0.0], [1.0, 1.0]],
+            [[0.0, 3.0], [-2.0, -2.0]],
+            [[2.0, 2.0], [5.0, 0.0]],
+            [[1.0, 0.0], [0.0, 1.0]],
+        ]
+    )
+    targets = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, U], [U, U]])
+    known = ~torch.isnan(targets)
+    # pull: one pair, 1 - 0 = 1; push: (0,2) and (1,2) in class 0 at 1/√2, (0,1) in class 1 at 0
+    expected = 1.0 + (2 * 0.5 ** 0.5 + 0.0) / 3
+    assert category_contrastive(f, targets, known).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("p_known", [0.3, 0.7, 1.0])
+def test_contrastive_matches_loop_on_random_partial_labels(float64, p_known):
+    gen = torch.Generator().manual_seed(11)
+    for b in (1, 2, 5, 8):
+        f, _, targets, known = random_batch(gen, b, 6, 4, (2, 2), p_known)
+        targets = torch.where(known, targets, torch.full_like(targets, U))
+        got = category_contrastive(f, targets, known)
+        assert got.dtype == torch.float64
+        assert got.item() == pytest.approx(brute_force_contrastive(f, targets, known), rel=1e-12, abs=1e-12)
+
+
+def test_contrastive_ignores_unknown_entries(float64):
+    gen = torch.Generator().manual_seed(5)
+    f, _, targets, known = random_batch(gen, 6, 5, 3, (2, 2), 0.5)
+    assert known.any() and not known.all()
+    f = f.requires_grad_()
+    loss = category_contrastive(f, targets, known)
+    loss.backward()
+    assert loss.item() > 0
+    assert torch.all(f.grad[~known] == 0) and f.grad[known].abs().sum() > 0
+    changed = torch.where(known.unsqueeze(-1), f.detach(), 100 * torch.randn(f.shape, generator=gen))
+    flipped = torch.where(known, targets, 1.0 - targets)  # an unknown entry's target value means nothing
+    assert category_contrastive(changed, flipped, known).item() == loss.item()
+
+
+@pytest.mark.parametrize(
+    "targets, known",
+    [
+        ([[1.0, 0.0], [0.0, 1.0]], [[False, False], [False, False]]),  # nothing known
+        ([[0.0, 0.0], [0.0, 0.0]], [[True, True], [True, True]]),  # negatives only: no positive to pair
+        ([[1.0, 0.0], [0.0, 1.0]], [[True, False], [False, True]]),  # a positive's partner is unknown
+        ([[1.0, 1.0], [1.0, 0.0]], [[True, True], [False, False]]),  # positives all in one image
+    ],
+)
+def test_contrastive_without_pairs_is_zero_with_finite_gradient(targets, known):
+    f = torch.randn(2, 2, 3, requires_grad=True)
+    loss = category_contrastive(f, torch.tensor(targets), torch.tensor(known))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.all(f.grad == 0)
+
+
+def test_contrastive_single_image_is_zero():
+    f = torch.randn(1, 3, 4, requires_grad=True)
+    loss = category_contrastive(f, torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(f.grad == 0)
+
+
+def test_contrastive_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"f must be \[B, C, D\]"):
+        category_contrastive(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="targets and known must be"):
+        category_contrastive(torch.zeros(2, 3, 4), torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.bool))

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clipml.blending import category_contrastive
 from clipml.engine.checkpoint import load_into, model_tensors
-from clipml.engine.train import load_model, train, training_loss
+from clipml.engine.train import _blending_this_epoch, load_model, train, training_loss
 from clipml.errors import ConfigError
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
@@ -60,10 +61,78 @@ def test_training_loss_adds_branches_and_reaches_alpha_beta_and_background(tiny_
     assert all(p.grad is None for p in backbone.parameters())
 
 
-def test_blending_needs_per_class_features(tiny_backbones):
-    config = ModelConfig(method="dualcoop", n_ctx=4, blending=BlendingConfig(instance=True))
-    with pytest.raises(ConfigError, match="per-class features"):
+LABELS = torch.tensor([[1, -1, 0, -1], [-1, 1, -1, 0], [0, -1, 1, -1], [1, 1, -1, -1]], dtype=torch.int8)
+
+
+def test_contrastive_weight_adds_exactly_its_term_and_reaches_the_decoupler(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    torch.manual_seed(0)
+    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16,
+                                                          blending=BlendingConfig(instance=True)))
+    dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
+    loss_fn = build_loss("bce")
+    targets, known = (LABELS == 1).float(), LABELS != -1
+    output = model.forward_dense(dense)
+    features, soft, mask = model.blending.instance_blend(output.features, targets, known)
+    old = loss_fn(output.logits, targets, known) + loss_fn(model.head(features, output.text), soft, mask)
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), old, rtol=0, atol=0)
+
+    model.config.blending.contrastive_weight = 0.05
+    term = category_contrastive(output.features, targets, known)
+    assert term > 0  # class 0: a positive pair (0, 3) and positive-negative pairs with image 2
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), old + 0.05 * term,
+                               rtol=0, atol=0)
+    (0.05 * term).backward()
+    for parameter in (model.decoupler.U.weight, model.decoupler.V.weight, model.decoupler.P.weight):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_contrastive_term_alone_follows_the_start_epoch(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    torch.manual_seed(0)
+    config = ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16,
+                         blending=BlendingConfig(contrastive_weight=0.05, start_epoch=2))
+    model = MultiLabelCLIP(backbone, CLASSES, config)
+    assert not hasattr(model, "blending")  # no blend branch: no α, β or prototypes
+    assert [_blending_this_epoch(model, epoch) for epoch in range(4)] == [False, False, True, True]
+    dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
+    loss_fn = build_loss("bce")
+    output = model.forward_dense(dense)
+    term = category_contrastive(output.features, (LABELS == 1).float(), LABELS != -1)
+    plain = training_loss(model, loss_fn, dense, LABELS, blending=False)
+    torch.testing.assert_close(plain, loss_fn(output.logits, (LABELS == 1).float(), LABELS != -1), rtol=0, atol=0)
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), plain + 0.05 * term,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "method, blending, message",
+    [
+        ("dualcoop", BlendingConfig(instance=True), "per-class features"),
+        ("dualcoop", BlendingConfig(contrastive_weight=0.05), "per-class features"),
+        ("sdm_csp", BlendingConfig(contrastive_weight=-0.05), "contrastive_weight must be >= 0; got -0.05"),
+    ],
+)
+def test_blending_settings_rejected(tiny_backbones, method, blending, message):
+    config = ModelConfig(method=method, n_ctx=4, blending=blending)
+    with pytest.raises(ConfigError, match=message):
         MultiLabelCLIP(tiny_backbones["open_clip_vit"], CLASSES, config)
+
+
+def test_training_step_with_contrastive_term_moves_the_decoupler(tmp_path):
+    # One batch of the whole training part, one epoch: a single step from the same start.
+    common = ["model.method=sdm_csp", "model.blending.instance=true", "model.blending.start_epoch=0",
+              "optim.epochs=1", "data.batch_size=128"]
+    runs = {}
+    for weight in (0.0, 0.05):
+        cfg = tiny_config(tmp_path, f"name=w{weight}", *common, f"model.blending.contrastive_weight={weight}")
+        summary = train(cfg, resume=False)
+        runs[weight] = (summary["history"][0]["loss"], load_file(str(Path(cfg.run_dir()) / "last.safetensors")))
+    (loss_off, off), (loss_on, on) = runs[0.0], runs[0.05]
+    assert loss_on > loss_off  # the same loss at the same start, plus 0.05 x a positive term
+    for key in ("decoupler.U.weight", "decoupler.V.weight", "decoupler.P.weight"):
+        assert torch.isfinite(on[key]).all() and not torch.equal(on[key], off[key]), key
 
 
 def test_checkpoint_carries_prototypes_alpha_beta_background(tiny_backbones):

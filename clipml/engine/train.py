@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from clipml.blending import PrototypeBank, category_contrastive
 from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.engine import distributed
@@ -239,7 +240,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
 
 
 def _blending_this_epoch(model: MultiLabelCLIP, epoch: int) -> bool:
-    return hasattr(model, "blending") and epoch >= model.config.blending.start_epoch
+    """Whether the DSRB terms (blended branches, contrastive term) are on in this epoch."""
+    return model.config.blending.enabled and epoch >= model.config.blending.start_epoch
 
 
 def _prototype_pass_due(blend, epoch: int) -> bool:
@@ -248,19 +250,21 @@ def _prototype_pass_due(blend, epoch: int) -> bool:
 
 def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, blending: bool,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Partial-label loss of one batch, plus the DSRB branches and the CT term when enabled."""
+    """Partial-label loss of one batch, plus the DSRB terms (when ``blending``) and the CT term when enabled."""
     targets, known = (labels == 1).float(), labels != -1
     output = model.forward_dense(dense)
     loss = loss_fn(output.logits, targets, known)
     if blending:
-        blend, settings = model.blending, model.config.blending
-        if blend.instance:
-            features, soft, mask = blend.instance_blend(output.features, targets, known)
+        settings = model.config.blending
+        if settings.instance:
+            features, soft, mask = model.blending.instance_blend(output.features, targets, known)
             loss = loss + settings.lambda_instance * loss_fn(model.head(features, output.text), soft, mask)
-        if blend.prototype:
-            features, soft, mask = blend.prototype_blend(output.features, targets, known, output.attention,
-                                                         dense.grid, generator)
+        if settings.prototype:
+            features, soft, mask = model.blending.prototype_blend(output.features, targets, known,
+                                                                  output.attention, dense.grid, generator)
             loss = loss + settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask)
+        if settings.contrastive_weight:
+            loss = loss + settings.contrastive_weight * category_contrastive(output.features, targets, known)
     if hasattr(model, "transport"):
         loss = loss + model.config.transport.weight * model.transport(dense.tokens, output.text, targets, known)
     return loss
@@ -268,8 +272,6 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, b
 
 def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, object]:
     """One no-grad pass over the training data to recompute the PPRB prototypes."""
-    from clipml.blending import PrototypeBank
-
     blend = model.blending
     bank = PrototypeBank(len(model.classnames), blend.feat_dim, max_samples=blend.max_samples, seed=seed,
                          class_names=model.classnames)
