@@ -12,6 +12,7 @@ from clipml.data import carve_validation, import_mask, load_split, partial_split
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform, train_transform
 from clipml.engine.cache import build_feature_cache, union_split
+from clipml.engine.distributed import DistContext
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
@@ -49,10 +50,12 @@ def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSpli
 
 
 def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,
-                  val: MultiLabelSplit, test: MultiLabelSplit):
+                  val: MultiLabelSplit, test: MultiLabelSplit, context: Optional[DistContext] = None):
+    """(train, validation, test) feature sources; under `torchrun` every rank calls this with its
+    `context`, so that all ranks share the feature-cache extraction."""
     data = cfg.data
     if data.cache:
-        return build_cached_sources(cfg, backbone, train, val, test)
+        return build_cached_sources(cfg, backbone, train, val, test, context)
     size, mean, std = backbone.image_size, backbone.mean, backbone.std
     plain = eval_transform(size, mean, std, normalize=False)
     augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment, normalize=False)
@@ -64,7 +67,7 @@ def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabel
 
 
 def build_cached_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,
-                         val: MultiLabelSplit, test: MultiLabelSplit):
+                         val: MultiLabelSplit, test: MultiLabelSplit, context: Optional[DistContext] = None):
     """Sources reading a feature cache: one for the training and validation parts together (keyed
     by their sorted image list, so it survives another validation carve), one for the test split.
     Only the first is held on `data.cache_device`: it is read every epoch, the test cache twice."""
@@ -72,7 +75,7 @@ def build_cached_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: Mul
     if data.cache_device == "cuda" and backbone.device.type != "cuda":
         raise ConfigError(f"data.cache_device='cuda' needs the model on CUDA, but it runs on {backbone.device}")
     options = dict(augment=data.augment, seed=data.cache_seed, batch_size=data.eval_batch_size,
-                   workers=data.workers)
+                   workers=data.workers, context=context)
     shared = build_feature_cache(union_split(train, val), backbone, data.cache_dir, data.cache_views, **options)
     if data.cache_device == "cuda":
         shared.load(str(backbone.device))

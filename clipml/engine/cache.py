@@ -18,6 +18,12 @@ whose stored key differs from the expected one is refused. A cache is built in
 an interrupted build resumes where it stopped. On opening, file sizes are checked and the CRC
 of a sample of chunks is recomputed; `verify(full=True)` checks every chunk.
 
+Under `torchrun` the ranks share the extraction: rank 0 creates the partial folder, then rank r
+encodes the chunks whose index is r modulo the world size, writing its rows in place and its
+chunks' CRCs to `progress-r.json` (rank 0 to meta.json); rank 0 then merges them and renames the
+folder. The bytes are those of a one-process build, and a resumed build, with any number of
+ranks, skips every chunk any rank committed.
+
 The .npy files are ordinary arrays (`np.load(path, mmap_mode="r")` works), but clipml reads and
 writes them with positioned file I/O, not through a memory map: pages touched through a map count
 in the process's resident memory, so one epoch over a COCO-sized cache would grow it to the
@@ -44,12 +50,14 @@ from torch.utils.data import DataLoader, Dataset
 from clipml.backbones import FrozenCLIP
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import Normalize255, eval_transform, train_transform
+from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout or the meaning of the arrays changes
 META, TOKENS, POOLED = "meta.json", "tokens.npy", "pooled.npy"
+PROGRESS = "progress-{}.json"  # the chunks committed by rank {} > 0 of a sharded build
 DTYPE = np.dtype(np.float16)
 SAMPLE_CHUNKS = 4  # chunks whose checksum is recomputed on every open
 READ_ROWS = 64  # rows per read when a whole chunk is checked or loaded
@@ -260,19 +268,17 @@ class FeatureCache:
 
 # Building ---------------------------------------------------------------------------------------
 class _SeededViews(Dataset):
-    """Images `start..start+count-1` of `split` through `transform`, the torch RNG seeded per (seed, view, image)
-    so every view is reproducible whatever the batch, worker or resume point."""
+    """Images `images` of `split` through `transform`, the torch RNG seeded per (seed, view, image)
+    so every view is reproducible whatever the batch, worker, rank or resume point."""
 
-    def __init__(self, split: MultiLabelSplit, transform: Callable, view: int, seed: int, start: int,
-                 count: int) -> None:
-        self.split, self.transform, self.view, self.seed = split, transform, view, seed
-        self.start, self.count = start, count
+    def __init__(self, split: MultiLabelSplit, transform: Callable, view: int, seed: int, images: np.ndarray) -> None:
+        self.split, self.transform, self.view, self.seed, self.images = split, transform, view, seed, images
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.images)
 
     def __getitem__(self, position: int) -> torch.Tensor:
-        index = self.start + position
+        index = int(self.images[position])
         if self.view == 0:  # the evaluation transform draws no random numbers
             return self.transform(self.split.open_image(index))
         with torch.random.fork_rng(devices=[]):
@@ -311,11 +317,23 @@ def _read_meta(path: Path) -> Dict:
     return meta
 
 
-def _write_meta(path: Path, meta: Dict) -> None:
+def _write_json(file: Path, record: Dict) -> None:
     """Atomic: a crash leaves the old or the new progress record, never half of one."""
-    tmp = path / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path / META)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, file)
+
+
+def _commit(record: Dict, unit: int, crc: List[int]) -> None:
+    """Record chunk `unit` as done in a progress record (`checksums[unit]`, null for chunks not done)."""
+    checksums = record["checksums"]
+    checksums.extend([None] * (unit + 1 - len(checksums)))
+    checksums[unit] = crc
+    record["done"] += 1
+
+
+def _is_done(record: Dict, unit: int) -> bool:
+    return unit < len(record["checksums"]) and record["checksums"][unit] is not None
 
 
 def build_feature_cache(
@@ -329,17 +347,20 @@ def build_feature_cache(
     workers: int = 0,
     chunk_batches: int = 16,
     on_chunk: Optional[Callable[[int, int], None]] = None,
+    context: Optional[DistContext] = None,
 ) -> FeatureCache:
     """The cache of `split`'s features under `cache_dir`: opened if built, else built (or resumed).
 
     View 0 uses the evaluation transform, views 1..views-1 the training policy `augment`.
     A chunk is `chunk_batches` batches of `batch_size` images of one view; `on_chunk(done, total)`
-    is called after each chunk is committed to disk.
+    is called after each chunk is committed to disk. With a `context` of several ranks, every rank
+    must call this: each encodes its share of the chunks into the one cache, which all then open.
     """
     if views < 1:
         raise ConfigError(f"data.cache_views must be at least 1, got {views}")
     if views > 1 and augment == "none":
         raise ConfigError(f"data.cache_views={views} asks for augmented views but data.augment is 'none'")
+    context = context or DistContext()
     key = cache_key(split, backbone, views, augment, seed)
     final = Path(cache_dir) / f"{split.dataset}-{key_digest(key)}"
     if final.is_dir():
@@ -347,45 +368,69 @@ def build_feature_cache(
         return FeatureCache(final, split, key)
 
     partial = final.with_name(final.name + ".partial")
-    meta = _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
-    units = meta["units"]
-    if meta["done"]:
-        logger.info("resuming feature cache %s at chunk %d of %d", partial, meta["done"], units)
+    if context.is_main:
+        _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
+    context.barrier()  # the folder, its arrays and meta.json exist; no rank writes progress yet
+    _extract_share(partial, split, backbone, augment, seed, batch_size, workers, on_chunk, context)
+    context.barrier()  # every rank has committed its share
+    if context.is_main:
+        _finish(partial, final)
+        logger.info("feature cache %s built (%d views of %d images)", final, views, len(split))
+    context.barrier()
+    return FeatureCache(final, split, key)
+
+
+def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, augment: str, seed: int,
+                   batch_size: int, workers: int, on_chunk: Optional[Callable[[int, int], None]],
+                   context: DistContext) -> None:
+    """Encode the chunks not yet done whose index is this rank's modulo the world size.
+
+    Rank 0 records its progress in meta.json, rank r in progress-r.json, so no two processes write
+    one file. The share depends on nothing another rank changes meanwhile, so ranks need not agree
+    on a plan, and a resumed run (of any world size) skips every chunk anyone committed.
+    """
+    meta = _read_meta(partial)
+    units, chunk, views, count = meta["units"], meta["chunk"], meta["views"], len(split)
+    if context.is_main:
+        record, record_file = meta, partial / META
+    else:
+        record, record_file = {"checksums": [], "done": 0}, partial / PROGRESS.format(context.rank)
+    mine = [unit for unit in range(context.rank, units, context.world) if not _is_done(meta, unit)]
+    if context.is_main and meta["done"]:
+        logger.info("resuming feature cache %s at %d of %d chunks", partial, meta["done"], units)
     size, mean, std = backbone.image_size, backbone.mean, backbone.std
     transforms = [eval_transform(size, mean, std, normalize=False)]
     if views > 1:
         transforms.append(train_transform(size, mean, std, augment, normalize=False))
     normalize = Normalize255(mean, std).to(backbone.device)
-    per_view = units // views
+    done = meta["done"]
     tokens, pooled = _Array(partial / TOKENS, writable=True), _Array(partial / POOLED, writable=True)
     try:
-        while meta["done"] < units:
-            # One loader for the rest of a view (workers start once per view, not per chunk);
-            # chunks are whole batches, so each chunk takes the next batches of it.
-            view, first = divmod(int(_unit_rows(meta["done"], len(split), meta["chunk"])[0]), len(split))
-            dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, first, len(split) - first)
+        for view, group in itertools.groupby(mine, key=lambda unit: unit // (units // views)):
+            # One loader for this rank's part of a view (workers start once per view, not per chunk);
+            # chunks are whole batches (but the view's last), so each chunk takes the next batches.
+            group = list(group)
+            rows = [_unit_rows(unit, count, chunk) for unit in group]
+            dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, np.concatenate(rows) - view * count)
             batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
-            while meta["done"] < units and meta["done"] // per_view == view:
-                rows = _unit_rows(meta["done"], len(split), meta["chunk"])
-                _extract_chunk(meta, partial, tokens, pooled, rows,
-                               itertools.islice(batches, -(-len(rows) // batch_size)),
-                               lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
+            for unit, unit_rows in zip(group, rows):
+                crc = _extract_chunk(partial, unit, tokens, pooled, unit_rows,
+                                     itertools.islice(batches, -(-len(unit_rows) // batch_size)),
+                                     lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
+                _commit(record, unit, crc)
+                _write_json(record_file, record)
+                done += 1
                 if on_chunk is not None:
-                    on_chunk(meta["done"], units)
+                    on_chunk(done, units)
     finally:
         tokens.close()
         pooled.close()
-    meta["complete"] = True
-    _write_meta(partial, meta)
-    os.replace(partial, final)
-    logger.info("feature cache %s built (%d views of %d images)", final, views, len(split))
-    return FeatureCache(final, split, key)
 
 
-def _extract_chunk(meta: Dict, partial: Path, tokens: _Array, pooled: _Array, rows: np.ndarray,
-                   batches: Iterable[torch.Tensor], encode: Callable) -> None:
-    """Encode and write one chunk batch by batch, flush it to disk, then record it: progress never
-    runs ahead of the data, and memory holds one batch."""
+def _extract_chunk(partial: Path, unit: int, tokens: _Array, pooled: _Array, rows: np.ndarray,
+                   batches: Iterable[torch.Tensor], encode: Callable) -> List[int]:
+    """Encode and write one chunk batch by batch and flush it to disk; its CRCs are recorded only
+    after this returns, so progress never runs ahead of the data, and memory holds one batch."""
     crc, row = [0, 0], int(rows[0])
     for images in batches:
         with torch.no_grad():
@@ -396,25 +441,56 @@ def _extract_chunk(meta: Dict, partial: Path, tokens: _Array, pooled: _Array, ro
         crc = _update_crc(crc, block_tokens, block_pooled)
         row += len(block_tokens)
     if row != int(rows[-1]) + 1:
-        raise DataError(f"feature cache {partial}: chunk {meta['done']} got {row - int(rows[0])} images, "
+        raise DataError(f"feature cache {partial}: chunk {unit} got {row - int(rows[0])} images, "
                         f"expected {len(rows)}")
     tokens.sync()
     pooled.sync()
-    meta["checksums"].append(crc)
-    meta["done"] += 1
-    _write_meta(partial, meta)
+    return crc
+
+
+def _fold_progress(partial: Path, meta: Dict) -> None:
+    """Move the chunks recorded in other ranks' progress files into meta.json, then drop the files."""
+    files = sorted(partial.glob(PROGRESS.format("*")))
+    for file in files:
+        try:
+            checksums = json.loads(file.read_text())["checksums"]
+        except (OSError, ValueError, KeyError, TypeError) as error:  # its chunks are simply encoded again
+            logger.warning("ignoring unreadable progress file %s: %s", file, error)
+            continue
+        for unit, crc in enumerate(checksums):
+            if crc is not None and not _is_done(meta, unit):
+                _commit(meta, unit, crc)
+    if files:
+        _write_json(partial / META, meta)
+        for file in files:
+            file.unlink()
+
+
+def _finish(partial: Path, final: Path) -> None:
+    """Gather every rank's progress, check that each chunk is done, and publish the folder."""
+    meta = _read_meta(partial)
+    _fold_progress(partial, meta)
+    missing = [unit for unit in range(meta["units"]) if not _is_done(meta, unit)]
+    if missing:
+        raise DataError(f"feature cache {partial}: chunks {missing[:10]} of {meta['units']} were not "
+                        "extracted by any rank; run again to resume")
+    meta["complete"] = True
+    _write_json(partial / META, meta)
+    os.replace(partial, final)
 
 
 def _start_or_resume(partial: Path, key: Dict, split: MultiLabelSplit, backbone: FrozenCLIP,
-                     views: int, chunk: int) -> Dict:
-    """The progress record of `partial`, creating the folder and its empty arrays if needed."""
+                     views: int, chunk: int) -> None:
+    """Make `partial` ready to extract into: resumed (with every rank's recorded progress) if it
+    was built with the same settings, else created with its empty arrays and meta.json."""
     if partial.is_dir():
         try:
             meta = _read_meta(partial)
             if meta["key"] == key and meta["chunk"] == chunk:
                 _Array(partial / TOKENS).close()  # size check
                 _Array(partial / POOLED).close()
-                return meta
+                _fold_progress(partial, meta)
+                return
             logger.warning("discarding unfinished feature cache %s: built with other settings", partial)
         except DataError as error:
             logger.warning("discarding unreadable unfinished feature cache %s: %s", partial, error)
@@ -431,8 +507,7 @@ def _start_or_resume(partial: Path, key: Dict, split: MultiLabelSplit, backbone:
     meta = {"key": key, "split": split.split, "views": views, "tokens": int(tokens), "dim": int(dim),
             "grid": list(probe.grid), "chunk": chunk, "units": views * per_view, "done": 0,
             "checksums": [], "complete": False}
-    _write_meta(partial, meta)
-    return meta
+    _write_json(partial / META, meta)
 
 
 __all__ = ["FeatureCache", "build_feature_cache", "cache_key", "key_digest", "union_split"]

@@ -37,7 +37,7 @@ class DistContext:
             dist.barrier()
 
     def main_first(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0, then on the others: for work that writes shared files (masks, caches)."""
+        """Run `fn` on rank 0, then on the others: for work that writes shared files (masks)."""
         if self.is_main:
             result = fn()
             self.barrier()

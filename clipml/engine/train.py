@@ -95,10 +95,11 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     backbone = build_backbone(cfg, context.device)
-    # Rank 0 writes the mask files and feature caches first; the other ranks then read them.
+    # Rank 0 writes the mask files first; the other ranks then read them.
     train_split, val_split, test_split = context.main_first(lambda: build_splits(cfg))
     classnames = readable_names(train_split)
-    sources = context.main_first(lambda: build_sources(cfg, backbone, train_split, val_split, test_split))
+    # Every rank encodes its share of the feature caches.
+    sources = build_sources(cfg, backbone, train_split, val_split, test_split, context)
     for source in sources:
         source.context = context
     train_source, val_source, test_source = sources
