@@ -52,7 +52,9 @@ def setup(device: str) -> DistContext:
     if world <= 1:
         return DistContext(device=device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        # On GPUs, NCCL for tensors on the device and gloo for the small CPU tensors of all_reduce
+        # (NCCL alone refuses CPU tensors).
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
