@@ -78,7 +78,9 @@ class ModelConfig:
     decoupler_dim: int = 512
     temperature: float = 100.0
     learn_temperature: bool = False
-    logit_bias: Optional[float] = None  # a learned logit bias with this initial value (None: no bias, as METHODS §3)
+    # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
+    # zero_shot and dualcoop never take one).
+    logit_bias: Optional[float] = None
     zero_shot_scoring: Literal["global", "dense"] = "global"
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
@@ -111,8 +113,9 @@ class MultiLabelCLIP(nn.Module):
             self.prompts = ContextPrompts(
                 backbone, classnames, config.n_ctx, prompt_kind == "class_specific", config.ctx_init, config.ctx_std
             )
-        self.head = CosineHead(config.temperature, config.learn_temperature,
-                               None if prompt_kind == "handcrafted" else config.logit_bias)
+        # DualCoOp scores S+ − S−, whose negative prompt already sets each class's offset: no bias.
+        biased = prompt_kind != "handcrafted" and self.head_kind != "dualcoop"
+        self.head = CosineHead(config.temperature, config.learn_temperature, config.logit_bias if biased else None)
         if self.head_kind == "decoupler":
             guidance = self._fixed_guidance()
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]

@@ -182,3 +182,6 @@ def test_logit_bias_is_one_learned_scalar_added_to_every_logit(tiny_backbones):
     with torch.no_grad():
         torch.testing.assert_close(biased(images).logits, plain(images).logits - 25.0)
     assert make_model(backbone, "zero_shot", logit_bias=-25.0).trainable_parameters() == []
+    # DualCoOp's S+ − S− takes no bias: no parameter that would sit unused (and stall DDP).
+    dual, dual_biased = make_model(backbone, "dualcoop"), make_model(backbone, "dualcoop", logit_bias=-25.0)
+    assert [p.shape for p in dual_biased.trainable_parameters()] == [p.shape for p in dual.trainable_parameters()]
