@@ -132,6 +132,15 @@ def test_resume_refuses_a_changed_config(trained):
         train(changed)
 
 
+def test_a_run_that_failed_before_training_does_not_block_the_corrected_retry(tmp_path):
+    broken = tiny_config(tmp_path, "name=retry", "backbone.spec=open_clip:no-such-model", "optim.epochs=1")
+    with pytest.raises(Exception, match="no-such-model"):
+        train(broken)
+    assert (Path(broken.run_dir()) / "config.yaml").is_file()  # written before the failure
+    summary = train(tiny_config(tmp_path, "name=retry", "optim.epochs=1"))
+    assert summary["history"] and (Path(broken.run_dir()) / "summary.json").is_file()
+
+
 def test_zero_shot_method_has_nothing_to_train(tmp_path):
     summary = train(tiny_config(tmp_path, "name=zs", "model.method=zero_shot"), resume=False)
     assert summary["trainable_parameters"] == 0

@@ -70,14 +70,17 @@ def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
 
 
 def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
-    """A run folder belongs to one config: resuming with another would mix two experiments."""
+    """A run folder with trained state belongs to one config: resuming with another would mix two
+    experiments. A folder with only its config (a run that failed before training) is free."""
     saved = run / "config.yaml"
-    if saved.is_file():
+    trained = [name for name in (STATE, LAST, BEST, "summary.json") if (run / name).is_file()]
+    if saved.is_file() and trained:
         import yaml
 
         if yaml.safe_load(saved.read_text()) != config_to_dict(cfg):
             raise ConfigError(
-                f"{run} holds a run with another config; choose another output_dir or pass resume=False"
+                f"{run} holds a run with another config ({', '.join(trained)}); choose another name or "
+                f"output_dir, or start it over with --no-resume (train(..., resume=False))"
             )
 
 
