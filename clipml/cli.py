@@ -24,7 +24,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 def _progress(iterable, desc):
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    # disable=None: bars only on a terminal; logs piped to a file keep the per-epoch log lines only.
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
 
 
 def _config(path: Optional[str], overrides: List[str]):
@@ -212,7 +213,7 @@ def sweep(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="experiment seeds (the mask seed stays the config's data.mask_seed)")
     parser.add_argument("--name", help="sweep name (default: the dataset name)")
-    parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME")
+    parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME (default: runs/sweeps)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="key=value",
                         help="config overrides for every run, e.g. optim.epochs=2")
     args = parser.parse_args(argv)
@@ -225,7 +226,7 @@ def sweep(argv: Optional[List[str]] = None) -> None:
         def progress(iterable, desc):
             outer = desc == "sweep"  # the bar over runs stays; the per-epoch bars go
             return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr,
-                        unit="run" if outer else "it")
+                        unit="run" if outer else "it", disable=None)
 
         spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides)
         result = run_sweep(spec, progress)

@@ -183,7 +183,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
-        logger.info("resuming %s after epoch %d", run, state["epoch"])
+        logger.info("resuming %s after epoch %d", run, state["epoch"] + 1)  # 1-based, as the epoch lines
 
     step = TrainingStep(model, loss_fn)
     if context.active:
