@@ -24,7 +24,7 @@ from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import load_split, readable_names
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader
-from clipml.data.synthetic import write_synthetic_dataset
+from clipml.lab.world import write_synthetic_dataset
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.engine.evaluate import evaluate
 from clipml.engine.features import Batch, ImageFeatureSource

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipml.data.synthetic import SceneGenerator, write_synthetic_dataset
+from clipml.lab.world import SceneGenerator, write_synthetic_dataset
 
 
 def scenes_per_second(image_size: int, count: int) -> float:

@@ -10,7 +10,7 @@ import torch
 
 from clipml.backbones import load_backbone
 from clipml.data import carve_validation
-from clipml.data.synthetic import SYNTHETIC_CLASSES, synthetic_split
+from clipml.lab.world import SYNTHETIC_CLASSES, synthetic_split
 from clipml.data.transforms import eval_transform
 from clipml.engine.cache import TOKENS, FeatureCache, build_feature_cache, cache_key, key_digest, union_split
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource

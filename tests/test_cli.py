@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from clipml.cli import predict, train_prompts, zero_shot_eval
-from clipml.data.synthetic import write_synthetic_dataset
+from clipml.lab.world import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

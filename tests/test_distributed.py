@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clipml.backbones import load_backbone
-from clipml.data.synthetic import synthetic_split
+from clipml.lab.world import synthetic_split
 from clipml.engine import cache as cache_module
 from clipml.engine.cache import POOLED, TOKENS, build_feature_cache
 from clipml.engine.distributed import DistContext, global_batches, setup, shard

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipml.data.synthetic import SYNTHETIC_CLASSES, SceneGenerator
-from clipml.toyclip import (
+from clipml.lab.world import SYNTHETIC_CLASSES, SceneGenerator
+from clipml.lab.toyclip import (
     TOY_CONFIG_PATH,
     TOY_METADATA_PATH,
     TOY_MODEL_NAME,

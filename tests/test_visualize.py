@@ -7,7 +7,7 @@ from PIL import Image
 
 from clipml.cli import visualize_attention as visualize_cli
 from clipml.config import config_to_dict, load_config
-from clipml.data.synthetic import synthetic_split
+from clipml.lab.world import synthetic_split
 from clipml.data.transforms import eval_transform
 from clipml.engine.builders import build_backbone
 from clipml.engine.checkpoint import save_prompt_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clipml.toyclip import (
+from clipml.lab.toyclip import (
     TOY_METADATA_PATH,
     TOY_WEIGHTS_PATH,
     ToyClipTrainConfig,

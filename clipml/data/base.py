@@ -17,6 +17,23 @@ POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 
 
 @dataclasses.dataclass
+class ObjectInstance:
+    """One labelled object of an image: its class and its visible pixels.
+
+    `mask` is boolean [H, W] at the resolution `open_image` returns; localisation metrics
+    (pointing game, attention mass inside) and the object-size breakdown of mAP read it.
+    """
+
+    class_index: int
+    mask: np.ndarray
+
+    @property
+    def area_fraction(self) -> float:
+        """Share of the image's pixels the object covers."""
+        return float(self.mask.mean())
+
+
+@dataclasses.dataclass
 class MultiLabelSplit:
     """One split of a multi-label dataset.
 
@@ -76,6 +93,15 @@ class MultiLabelSplit:
             raise DataError(f"image file not found: {path}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise DataError(f"cannot decode image {path}: {error}") from None
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether `instances` gives object masks (the synthetic world, COCO with its annotations)."""
+        return False
+
+    def instances(self, index: int) -> Optional[List[ObjectInstance]]:
+        """The labelled objects of image `index` with their masks, or None where the split has none."""
+        return None
 
     def subset(self, indices: Sequence[int], split: Optional[str] = None) -> "MultiLabelSplit":
         """A new split holding `indices` (same classes, root and image source)."""

@@ -10,7 +10,6 @@ from clipml.data.base import MultiLabelSplit
 from clipml.data.coco import load_coco2014
 from clipml.data.manifest import load_manifest
 from clipml.data.nuswide import load_nuswide
-from clipml.data.synthetic import load_synthetic_split
 from clipml.data.vg import load_vg200
 from clipml.data.voc import load_voc2007
 from clipml.errors import ConfigError
@@ -47,7 +46,10 @@ def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> M
 
 
 def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size: int = 64) -> MultiLabelSplit:
-    """The synthetic world (rendered in memory; `root` is unused)."""
+    """The synthetic world (rendered in memory; `root` is unused). Imported here: the lab builds
+    on clipml.data, not the other way round."""
+    from clipml.lab.world import load_synthetic_split
+
     return load_synthetic_split(root, split, num_images, seed, image_size)
 
 

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipml.data.synthetic import CAPTION_TEMPLATES, SYNTHETIC_CLASSES, Scene, SceneGenerator, caption_for
+from clipml.lab.world import CAPTION_TEMPLATES, SYNTHETIC_CLASSES, Scene, SceneGenerator, caption_for
 from clipml.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 TOY_MODEL_NAME = "clipml-toy-vit"
-ASSET_DIR = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 TOY_CONFIG_PATH = ASSET_DIR / "model_configs" / f"{TOY_MODEL_NAME}.json"
 TOY_WEIGHTS_PATH = ASSET_DIR / "toy_clip.safetensors"
 TOY_METADATA_PATH = ASSET_DIR / "toy_clip.json"

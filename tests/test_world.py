@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from clipml.data.base import MultiLabelSplit
-from clipml.data.shapes import draw_object
-from clipml.data.synthetic import (
+from clipml.lab.shapes import draw_object
+from clipml.lab.world import (
     SYNTHETIC_CLASSES,
     THEMES,
     SceneGenerator,
@@ -166,7 +166,7 @@ def test_written_jpeg_dataset_round_trips(tmp_path):
 
 
 def test_split_serves_the_pixels_rendered_at_load_and_subsets_keep_them():
-    from clipml.data.synthetic import synthetic_split
+    from clipml.lab.world import synthetic_split
 
     split = synthetic_split("val", num_images=6, seed=4)
     part = split.subset([5, 2])
@@ -178,7 +178,7 @@ def test_split_serves_the_pixels_rendered_at_load_and_subsets_keep_them():
 
 def test_a_split_asked_for_again_reuses_the_rendering_and_it_cannot_be_changed():
     from clipml.data.partial import partial_split
-    from clipml.data.synthetic import synthetic_split
+    from clipml.lab.world import synthetic_split
 
     first = synthetic_split("val", num_images=5, seed=9)
     second = synthetic_split("val", num_images=5, seed=9)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clipml.data.base import NEGATIVE, POSITIVE, MultiLabelSplit
-from clipml.data.shapes import SHAPE_NAMES, aspect, draw_object
+from clipml.lab.shapes import SHAPE_NAMES, aspect, draw_object
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
