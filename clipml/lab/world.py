@@ -268,7 +268,8 @@ def salient_caption(objects: Sequence[PlacedObject], image_area: int, cfg: Scene
         if SYNONYMS.get(name) and rng.random() < cfg.synonym_probability:
             words = SYNONYMS[name][int(rng.integers(len(SYNONYMS[name])))]
         count = counts[name]
-        phrases.append(_article(words) if count == 1 else f"{COUNT_WORDS[min(count, len(COUNT_WORDS) + 1) - 2]} {plural(words)}")
+        amount = COUNT_WORDS[count - 2] if count - 2 < len(COUNT_WORDS) else "many"
+        phrases.append(_article(words) if count == 1 else f"{amount} {plural(words)}")
     return CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(_listed(phrases))
 
 
