@@ -316,8 +316,6 @@ def train_toy_clip(
             losses.append(float(np.mean(window)))
             logger.info("step %d/%d loss %.4f", step + 1, cfg.steps, losses[-1])
             window = []
-        if progress is not None:
-            progress(step, value)
         done = step + 1
         if state_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +324,8 @@ def train_toy_clip(
                         "seconds": spent + time.perf_counter() - started,
                         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}, str(state_path) + ".tmp")
             Path(str(state_path) + ".tmp").replace(state_path)
+        if progress is not None:
+            progress(step, value)
     model.eval()
     return ToyClipTrainResult(model, losses, first_loss, losses[-1], spent + time.perf_counter() - started)
 
