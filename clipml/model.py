@@ -70,6 +70,9 @@ class ModelConfig:
     method: Method = "sdm_csp"
     n_ctx: int = 16
     ctx_init: Optional[str] = None  # e.g. "a photo of a": the last context slots start from these words
+    # DualCoOp's negative context: its own init words (None: N(0, ctx_std), as the paper's default).
+    # Setting it to ctx_init gives the earlier default: equal prompts, logits 0 at the start.
+    negative_ctx_init: Optional[str] = None
     ctx_std: float = 0.02
     templates: List[str] = dataclasses.field(default_factory=lambda: [DEFAULT_TEMPLATE])
     # Decoupler guidance: "handcrafted" (frozen CLIP text of the templates), "learned" (the learned
@@ -108,7 +111,8 @@ class MultiLabelCLIP(nn.Module):
         if prompt_kind == "handcrafted":
             self.prompts = HandcraftedPrompts(backbone, classnames, config.templates)
         elif prompt_kind == "dual":
-            self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
+            self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std,
+                                       config.negative_ctx_init)
         else:
             self.prompts = ContextPrompts(
                 backbone, classnames, config.n_ctx, prompt_kind == "class_specific", config.ctx_init, config.ctx_std
