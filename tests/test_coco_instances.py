@@ -8,7 +8,7 @@ import pytest
 from clipml.breakdown import object_sizes
 from clipml.data import load_split
 from clipml.errors import DataError
-from data_fixtures import COCO_IDS, make_coco_with_masks
+from data_fixtures import COCO_IDS, make_coco, make_coco_with_masks
 
 PERSON, CAR, DOG = COCO_IDS.index(1), COCO_IDS.index(3), COCO_IDS.index(18)
 
@@ -65,9 +65,19 @@ def test_coco_annotation_file_changed_after_loading_is_an_error(tmp_path):
         split.instances(0)
 
 
-def test_coco_broken_segmentation_names_the_annotation(tmp_path):
+@pytest.mark.parametrize("segmentation, message", [
+    ([[1, 2]], "annotation 2 has no valid 'segmentation'"),           # a polygon needs 3 points
+    ({"counts": [4, 4], "size": [2, 4]}, "annotation 2 decodes to a \\(2, 4\\) mask"),  # not the 20x10 image
+])
+def test_coco_broken_segmentation_names_the_annotation(tmp_path, segmentation, message):
     path, data = make_coco_with_masks(tmp_path)
-    del data["annotations"][1]["segmentation"]
+    data["annotations"][1]["segmentation"] = segmentation
     path.write_text(json.dumps(data))
-    with pytest.raises(DataError, match="annotation 2"):
+    with pytest.raises(DataError, match=message):
         load_split("coco2014", tmp_path, "val").instances(0)
+
+
+def test_coco_file_without_segmentations_has_no_instances(tmp_path):
+    make_coco(tmp_path, "val")  # boxes only, as a detection-style file
+    split = load_split("coco2014", tmp_path, "val")
+    assert not split.has_instances and split.instances(0) is None and split.object_areas(0) is None

@@ -19,7 +19,6 @@ from clipml.engine.cache import build_feature_cache
 from clipml.engine.evaluate import detail_summary, detail_table, evaluate, predict
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
 from clipml.model import ModelConfig, MultiLabelCLIP
-from conftest import tiny_backbone
 from data_fixtures import make_coco_with_masks
 
 HEIGHT, WIDTH = 26, 30  # not multiples of the 4 x 4 grid of the tiny ViT at 32 px
@@ -70,9 +69,9 @@ def painted_split(count=14, with_masks=True):
                         boxes=boxes, with_masks=with_masks)
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone("open_clip_vit")
+@pytest.fixture
+def backbone(tiny_backbones):
+    return tiny_backbones["open_clip_vit"]
 
 
 def source_of(split, backbone, batch_size=5):

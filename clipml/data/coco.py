@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -26,6 +27,8 @@ import numpy as np
 from clipml.data._files import check_unique, finish_split, resolve_missing
 from clipml.data.base import MultiLabelSplit, ObjectInstance
 from clipml.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 DATASET = "coco2014"
 SPLITS = {"train": "train", "val": "val", "test": "val"}
@@ -73,14 +76,18 @@ class CocoSplit(MultiLabelSplit):
     def instances(self, index: int) -> Optional[List[ObjectInstance]]:
         if not self.has_instances:
             return None
-        coco, column, _, annotations = self._annotations_of(index)
+        coco, column, image, annotations = self._annotations_of(index)
         objects = []
         for ann in annotations:
             try:
                 mask = coco.annToMask(ann).astype(bool)
-            except (KeyError, TypeError, IndexError, ValueError) as error:
+                valid = mask.shape == (image["height"], image["width"])
+            except Exception as error:  # pycocotools raises a bare Exception for unknown formats
                 raise DataError(f"{DATASET}: {self.annotations}: annotation {ann.get('id')} has no valid "
                                 f"'segmentation' (or its image no 'height'/'width'): {error!r}") from None
+            if not valid:
+                raise DataError(f"{DATASET}: {self.annotations}: annotation {ann.get('id')} decodes to a "
+                                f"{mask.shape} mask, its image is {image['height']}x{image['width']}")
             objects.append(ObjectInstance(column[ann["category_id"]], mask))
         return objects
 
@@ -143,7 +150,8 @@ def load_coco2014(
     row = {image["id"]: i for i, image in enumerate(images)}
 
     labels = np.zeros((len(images), len(cat_ids)), dtype=np.int8)
-    for ann in coco.dataset.get("annotations", []):
+    annotations = coco.dataset.get("annotations", [])
+    for ann in annotations:
         if ann["image_id"] not in row:
             raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}")
         if ann["category_id"] not in column:
@@ -158,6 +166,11 @@ def load_coco2014(
     items, labels, skipped = resolve_missing(
         root, items, labels, check_images=check_images, on_missing_image=on_missing_image, where=where
     )
+    # A detection-style file (boxes only) gives labels but no object masks.
+    segmented = all("segmentation" in ann and "area" in ann for ann in annotations)
+    if not segmented:
+        logger.info("%s: annotations without 'segmentation' or 'area': no object masks, so no localisation "
+                    "metrics or object-size breakdown", where)
     split_obj = CocoSplit(DATASET, split, [names[c] for c in cat_ids], items, labels, root,
-                          annotations=ann_path, image_ids=image_ids)
+                          annotations=ann_path if segmented else None, image_ids=image_ids)
     return finish_split(split_obj, skipped)
