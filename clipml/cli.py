@@ -57,6 +57,17 @@ def _table(rows, headers) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _print_details(named) -> None:
+    """Localisation and mAP breakdowns (METHODS §11) of evaluations that have them."""
+    from clipml.engine.evaluate import detail_table
+
+    headers, rows, note = detail_table(named)
+    if headers:
+        print("\n" + _table(rows, headers))
+        if note:
+            print(note)
+
+
 # train_prompts ---------------------------------------------------------------------------------
 def train_prompts(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
@@ -80,6 +91,7 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
                 ["test, zero-shot", *[f"{summary['zero_shot_test'].get(k, float('nan')):.2f}" for k in keys]],
                 [f"val (best epoch {summary['best_epoch'] + 1})", *[f"{summary['val'].get(k, float('nan')):.2f}" for k in keys]]]
         print(_table(rows, ["", *keys]))
+        _print_details([("test", summary["test_details"]), ("test, zero-shot", summary["zero_shot_test_details"])])
         print(f"\n{summary['trainable_parameters']} trainable parameters, {summary['seconds']} s; "
               f"prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}")
 
@@ -103,7 +115,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
     def main():
         from clipml.data import load_split, readable_names, templates
         from clipml.engine.builders import build_backbone
-        from clipml.engine.evaluate import evaluate
+        from clipml.engine.evaluate import detail_summary, evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.data.transforms import eval_transform
         from clipml.engine.train import load_model
@@ -128,10 +140,14 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress)
-        rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
-        print(_table(rows, ["class", "AP"]))
+        percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
+        columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
+        columns = {key: label for key, label in columns.items() if key in metrics}
+        rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+        print(_table(rows, ["class", *columns.values()]))
         print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
               f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        _print_details([(split.split, detail_summary(metrics))])
 
     _run(main)
 

@@ -46,6 +46,14 @@ def test_training_lowers_loss_and_writes_the_run(trained):
     assert len((run / "log.jsonl").read_text().splitlines()) == cfg.optim.epochs
 
 
+def test_summary_has_the_test_breakdowns(trained):
+    cfg, summary = trained
+    for key in ("test_details", "zero_shot_test_details"):
+        assert set(summary[key]["mAP_by_labels"]) == {"1", "2-3", "4+"}
+        assert sum(summary[key]["images_by_labels"].values()) > 0
+    assert "mAP 2-3 labels" in (Path(cfg.run_dir()) / "summary.md").read_text()
+
+
 def test_checkpoint_round_trip_gives_identical_logits(trained):
     cfg, _ = trained
     path = Path(cfg.run_dir()) / "prompts.safetensors"
