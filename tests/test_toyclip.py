@@ -167,3 +167,27 @@ def test_toy_specs_name_shipped_configs():
         assert image_grid_size(model) == config["vision_cfg"]["image_size"]
         assert TOY_MODELS[f"toy-{tower}"] == spec.model_name
     assert re.fullmatch(r"clipml-lab-\w+", TOY_MODELS["toy"])
+
+
+@pytest.mark.parametrize("tower", sorted(TOYS))
+def test_shipped_toys_are_small_fp16_and_load_as_fp32_with_their_build_record(tower):
+    spec = TOYS[tower]
+    stored = load_file(str(spec.weights_path))
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    backbone = load_backbone(f"toy-{tower}")
+    state = backbone.model.state_dict()
+    assert set(stored) == set(state)
+    for name, tensor in stored.items():
+        if "positional_embedding" not in name or tower == "vit":
+            assert torch.equal(state[name], tensor.float()), name
+    record = json.loads(spec.metadata_path.read_text())
+    assert record["model_name"] == spec.model_name and record["train_data"]["stream"] == "pretrain"
+    for preset in ("coco_like", "voc_like"):
+        numbers = record["evaluation"][preset]
+        assert numbers["zero_shot_global_map"] > numbers["chance"] + 0.2  # far above chance
+        assert numbers["linear_probe_map"] > numbers["zero_shot_global_map"] + 0.1  # room to learn
+    assert backbone.identity["weights"].startswith("toy:")
+
+
+def test_all_shipped_weights_fit_the_budget():
+    assert sum(spec.weights_path.stat().st_size for spec in TOYS.values()) <= 25_000_000

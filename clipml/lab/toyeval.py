@@ -109,7 +109,8 @@ def evaluate_on_preset(backbone: FrozenCLIP, preset: str, train_images: int = 40
     result.update(linear_probe_map(*((outputs[name][0], splits[name].labels) for name in ("train", "val", "test"))))
     result["probe_minus_zero_shot"] = result["linear_probe_map"] - result["zero_shot_global_map"]
     result["dense_minus_global"] = result["zero_shot_dense_map"] - result["zero_shot_global_map"]
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
+    return {key: value if "decay" in key or not isinstance(value, float) else round(value, 4)
+            for key, value in result.items()}
 
 
 def evaluate_toy(tower: str, presets: Sequence[str] = ("coco_like", "voc_like"), **sizes) -> Dict[str, Dict]:
