@@ -79,6 +79,9 @@ class ModelConfig:
     # prompt's feature, detached) or a path to a .npy of word vectors [C, G] in class order.
     guidance: str = "handcrafted"
     decoupler_dim: int = 512
+    # "random": PyTorch's default init (the paper's); "uniform": attention starts uniform (P = 0), so
+    # sdm_csp starts from the mean of the dense tokens, for an average-pooled tower its global feature.
+    decoupler_init: Literal["random", "uniform"] = "random"
     temperature: float = 100.0
     learn_temperature: bool = False
     # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
@@ -125,7 +128,8 @@ class MultiLabelCLIP(nn.Module):
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]
             if guidance is not None:
                 self.register_buffer("guidance", guidance, persistent=False)
-            self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim)
+            self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim,
+                                               init=config.decoupler_init)
         blend = config.blending
         if blend.contrastive_weight < 0:
             raise ConfigError(f"model.blending.contrastive_weight must be >= 0; got {blend.contrastive_weight}")

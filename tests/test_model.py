@@ -205,3 +205,25 @@ def test_dualcoop_negative_context_has_its_own_init(tiny_backbones):
         own = make_model(backbone, "dualcoop", ctx_init=words, negative_ctx_init="a picture of a")
         expected = backbone.token_embedding(backbone.tokenize(["a picture of a"]))[0, 1:5]
         torch.testing.assert_close(own.prompts.negative.ctx[2], expected)
+
+
+def test_uniform_decoupler_init_starts_from_the_mean_token_and_still_learns(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, "sdm_csp", decoupler_init="uniform")
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    dense = model.encode(images)
+    output = model.forward_dense(dense)
+    N = dense.tokens.shape[1]
+    torch.testing.assert_close(output.attention, torch.full_like(output.attention, 1.0 / N))
+    expected = dense.tokens.mean(dim=1, keepdim=True).expand_as(output.features)
+    torch.testing.assert_close(output.features, expected)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1.0)
+    for _ in range(2):  # P moves in the first step, U and V from the second
+        optimizer.zero_grad()
+        loss = model.forward_dense(dense).logits.logsumexp(dim=1).sum()
+        loss.backward()
+        optimizer.step()
+    assert model.decoupler.U.weight.grad.abs().sum() > 0 and model.decoupler.V.weight.grad.abs().sum() > 0
+    assert model.forward_dense(dense).attention.std() > 0
+    default = make_model(backbone, "sdm_csp")
+    assert default.forward_dense(dense).attention.std() > 0  # the paper's random init is kept by default
