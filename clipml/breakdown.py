@@ -23,7 +23,7 @@ def _bucket_map(ap: np.ndarray) -> Optional[float]:
     return None if np.isnan(ap).all() else float(np.nanmean(ap))
 
 
-def map_by_label_count(scores, labels, buckets=LABEL_BUCKETS, interpolated: bool = True) -> Dict[str, object]:
+def map_by_label_count(scores, labels, buckets=LABEL_BUCKETS, kind: str = "envelope") -> Dict[str, object]:
     """mAP on the images with 1, 2-3 and 4+ positive labels (known positives; images
     without one fall in no bucket). Each bucket's mAP is over the classes with a positive
     among its images; None for a bucket without any.
@@ -38,7 +38,7 @@ def map_by_label_count(scores, labels, buckets=LABEL_BUCKETS, interpolated: bool
     for name, least, most in buckets:
         rows = (count >= least) & (count <= (np.inf if most is None else most))
         result["images_by_labels"][name] = int(rows.sum())
-        result["mAP_by_labels"][name] = (_bucket_map(average_precision(scores[rows], labels[rows], interpolated))
+        result["mAP_by_labels"][name] = (_bucket_map(average_precision(scores[rows], labels[rows], kind))
                                          if rows.any() else None)
     return result
 
@@ -58,7 +58,7 @@ def object_sizes(split: MultiLabelSplit) -> np.ndarray:
 
 
 def map_by_object_size(scores, labels, sizes, thresholds: Sequence[float] = SIZE_THRESHOLDS,
-                       interpolated: bool = True) -> Dict[str, object]:
+                       kind: str = "envelope") -> Dict[str, object]:
     """mAP by object size: small (share < thresholds[0]), medium, large (>= thresholds[1]).
 
     `sizes` [N, C] is the area share of the image that each positive's largest object of
@@ -87,6 +87,6 @@ def map_by_object_size(scores, labels, sizes, thresholds: Sequence[float] = SIZE
         inside = positive & buckets[name]
         bucket_labels = np.where(positive & ~inside, -1, labels).astype(np.int8)
         result["positives_by_size"][name] = int(inside.sum())
-        result["mAP_by_size"][name] = (_bucket_map(average_precision(scores, bucket_labels, interpolated))
+        result["mAP_by_size"][name] = (_bucket_map(average_precision(scores, bucket_labels, kind))
                                        if inside.any() else None)
     return result

@@ -107,6 +107,9 @@ class MultiLabelCLIP(nn.Module):
         super().__init__()
         if config.method not in METHODS:
             raise ConfigError(f"model.method must be one of {sorted(METHODS)}, got {config.method!r}")
+        repeated = sorted({name for name in classnames if list(classnames).count(name) > 1})
+        if repeated:  # contexts and thresholds are keyed by class name
+            raise ConfigError(f"class names must be distinct, found {repeated} more than once")
         self.backbone = backbone
         self.classnames = list(classnames)
         self.config = config

@@ -34,7 +34,7 @@ def case():
 
 def test_label_count_buckets_match_sklearn_on_each_subset(case):
     scores, labels = case
-    result = map_by_label_count(scores, labels, interpolated=False)
+    result = map_by_label_count(scores, labels, kind="raw")
     count = labels.sum(axis=1)
     for name, rows in (("1", count == 1), ("2-3", (count >= 2) & (count <= 3)), ("4+", count >= 4)):
         assert result["images_by_labels"][name] == rows.sum()
@@ -53,7 +53,7 @@ def test_size_buckets_rank_their_positives_against_all_negatives(case):
     scores, labels = case
     rng = np.random.RandomState(4)
     sizes = np.where(labels == 1, rng.choice([0.01, 0.05, 0.5, np.nan], size=labels.shape), np.nan)
-    result = map_by_object_size(scores, labels, sizes, interpolated=False)
+    result = map_by_object_size(scores, labels, sizes, kind="raw")
     for name, low, high in (("small", 0, 0.02), ("medium", 0.02, 0.10), ("large", 0.10, 1.1)):
         inside = (labels == 1) & (sizes >= low) & (sizes < high)
         rows = [np.flatnonzero((labels[:, c] == 0) | inside[:, c]) for c in range(labels.shape[1])]

@@ -48,11 +48,14 @@ def load_backbone(
     device: str = "cpu",
     precision: str = "fp32",
     allow_random: bool = False,
+    pos_embed_resize: str = "bicubic",
 ) -> FrozenCLIP:
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
-    Positional embeddings are interpolated to the size once, here. Loading a model that would
-    silently run with random weights is refused unless `allow_random` (tests only).
+    Positional embeddings are interpolated to the size once, here, with `pos_embed_resize`
+    ("bicubic", or "bicubic_antialias" = open_clip's force_image_size resize; see
+    `resize_grid_embedding`). Loading a model that would silently run with random weights is
+    refused unless `allow_random` (tests only).
     """
     hf_tiny = register_test_models()
     if spec in TOY_MODELS:
@@ -68,12 +71,12 @@ def load_backbone(
         model, weights_id = create_open_clip(name, weights or None, allow_random)
         if weights_id.startswith("file:") and name in TOY_MODELS.values():
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
-        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision)
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize)
     elif library == "hf" and rest:
         from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
 
         model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
-        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision)
+        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, pos_embed_resize)
     else:
         raise BackboneError(
             f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "

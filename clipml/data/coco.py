@@ -101,6 +101,16 @@ class CocoSplit(MultiLabelSplit):
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
             raise DataError(f"{DATASET}: {self.annotations}: image {image.get('id')} needs 'width' and 'height' "
                             f"and each of its annotations an 'area': {error!r}") from None
+def _entry_field(entry, key: str, where: str, section: str, number: int):
+    """`entry[key]` of entry `number` (1-based) of the `section` list; a malformed entry is a
+    DataError naming the file, the list, the entry and the missing key."""
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"{where}: '{section}' entry {number} is {type(entry).__name__} {entry!r:.80}, expected an object")
+    if key not in entry:
+        shown = {k: entry[k] for k in list(entry)[:4]}
+        raise DataError(f"{where}: '{section}' entry {number} {shown} has no '{key}'")
+    return entry[key]
 
 
 def load_coco2014(
@@ -117,8 +127,6 @@ def load_coco2014(
     `check_images` stats every image file (about a second for the 83k train images on a
     local disk); turn it off on slow network file systems.
     """
-    from pycocotools.coco import COCO
-
     if split not in SPLITS:
         raise DataError(f"{DATASET}: unknown split {split!r}; expected one of {sorted(SPLITS)}")
     split = SPLITS[split]
@@ -128,49 +136,59 @@ def load_coco2014(
     if not ann_path.is_file():
         raise DataError(f"{DATASET}: annotation file not found: {ann_path}")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(ann_path))
-        images = coco.dataset["images"]
-        categories = coco.dataset["categories"]
+        with open(ann_path, encoding="utf-8") as handle:
+            data = json.load(handle)
     except json.JSONDecodeError as error:
         raise DataError(f"{DATASET}: {ann_path} is not valid JSON: {error}") from None
-    except (KeyError, TypeError, AssertionError) as error:
-        raise DataError(
-            f"{DATASET}: {ann_path} is not a COCO instances file "
-            f"(needs 'images', 'annotations', 'categories'): {error!r}"
-        ) from None
-
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{DATASET}: {ann_path} cannot be read: {error}") from None
     where = f"{DATASET}/{split} ({ann_path})"
-    check_unique([str(image["id"]) for image in images], where, "image id")
-    check_unique([image["file_name"] for image in images], where, "image file_name")
-    cat_ids = sorted(category["id"] for category in categories)
-    check_unique([str(c) for c in cat_ids], where, "category id")
+    sections = {}
+    for section in ("images", "categories", "annotations"):
+        value = data.get(section, [] if section == "annotations" else None) if isinstance(data, dict) else None
+        if not isinstance(value, list):
+            raise DataError(f"{where}: not a COCO instances file: needs a list '{section}'")
+        sections[section] = value
+    images, categories = sections["images"], sections["categories"]
+
+    image_ids = [_entry_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
+    files = [_entry_field(image, "file_name", where, "images", n) for n, image in enumerate(images, start=1)]
+    check_unique([str(i) for i in image_ids], where, "image id")
+    check_unique(files, where, "image file_name")
+    names = {}
+    for number, category in enumerate(categories, start=1):
+        cat_id, name = (_entry_field(category, key, where, "categories", number) for key in ("id", "name"))
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: 'categories' entry {number} (id {cat_id}) has name {name!r}, "
+                            "expected a non-empty string")
+        check_unique([str(cat_id) for cat_id in names] + [str(cat_id)], where, "category id")
+        names[cat_id] = name
+    cat_ids = sorted(names)
     column = {cat_id: c for c, cat_id in enumerate(cat_ids)}
-    names = {category["id"]: category["name"] for category in categories}
-    row = {image["id"]: i for i, image in enumerate(images)}
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
 
     labels = np.zeros((len(images), len(cat_ids)), dtype=np.int8)
-    annotations = coco.dataset.get("annotations", [])
-    for ann in annotations:
-        if ann["image_id"] not in row:
-            raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}")
-        if ann["category_id"] not in column:
+    for number, ann in enumerate(sections["annotations"], start=1):
+        image_id = _entry_field(ann, "image_id", where, "annotations", number)
+        category_id = _entry_field(ann, "category_id", where, "annotations", number)
+        if image_id not in row:
+            raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {image_id}")
+        if category_id not in column:
             raise DataError(
-                f"{where}: annotation {ann.get('id')} has category id {ann['category_id']}, "
-                f"which is not in 'categories'"
+                f"{where}: annotation {ann.get('id')} has category id {category_id}, which is not in 'categories'"
             )
-        labels[row[ann["image_id"]], column[ann["category_id"]]] = 1
+        labels[row[image_id], column[category_id]] = 1
 
-    items = [f"{image_dir}/{image['file_name']}" if image_dir else image["file_name"] for image in images]
-    image_ids = {item: image["id"] for item, image in zip(items, images)}
+    items = [f"{image_dir}/{name}" if image_dir else name for name in files]
+    item_ids = dict(zip(items, image_ids))
     items, labels, skipped = resolve_missing(
         root, items, labels, check_images=check_images, on_missing_image=on_missing_image, where=where
     )
     # A detection-style file (boxes only) gives labels but no object masks.
-    segmented = all("segmentation" in ann and "area" in ann for ann in annotations)
+    segmented = all("segmentation" in ann and "area" in ann for ann in sections["annotations"])
     if not segmented:
         logger.info("%s: annotations without 'segmentation' or 'area': no object masks, so no localisation "
                     "metrics or object-size breakdown", where)
     split_obj = CocoSplit(DATASET, split, [names[c] for c in cat_ids], items, labels, root,
-                          annotations=ann_path if segmented else None, image_ids=image_ids)
+                          annotations=ann_path if segmented else None, image_ids=item_ids)
     return finish_split(split_obj, skipped)

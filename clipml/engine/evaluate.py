@@ -12,8 +12,9 @@ from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_
                               object_sizes)
 from clipml.engine import distributed
 from clipml.errors import DataError
+from clipml.experiment import EvalConfig
 from clipml.localization import localize_image, summarize_localization
-from clipml.metrics import evaluate_scores
+from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds
 from clipml.model import MultiLabelCLIP
 
 Progress = Optional[Callable[[Iterable, str], Iterable]]
@@ -76,9 +77,13 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
     return out_scores, out_labels, localization
 
 
-def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True) -> Dict[str, object]:
-    """All metrics of `model` on `source`'s split; unknown (-1) entries are ignored.
-    Rankings use the logits, thresholds the probabilities.
+def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True,
+             settings: Optional[EvalConfig] = None, thresholds: Optional[Dict[str, object]] = None
+             ) -> Dict[str, object]:
+    """All metrics of `model` on `source`'s split; unknown (-1) entries are ignored. Rankings
+    use the logits, thresholds the probabilities; `settings` choose the AP and the top-3 rule
+    (default: envelope AP, reference rule). With `thresholds` (from `decision_thresholds`) the
+    F1 family at them is added, suffixed `_tuned`.
 
     With `details`, also mAP by labels per image (`mAP_by_labels`), and on a split with
     object masks mAP by object size (`mAP_by_size`) and, for a model with attention maps,
@@ -86,15 +91,18 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     too; see clipml.localization and clipml.breakdown). Turn it off where only the headline
     counts (per-epoch validation): decoding masks then costs nothing.
     """
+    settings = settings or EvalConfig()
     split = source.split
     with_masks = details and split.has_instances
     logits, labels, localization = _score(model, source, progress, localize=with_masks)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    result = evaluate_scores(probs, labels, scores=logits)
+    tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
+    result = evaluate_scores(probs, labels, scores=logits, ap=settings.ap, top_k_rule=settings.top3,
+                             tuned_thresholds=tuned)
     if details:
-        result.update(map_by_label_count(logits, labels))
+        result.update(map_by_label_count(logits, labels, kind=settings.ap))
     if with_masks:
-        result.update(map_by_object_size(logits, labels, object_sizes(split)))
+        result.update(map_by_object_size(logits, labels, object_sizes(split), kind=settings.ap))
     if localization is not None:
         result.update(summarize_localization(*localization))
     return result
@@ -141,3 +149,51 @@ def detail_table(named: Sequence[Tuple[str, Dict[str, object]]]) -> Tuple[List[s
         notes.append(f"positives per size (small < {small:g} %, large >= {large:g} % of the image): "
                      + ", ".join(f"{k}: {v}" for k, v in counts["positives_by_size"].items()))
     return ["", *[label for _, _, label in columns]], rows, "; ".join(notes)
+
+
+AP_NAMES = {
+    "envelope": "envelope (VOC 2010+ all-point, as the SARB/DSRB code)",
+    "raw": "raw (non-interpolated, as DualCoOp's and ASL's code and scikit-learn)",
+    "voc07": "voc07 (VOC 2007 11-point)",
+}
+
+
+def evaluation_notes(settings: EvalConfig, classes: int) -> Dict[str, str]:
+    """What the numbers of a summary are, in words: which AP, which top-3 rule, which thresholds."""
+    if classes < TOP_K:
+        top = f"left out: {classes} classes, fewer than {TOP_K}"
+    elif settings.top3 == "reference":
+        top = "reference rule: the 3 highest-scoring classes of an image that have logit >= 0 (ML-GCN/SARB/DSRB code)"
+    else:
+        top = "plain: the 3 highest-scoring classes of an image, whatever their logit"
+    return {
+        "AP": AP_NAMES[settings.ap],
+        "top3": top,
+        "thresholds": "CF1/OF1 at probability 0.5; _tuned at per-class thresholds chosen on the validation split "
+                      "(max F1; classes without a validation positive: the max-OF1 threshold)",
+    }
+
+
+THRESHOLD_RULE = ("per class, the logit threshold maximising its F1 on the validation split; classes without "
+                  "a validation positive use the one maximising the pooled F1 (OF1)")
+
+
+def decision_thresholds(model: MultiLabelCLIP, source, progress=None) -> Dict[str, object]:
+    """Per-class decision thresholds chosen on `source` (the validation split), as stored in a
+    prompt checkpoint: logit thresholds by class name (`per_class`), the `global` one for
+    classes without a validation positive (`fallback`) and for classes a checkpoint does not know."""
+    logits, labels = predict(model, source, progress)
+    values, global_threshold, fallback = f1_thresholds(logits, labels)
+    return {
+        "rule": THRESHOLD_RULE,
+        "space": "logit",
+        "global": global_threshold,
+        "per_class": {name: float(v) for name, v, used in zip(model.classnames, values, fallback) if not used},
+        "fallback": [name for name, used in zip(model.classnames, fallback) if used],
+    }
+
+
+def class_thresholds(thresholds: Dict[str, object], classnames: Sequence[str]) -> np.ndarray:
+    """Logit thresholds [C] for `classnames` from stored thresholds (the global one where a class has none)."""
+    per_class = thresholds["per_class"]
+    return np.array([per_class.get(name, thresholds["global"]) for name in classnames], dtype=np.float64)
