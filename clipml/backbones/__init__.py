@@ -23,6 +23,7 @@ from typing import Dict, Optional
 import torch
 
 from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
+from clipml.devices import select_device
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -51,8 +52,10 @@ def load_backbone(
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
     Positional embeddings are interpolated to the size once, here. Loading a model that would
-    silently run with random weights is refused unless `allow_random` (tests only).
+    silently run with random weights is refused unless `allow_random` (tests only). `device` may be
+    "auto"; one the machine lacks is refused before anything is built.
     """
+    device = select_device(device)
     hf_tiny = register_test_models()
     if spec == "toy":
         if not TOY_WEIGHTS.is_file():
