@@ -12,6 +12,10 @@ from PIL import Image, UnidentifiedImageError
 
 from clipml.errors import DataError
 
+
+class ImageDecodeError(DataError):
+    """An image file exists but cannot be decoded (damaged, truncated or not an image)."""
+
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 """Label codes. UNKNOWN means "missing" in a training split and "ignore" in an evaluation split."""
 
@@ -92,7 +96,7 @@ class MultiLabelSplit:
         except FileNotFoundError:
             raise DataError(f"image file not found: {path}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"cannot decode image {path}: {error}") from None
+            raise ImageDecodeError(f"cannot decode image {path}: {error}") from None
 
     @property
     def has_instances(self) -> bool:
