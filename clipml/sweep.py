@@ -22,10 +22,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from clipml.config import config_to_dict, load_config
+from clipml.config import config_to_dict
 from clipml.engine.train import train
 from clipml.errors import ConfigError
-from clipml.experiment import ExperimentConfig
+from clipml.experiment import ExperimentConfig, load_experiment
 from clipml.metrics import PROPORTIONS, sweep_average
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def plan(spec: SweepSpec) -> Tuple[Path, List[SweepRun]]:
     if len(set(methods)) < len(methods):
         raise ConfigError(f"sweep: configs {paths} share a file name; the file name (without .yaml) "
                           f"names the method in the table, so rename one")
-    configs = {method: load_config(ExperimentConfig, path, spec.overrides) for method, path in zip(methods, paths)}
+    configs = {method: load_experiment(path, spec.overrides) for method, path in zip(methods, paths)}
     _check_same_data(configs, dict(zip(methods, paths)))
     first = next(iter(configs.values()))
     name = spec.name or first.data.dataset
