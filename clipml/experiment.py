@@ -6,6 +6,8 @@ import dataclasses
 import logging
 from typing import Any, Dict, Literal, Optional, Sequence
 
+import yaml
+
 from clipml.model import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -81,20 +83,24 @@ class ExperimentConfig:
 
 def load_experiment(path: Optional[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
     """An experiment config from a YAML file and ``key=value`` overrides. When the overrides
-    switch ``data.dataset`` and give no ``data.options``, options the file set for its own dataset
-    that the new one does not take are dropped, with a notice (the demo's ``num_images`` does not
-    follow ``data.dataset=manifest``)."""
+    switch ``data.dataset``, options the file set for its own dataset that the new one does not
+    take are dropped, with a notice (the demo's ``num_images`` does not follow
+    ``data.dataset=manifest``); options given on the command line are kept."""
     from clipml.config import load_config
     from clipml.data.registry import available_datasets, option_names
 
     cfg = load_config(ExperimentConfig, path, overrides)
     keys = [text.partition("=")[0].strip() for text in overrides]
-    if "data.dataset" not in keys or any(key.startswith("data.options") for key in keys):
+    if "data.dataset" not in keys or cfg.data.dataset not in available_datasets():
+        return cfg  # an unknown dataset fails with its own error where the data is loaded
+    taken = option_names(cfg.data.dataset)
+    if taken is None:
         return cfg
-    if cfg.data.dataset not in available_datasets() or option_names(cfg.data.dataset) is None:
-        return cfg  # an unknown name fails with its own error where the data is loaded
-    taken = {*option_names(cfg.data.dataset), "on_undecodable_image"}
-    foreign = sorted(set(cfg.data.options) - taken)
+    given = {key.split(".")[2] for key in keys if key.startswith("data.options.")}
+    for key, text in zip(keys, overrides):
+        if key == "data.options":
+            given |= set(yaml.safe_load(text.partition("=")[2]) or {})  # a mapping: load_config checked it
+    foreign = sorted(set(cfg.data.options) - set(taken) - {"on_undecodable_image"} - given)
     if foreign:
         logger.warning("dropped data.options %s from %s: dataset %r does not take them (give its own as "
                        "data.options.KEY=VALUE)", ", ".join(foreign), path, cfg.data.dataset)
