@@ -34,7 +34,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows every default; an option without one (None) says in its help what happens."""
 
     def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
+        if action.default is None or isinstance(action.default, bool) or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -55,19 +55,20 @@ def _progress(iterable, desc, leave: bool = False, unit: str = "it"):
     from tqdm import tqdm
 
     # disable=None: bars only on a terminal (rank 0's); logs piped to a file keep the per-epoch lines.
-    # A terminal that reports no width (a pseudo-terminal made without a size) gets 80 columns.
+    # A terminal that reports no size (a pseudo-terminal made without one, as `script` does when
+    # not run from a terminal) would hide every bar (tqdm reads 0 columns, -1 rows): assume 80 x 24.
     try:
-        width = os.get_terminal_size(sys.stderr.fileno()).columns
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
     except (AttributeError, OSError, ValueError):
-        width = 0
-    return tqdm(iterable, desc=desc, leave=leave, unit=unit, file=sys.stderr, dynamic_ncols=width > 0,
-                ncols=None if width else 80, disable=True if _rank() else None)
+        sized = False
+    shape = {"dynamic_ncols": True} if sized else {"ncols": 80, "nrows": 24}
+    return tqdm(iterable, desc=desc, leave=leave, unit=unit, file=sys.stderr, disable=True if _rank() else None,
+                **shape)
 
 
-def _config(args, overrides: Optional[List[str]] = None):
+def _config(args):
     """The experiment config of a tool's --config, overrides and --device; --print-config prints it
     and exits."""
-    from clipml.config import describe_config
     from clipml.experiment import load_experiment
 
     path = args.config
@@ -75,17 +76,24 @@ def _config(args, overrides: Optional[List[str]] = None):
         if not DEMO_CONFIG.is_file():
             raise ClipmlError("no --config given and the demo config is not here; pass --config FILE.yaml")
         path = str(DEMO_CONFIG)
-    overrides = list(args.overrides if overrides is None else overrides)
-    cfg = load_experiment(path, overrides + ([f"device={args.device}"] if args.device else []))
+    cfg = load_experiment(path, list(args.overrides) + ([f"device={args.device}"] if args.device else []))
     if args.print_config:
-        rows = [(key, json.dumps(value), json.dumps(default), text) for key, value, default, text in describe_config(cfg)]
-        print(f"# {path}{' with ' + ' '.join(overrides) if overrides else ''}: key = value  [default]  help")
-        width = max(len(f"{key} = {value}") for key, value, _, _ in rows)
-        for key, value, default, text in rows:
-            print(f"{f'{key} = {value}'.ljust(width)}  [{default}]  {text}")
+        _print_config(cfg, f"{path} {' '.join(args.overrides)}".strip())
         sys.exit(0)
     select_device(cfg.device)  # a device the machine lacks stops here, before any data is read
     return cfg
+
+
+def _print_config(cfg, source: str) -> None:
+    """One line per config key: its value (JSON), [its default] and its help."""
+    from clipml.config import describe_config
+
+    rows = [(f"{key} = {json.dumps(value)}", json.dumps(default), text)
+            for key, value, default, text in describe_config(cfg)]
+    width = max(len(setting) for setting, _, _ in rows)
+    print(f"# {source}: key = value  [default]  help")
+    for setting, default, text in rows:
+        print(f"{setting.ljust(width)}  [{default}]  {text}")
 
 
 def _run(main) -> None:
@@ -243,7 +251,7 @@ def predict(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--threshold", type=float, default=0.5, help="labels with probability >= this are listed")
     parser.add_argument("--output", help="write .csv or .json (default: print)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_zero_shot_options(parser)
     args = parser.parse_args(argv)
@@ -386,7 +394,7 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("images", nargs="+", metavar="image", help="image files (the model loads once for all)")
     parser.add_argument("--output", help="one image: the PNG to write; several: a folder for them (default: "
                                          "<image name>_attention.png here)")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
