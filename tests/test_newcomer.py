@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from clipml.backbones import load_backbone, register_test_models
@@ -74,7 +73,7 @@ def run_cli(tool, args, capsys):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A manifest dataset of JPEGs (train 24, test 8) with one damaged test image slot free."""
+    """A manifest dataset of JPEGs: 24 train and 8 test images, 32 px."""
     root = write_synthetic_dataset(tmp_path_factory.mktemp("world"), {"train": 24, "test": 8}, seed=5, image_size=32)
     return root
 
@@ -368,8 +367,6 @@ def test_zero_shot_eval_names_the_split_and_scores_the_carved_part(trained, caps
 # 15 ------------------------------------------------------------------------------------------------
 def test_progress_bars_on_a_pseudo_terminal(tmp_path):
     """stderr on a pseudo-terminal that reports no size (as `script` makes without a terminal)."""
-    import pty  # noqa: F401  (POSIX only)
-
     master, slave = os.openpty()
     code = f"from clipml.cli import train_prompts; train_prompts({tiny_args(tmp_path, 'bars', 'optim.epochs=1')!r})"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

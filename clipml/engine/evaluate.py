@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from clipml.engine import distributed
+from clipml.engine.features import CountedPass
 from clipml.metrics import evaluate_scores
 from clipml.model import MultiLabelCLIP
 
@@ -25,7 +26,7 @@ def predict(model: MultiLabelCLIP, source, progress: Optional[Callable[[Iterable
     count, classes = len(source.split), len(model.classnames)
     batches = source.batches()
     if progress is not None:
-        batches = progress(batches, "eval")
+        batches = progress(CountedPass(batches, len(source)), "eval")
     indices, scores, labels = [np.zeros(0, dtype=np.int64)], [np.zeros((0, classes), np.float32)], \
         [np.zeros((0, classes), np.int8)]
     with torch.no_grad():

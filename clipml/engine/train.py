@@ -30,6 +30,7 @@ from clipml.engine.checkpoint import (
     save_training_state,
 )
 from clipml.engine.evaluate import evaluate
+from clipml.engine.features import CountedPass
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import ExperimentConfig, OptimConfig
 from clipml.losses import build_loss
@@ -269,7 +270,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             losses = []
             batches = train_source.batches(seed=cfg.seed * 100_003 + epoch)
             if progress is not None:
-                batches = progress(batches, f"epoch {epoch + 1}/{optim.epochs}")
+                batches = progress(CountedPass(batches, len(train_source)), f"epoch {epoch + 1}/{optim.epochs}")
             blending = _blending_this_epoch(model, epoch)
             if blending and _prototype_pass_due(model.config.blending, epoch):
                 refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
