@@ -116,6 +116,9 @@ def _run(main) -> None:
         if not rank:
             print(str(interrupt) or "interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head`: stop quietly (as the Python docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def _table(rows, headers) -> str:
