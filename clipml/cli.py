@@ -131,6 +131,17 @@ def _ap(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.2f}"
 
 
+def _print_details(named) -> None:
+    """Localisation and mAP breakdowns (METHODS §11) of evaluations that have them."""
+    from clipml.engine.evaluate import detail_table
+
+    headers, rows, note = detail_table(named)
+    if headers:
+        print("\n" + _table(rows, headers))
+        if note:
+            print(note)
+
+
 # train_prompts ---------------------------------------------------------------------------------
 def train_prompts(argv: Optional[List[str]] = None) -> None:
     parser = _parser(
@@ -161,6 +172,7 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
                 [f"val: {summary['splits']['val'].split(' (')[0]}, {best}",
                  *[f"{summary['val'].get(k, float('nan')):.2f}" for k in keys]]]
         print(_table(rows, ["", *keys]))
+        _print_details([("test", summary["test_details"]), ("test, zero-shot", summary["zero_shot_test_details"])])
         took = f"{summary['seconds']} s"
         if summary["seconds_this_call"] != summary["seconds"]:
             took += f" (this call: {summary['seconds_this_call']} s)"
@@ -197,7 +209,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.data import load_split, readable_names
         from clipml.data.transforms import eval_transform
         from clipml.engine.builders import build_backbone, build_splits
-        from clipml.engine.evaluate import evaluate
+        from clipml.engine.evaluate import detail_summary, evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.engine.train import load_model
         from clipml.model import MultiLabelCLIP
@@ -224,10 +236,14 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress, scores_path=args.export_scores)
-        rows = [[name, _ap(100 * ap)] for name, ap in zip(classnames, metrics["AP"])]
-        print(_table(rows, ["class", "AP"]))
+        percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
+        columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
+        columns = {key: label for key, label in columns.items() if key in metrics}
+        rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+        print(_table(rows, ["class", *columns.values()]))
         print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f}, "
               f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        _print_details([(split.split, detail_summary(metrics))])
         if args.export_scores:
             print(f"scores: {args.export_scores}")
 

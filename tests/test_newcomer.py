@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from clipml.backbones import load_backbone, register_test_models
@@ -42,7 +43,7 @@ TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "ba
 def tiny_args(tmp_path, name, *overrides):
     """Command-line arguments of train_prompts / zero_shot_eval for a tiny synthetic run."""
     return ["--config", str(REPO / "configs" / "demo.yaml"), *TINY, "data.cache=false",
-            "data.options={num_images: 96}", f"data.mask_dir={tmp_path / 'masks'}",
+            "data.options={}", "data.options.num_images=96", f"data.mask_dir={tmp_path / 'masks'}",
             f"output_dir={tmp_path / 'runs' / '{name}'}", f"name={name}", *overrides]
 
 
@@ -210,13 +211,14 @@ def test_data_options_can_be_cleared_and_follow_a_dataset_switch(world, caplog):
         load_experiment(demo, ["data.options=null"])
     with caplog.at_level(logging.WARNING, logger="clipml"):
         cfg = load_experiment(demo, ["data.dataset=manifest", f"data.root={world}"])
-    assert cfg.data.options == {} and "dropped data.options num_images" in caplog.text
+    assert cfg.data.options == {} and "dropped data.options num_images" in caplog.text  # and preset
     assert len(build_splits(cfg)[2]) == 8
     kept = load_experiment(demo, ["data.dataset=manifest", "data.options.unlisted=unknown"])
     assert kept.data.options == {"unlisted": "unknown"}
     given = load_experiment(demo, ["data.dataset=manifest", "data.options.num_images=5"])
     assert given.data.options == {"num_images": 5}  # given on the command line: its own error later
-    assert load_experiment(demo, ["data.dataset=synthetic"]).data.options == {"num_images": 2000}
+    in_file = yaml.safe_load(open(demo))["data"]["options"]
+    assert in_file and load_experiment(demo, ["data.dataset=synthetic"]).data.options == in_file
 
 
 # 8 -------------------------------------------------------------------------------------------------

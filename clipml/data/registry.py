@@ -55,12 +55,13 @@ def option_names(name: str) -> Optional[List[str]]:
     return [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size: int = 64) -> MultiLabelSplit:
+def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size=None,
+                    preset: str = "classic") -> MultiLabelSplit:
     """The synthetic world (rendered in memory; `root` is unused). Imported here: the lab builds
     on clipml.data, not the other way round."""
     from clipml.lab.world import load_synthetic_split
 
-    return load_synthetic_split(root, split, num_images, seed, image_size)
+    return load_synthetic_split(root, split, num_images, seed, image_size, preset)
 
 
 for _name, _fn in (

@@ -29,7 +29,7 @@ from clipml.engine.checkpoint import (
     save_prompt_checkpoint,
     save_training_state,
 )
-from clipml.engine.evaluate import evaluate
+from clipml.engine.evaluate import detail_summary, detail_table, evaluate
 from clipml.engine.features import CountedPass
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import ExperimentConfig, OptimConfig
@@ -131,14 +131,15 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
         cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
-    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress))
+    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False))
     zero_shot_test_metrics = evaluate(zero_shot, test_source, progress)
     zero_shot_test = _headline(zero_shot_test_metrics)
     logger.info("zero-shot mAP: %.2f on the validation part carved from split '%s', %.2f on split '%s'",
                 zero_shot_val["mAP"], cfg.data.train_split, zero_shot_test["mAP"], cfg.data.test_split)
     history, trained_now, prior_seconds = [], 0, 0.0
 
-    initial_val = _headline(evaluate(model, val_source, progress))  # the untrained model: where learning starts
+    # The untrained model: where learning starts.
+    initial_val = _headline(evaluate(model, val_source, progress, details=False))
     if model.trainable_parameters():
         history, best, trained_now, prior_seconds = _fit(
             cfg, model, train_source, val_source, run, config_dict, resume, progress, context,
@@ -147,7 +148,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
     else:
-        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress))}  # epoch 0: nothing trained
+        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False))}  # 0: not trained
 
     test_metrics = evaluate(model, test_source, progress, scores_path=scores_path)
     test = _headline(test_metrics)
@@ -169,6 +170,9 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "zero_shot_test": zero_shot_test,
         "test_ap": _per_class(classnames, test_metrics),
         "zero_shot_test_ap": _per_class(classnames, zero_shot_test_metrics),
+        # Localisation and mAP breakdowns (METHODS §11), where the test split allows them.
+        "test_details": detail_summary(test_metrics),
+        "zero_shot_test_details": detail_summary(zero_shot_test_metrics),
         "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "seconds": round(seconds, 1),
@@ -284,7 +288,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()) / loss_scale)
-            val = _headline(evaluate(model, val_source, progress))
+            val = _headline(evaluate(model, val_source, progress, details=False))
             # The loss of the whole global batch: per-rank sums add up, per-rank means average.
             epoch_loss = distributed.all_reduce(context, float(np.mean(losses)), average=loss_scale == 1)
             record = {"epoch": epoch + 1, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
@@ -378,12 +382,24 @@ def _markdown(summary: Dict[str, object]) -> str:
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}), "
         f"{summary['trainable_parameters']} trainable parameters, {best}, "
         f"{summary['seconds']} s.\n\nValidation: {summary['splits']['val']}. Test: {summary['splits']['test']}.\n\n"
-        + "\n".join(rows) + "\n\nAP per class (test):\n\n" + "\n".join(per_class) + "\n"
+        + "\n".join(rows) + "\n" + _details_markdown(summary)
+        + "\n## AP per class (test)\n\n" + "\n".join(per_class) + "\n"
     )
 
 
 def _ap_text(ap: Optional[float]) -> str:
     return "n/a" if ap is None else f"{ap:.2f}"
+
+
+def _details_markdown(summary: Dict[str, object]) -> str:
+    """The test split's localisation and mAP breakdowns (METHODS §11), when it has them."""
+    headers, rows, note = detail_table([("test", summary.get("test_details", {})),
+                                        ("test, zero-shot", summary.get("zero_shot_test_details", {}))])
+    if not headers:
+        return ""
+    lines = ["| split | " + " | ".join(headers[1:]) + " |", "|---|" + "---|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n## Localisation and mAP breakdowns (test)\n\n" + "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
