@@ -151,12 +151,12 @@ class RepresentationBlending(nn.Module):
         super().__init__()
         _check_counts(num_classes, feat_dim, num_prototypes, max_samples)
         if not (instance or prototype):
-            raise ConfigError("blending needs instance or prototype enabled; both are False")
+            raise ConfigError("blending needs model.blending.instance or model.blending.prototype; both are false")
         if topk < 1:
-            raise ConfigError(f"topk must be >= 1; got {topk}")
+            raise ConfigError(f"model.blending.topk must be >= 1; got {topk}")
         for key, value in (("alpha_init", alpha_init), ("beta_init", beta_init)):
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{key} must lie in [0, 1]; got {value}")
+                raise ConfigError(f"model.blending.{key} must lie in [0, 1]; got {value}")
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.instance = instance

@@ -4,52 +4,127 @@ only: the work is done by the library."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import clipml
+from clipml.devices import select_device
 from clipml.errors import ClipmlError
 
 REPO_CONFIGS = Path(clipml.__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (CUDA when available)"
 
 
-def _progress(iterable, desc):
+def _rank() -> int:
+    """This process's rank under `torchrun` (0 otherwise): only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0"))
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default; an option without one (None) says in its help what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(description: str, epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_HelpFormatter)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --device and --print-config, shared by the tools that read an experiment config."""
+    parser.add_argument("--config", help=f"experiment YAML (default: {DEMO_CONFIG.relative_to(REPO_CONFIGS.parent)})")
+    parser.add_argument("--device", help=f"{DEVICE_HELP} (default: the config's device, auto)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every config key with its value, default and help, then exit")
+
+
+def _progress(iterable, desc, leave: bool = False, unit: str = "it"):
     from tqdm import tqdm
 
-    # disable=None: bars only on a terminal; logs piped to a file keep the per-epoch log lines only.
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
+    # disable=None: bars only on a terminal (rank 0's); logs piped to a file keep the per-epoch lines.
+    # A terminal that reports no size (a pseudo-terminal made without one, as `script` does when
+    # not run from a terminal) would hide every bar (tqdm reads 0 columns, -1 rows): assume 80 x 24.
+    try:
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        sized = False
+    shape = {"dynamic_ncols": True} if sized else {"ncols": 80, "nrows": 24}
+    return tqdm(iterable, desc=desc, leave=leave, unit=unit, file=sys.stderr, disable=True if _rank() else None,
+                **shape)
 
 
-def _config(path: Optional[str], overrides: List[str]):
-    from clipml.config import load_config
-    from clipml.experiment import ExperimentConfig
+def _config(args):
+    """The experiment config of a tool's --config, overrides and --device; --print-config prints it
+    and exits."""
+    from clipml.experiment import load_experiment
 
+    path = args.config
     if path is None:
         if not DEMO_CONFIG.is_file():
             raise ClipmlError("no --config given and the demo config is not here; pass --config FILE.yaml")
         path = str(DEMO_CONFIG)
-    return load_config(ExperimentConfig, path, overrides)
+    cfg = load_experiment(path, list(args.overrides) + ([f"device={args.device}"] if args.device else []))
+    if args.print_config:
+        _print_config(cfg, f"{path} {' '.join(args.overrides)}".strip())
+        sys.exit(0)
+    select_device(cfg.device)  # a device the machine lacks stops here, before any data is read
+    return cfg
+
+
+def _print_config(cfg, source: str) -> None:
+    """One line per config key: its value (JSON), [its default] and its help."""
+    from clipml.config import describe_config
+
+    rows = [(f"{key} = {json.dumps(value)}", json.dumps(default), text)
+            for key, value, default, text in describe_config(cfg)]
+    width = max(len(setting) for setting, _, _ in rows)
+    print(f"# {source}: key = value  [default]  help")
+    for setting, default, text in rows:
+        print(f"{setting.ljust(width)}  [{default}]  {text}")
 
 
 def _run(main) -> None:
-    """Show user errors as one line, not a traceback."""
+    """Show user errors and Ctrl-C as one line, not a traceback; under torchrun only rank 0 prints
+    results (other ranks' errors are shown with their rank)."""
     # open_clip logs its own INFO lines through the root logger: show clipml's INFO only.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("clipml").setLevel(logging.INFO)
+    rank = _rank()
+    logging.getLogger("clipml").setLevel(logging.WARNING if rank else logging.INFO)
+    prefix = f"rank {rank}: " if rank else ""
     try:
-        main()
+        with contextlib.ExitStack() as stack:
+            if rank:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            main()
     except ClipmlError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{prefix}error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        if not rank:
+            print(str(interrupt) or "interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # output piped into `head`: stop quietly (as the Python docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def _table(rows, headers) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _ap(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}"
 
 
 def _print_details(named) -> None:
@@ -65,122 +140,169 @@ def _print_details(named) -> None:
 
 # train_prompts ---------------------------------------------------------------------------------
 def train_prompts(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Train prompts (and the decoupler) on a frozen CLIP with partial labels.",
+    parser = _parser(
+        "Train prompts (and the decoupler) on a frozen CLIP with partial labels.",
         epilog="Example: train_prompts.py --config configs/coco2014/sdm_csp.yaml data.known_ratio=0.3 optim.lr=0.001",
     )
-    parser.add_argument("--config", help=f"experiment YAML (default: {DEMO_CONFIG.relative_to(REPO_CONFIGS.parent)})")
+    _add_config_options(parser)
     parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a saved state")
+    parser.add_argument("--export-scores", metavar="FILE.csv",
+                        help="also write the test split's scores: image, class, score, logit, label (default: none)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=5")
     args = parser.parse_args(argv)
 
     def main():
         from clipml.engine.train import train
 
-        cfg = _config(args.config, args.overrides)
-        print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
-              f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec}, loss {cfg.loss.name} "
-              f"reduction {cfg.loss.reduction})", file=sys.stderr)
-        summary = train(cfg, resume=not args.no_resume, progress=_progress)
+        cfg = _config(args)
+        if not _rank():
+            print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
+                  f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec}, loss {cfg.loss.name} "
+                  f"reduction {cfg.loss.reduction})", file=sys.stderr)
+        summary = train(cfg, resume=not args.no_resume, progress=_progress, scores_path=args.export_scores)
+        ap = [[name, _ap(value), _ap(summary["zero_shot_test_ap"][name])] for name, value in summary["test_ap"].items()]
+        print(_table(ap, ["class", "test AP", "zero-shot AP"]) + "\n")
         keys = list(summary["test"])
         cells = lambda values: [f"{values[k]:.2f}" if k in values else "-" for k in keys]  # noqa: E731
-        rows = [["test", *cells(summary["test"])], ["test, zero-shot", *cells(summary["zero_shot_test"])],
-                [f"val (best epoch {summary['best_epoch'] + 1})", *cells(summary["val"])]]
+        best = f"best epoch {summary['best_epoch']}" if summary["best_epoch"] else "no training"
+        rows = [[f"test: {summary['splits']['test']}", *cells(summary["test"])],
+                ["test, zero-shot", *cells(summary["zero_shot_test"])],
+                [f"val: {summary['splits']['val'].split(' (')[0]}, {best}", *cells(summary["val"])]]
         print(_table(rows, ["", *keys]))
         print("\n".join(f"{name}: {text}" for name, text in summary["evaluation"].items()))
         _print_details([("test", summary["test_details"]), ("test, zero-shot", summary["zero_shot_test_details"])])
-        print(f"\n{summary['trainable_parameters']} trainable parameters, {summary['seconds']} s; "
-              f"prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}")
+        took = f"{summary['seconds']} s"
+        if summary["seconds_this_call"] != summary["seconds"]:
+            took += f" (this call: {summary['seconds_this_call']} s)"
+        saved = f"; prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}" if summary["trainable_parameters"] else ""
+        print(f"\n{summary['trainable_parameters']} trainable parameters, {took}{saved}")
+        if args.export_scores:
+            print(f"test scores: {args.export_scores}")
 
     _run(main)
 
 
 # zero_shot_eval --------------------------------------------------------------------------------
+CARVED = "carved-val"
+
+
 def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Evaluate CLIP with hand-crafted prompts (or a learned prompt checkpoint) on a split.")
-    parser.add_argument("--config", help="experiment YAML naming the dataset and backbone (default: the demo)")
+    parser = _parser("Evaluate CLIP with hand-crafted prompts (or a learned prompt checkpoint) on a split.")
+    _add_config_options(parser)
     parser.add_argument("--templates", default="single",
                         help="template set: 'single' (a photo of a {}.), 'default' (ensemble) or a text file")
     parser.add_argument("--scoring", choices=["global", "dense"], default="global",
                         help="global: CLIP's pooled image feature; dense: per-class spatial pooling")
-    parser.add_argument("--checkpoint", help="score with a learned prompt checkpoint instead")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--checkpoint", help="score with a learned prompt checkpoint instead (default: zero-shot)")
+    parser.add_argument("--split", default=None,
+                        help=f"a split of the dataset (its own, e.g. val or test), or '{CARVED}': the validation "
+                             "part that train_prompts carves from the training split and selects epochs on "
+                             "(default: the config's data.test_split)")
+    parser.add_argument("--export-scores", metavar="FILE.csv",
+                        help="also write the scores: image, class, score, logit, label (default: none)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/coco")
     args = parser.parse_args(argv)
 
     def main():
-        from clipml.data import load_split, readable_names, templates
-        from clipml.engine.builders import build_backbone
+        from clipml.data import load_split, readable_names
+        from clipml.data.transforms import eval_transform
+        from clipml.engine.builders import build_backbone, build_splits
         from clipml.engine.evaluate import detail_summary, evaluate
         from clipml.engine.features import ImageFeatureSource
-        from clipml.data.transforms import eval_transform
         from clipml.engine.train import load_model
-        from clipml.model import ModelConfig, MultiLabelCLIP
+        from clipml.model import MultiLabelCLIP
 
-        cfg = _config(args.config, args.overrides)
-        split = load_split(cfg.data.dataset, cfg.data.root, args.split or cfg.data.test_split, **cfg.data.options)
+        cfg = _config(args)
+        if args.split == CARVED:
+            split = build_splits(cfg)[1]
+            where = (f"the validation part carved from split '{cfg.data.train_split}' "
+                     f"(data.val_fraction={cfg.data.val_fraction}, data.mask_seed={cfg.data.mask_seed}, "
+                     f"partial labels at p={cfg.data.known_ratio}; {len(split)} images)")
+        else:
+            name = args.split or cfg.data.test_split
+            split = load_split(cfg.data.dataset, cfg.data.root, name, **cfg.data.options)
+            where = f"the dataset's own split '{name}' ({len(split)} images)"
         classnames = readable_names(split)
         backbone = build_backbone(cfg)
         if args.checkpoint:
             model = load_model(args.checkpoint, classnames, backbone)
             what = f"prompt checkpoint {args.checkpoint}"
         else:
-            path = Path(args.templates)
-            chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-                      if path.is_file() else templates(args.templates))
-            model_cfg = ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=args.scoring,
-                                    temperature=cfg.model.temperature)
-            model = MultiLabelCLIP(backbone, classnames, model_cfg)
-            what = f"zero-shot, {len(chosen)} template(s), {args.scoring} scoring"
+            model = MultiLabelCLIP(backbone, classnames, zero_shot_config(args.templates, args.scoring, cfg.model))
+            what = f"zero-shot, {len(model.config.templates)} template(s), {args.scoring} scoring"
         transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
-        metrics = evaluate(model, source, _progress, settings=cfg.eval)
+        metrics = evaluate(model, source, _progress, settings=cfg.eval, scores_path=args.export_scores)
         percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
         columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
         columns = {key: label for key, label in columns.items() if key in metrics}
         rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
         print(_table(rows, ["class", *columns.values()]))
-        print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f} "
-              f"({cfg.eval.ap} AP), CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP), "
+              f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
         _print_details([(split.split, detail_summary(metrics))])
+        if args.export_scores:
+            print(f"scores: {args.export_scores}")
 
     _run(main)
 
 
+def zero_shot_config(template_set: str, scoring: str, base=None):
+    """The zero-shot ModelConfig for a template set name or a text file of templates (one a line)."""
+    from clipml.data import templates
+    from clipml.model import ModelConfig
+
+    path = Path(template_set)
+    chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+              if path.is_file() else templates(template_set))
+    temperature = base.temperature if base is not None else ModelConfig.temperature
+    return ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=scoring, temperature=temperature)
+
+
 # predict ---------------------------------------------------------------------------------------
 def predict(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Per-class probabilities of images from a prompt checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
+    parser = _parser("Per-class probabilities of images from a prompt checkpoint, or zero-shot CLIP on "
+                     "a class list (--classes and --backbone, no checkpoint).")
+    parser.add_argument("--checkpoint", help="prompts.safetensors from train_prompts (default: zero-shot, see --classes)")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--threshold", type=float, default=None,
                         help="list classes with probability >= this, in [0, 1] (default: the per-class thresholds "
-                             "chosen on validation and stored in the checkpoint; 0.5 for older checkpoints)")
+                             "chosen on validation and stored in the checkpoint; 0.5 for older checkpoints and "
+                             "zero-shot prediction)")
     parser.add_argument("--top-k", type=int, default=None,
                         help="list at most the K most probable classes that pass the thresholds "
-                             "(with --threshold 0: exactly the K most probable)")
+                             "(with --threshold 0: exactly the K most probable) (default: no limit)")
     parser.add_argument("--output", help="write .csv or .json with every class's probability (default: print)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_zero_shot_options(parser)
     args = parser.parse_args(argv)
 
     def main():
+        import torch
+
         from clipml.engine.checkpoint import read_prompt_checkpoint
         from clipml.engine.inference import (check_output, choose_labels, decision_rule, find_images,
                                              logit_threshold, score_images, write_predictions)
-        from clipml.engine.train import load_model
 
+        select_device(args.device)
         if args.threshold is not None:
             logit_threshold(args.threshold)  # refuses a value outside [0, 1] before anything loads
         if args.top_k is not None and args.top_k < 1:
             raise ClipmlError(f"--top-k must be at least 1, got {args.top_k}")
         check_output(args.output)
         paths = find_images(args.inputs)
-        model = load_model(args.checkpoint, device=args.device)
-        thresholds, rule = decision_rule(read_prompt_checkpoint(args.checkpoint)[1], model.classnames, args.threshold)
+        model = _predict_model(args)
+        metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
+        thresholds, rule = decision_rule(metadata, model.classnames, args.threshold)
         print(f"labels listed at {rule}", file=sys.stderr)
         scored = score_images(model, paths, args.batch_size)
+        if model.config.method == "zero_shot":
+            # Zero-shot CLIP's sigmoids saturate at its logit scale of 100: its softmax over the
+            # classes is the probability, written as a logit so that thresholds read it alike.
+            probabilities = torch.softmax(torch.from_numpy(scored.logits).double(), dim=-1).clamp(1e-12, 1 - 1e-12)
+            scored.logits = (probabilities.log() - (-probabilities).log1p()).numpy()
         for path, why in scored.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         if not scored.paths:
@@ -199,38 +321,71 @@ def predict(argv: Optional[List[str]] = None) -> None:
     _run(main)
 
 
+def _add_zero_shot_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("zero-shot prediction (without --checkpoint)")
+    group.add_argument("--classes", help="class names: a text file (one a line) or a comma-separated list "
+                                         "(default: none; needed without --checkpoint)")
+    group.add_argument("--backbone", default="toy", help="backbone spec, e.g. open_clip:ViT-B-16@openai (README)")
+    group.add_argument("--image-size", type=int, help="input size (default: the backbone's native size)")
+    group.add_argument("--templates", default="single",
+                       help="template set: 'single', 'default' (ensemble) or a text file of templates")
+
+
+def _predict_model(args):
+    """The checkpoint's model, or zero-shot CLIP over --classes (CLIP's softmax over them: the
+    probabilities sum to 1 over the classes, so a lower --threshold such as 0.2 lists several)."""
+    from clipml.backbones import load_backbone
+    from clipml.engine.train import load_model
+    from clipml.model import MultiLabelCLIP
+
+    if args.checkpoint:
+        if args.classes:
+            raise ClipmlError("--classes is for zero-shot prediction; a checkpoint brings its own classes")
+        return load_model(args.checkpoint, device=args.device)
+    if not args.classes:
+        raise ClipmlError("give --checkpoint FILE, or --classes (and --backbone) for zero-shot prediction")
+    path = Path(args.classes)
+    names = path.read_text().splitlines() if path.is_file() else args.classes.split(",")
+    names = [name.strip() for name in names if name.strip()]
+    if len(set(names)) != len(names) or not names:
+        raise ClipmlError(f"--classes {args.classes}: expected distinct class names, found {names}")
+    backbone = load_backbone(args.backbone, args.image_size, args.device)
+    return MultiLabelCLIP(backbone, names, zero_shot_config(args.templates, "global"))
+
+
 # sweep -----------------------------------------------------------------------------------------
 def sweep(argv: Optional[List[str]] = None) -> None:
     from clipml.metrics import PROPORTIONS
 
-    parser = argparse.ArgumentParser(
-        description="Train several methods over known-label proportions p (and seeds) on one dataset; "
-                    "write the test mAP table (Markdown, CSV, JSON) and plot. Re-running resumes.",
+    parser = _parser(
+        "Train several methods over known-label proportions p (and seeds) on one dataset; "
+        "write the test mAP table (Markdown, CSV, JSON) and plot. Re-running resumes.",
         epilog="Example: sweep.py configs/voc2007/coop.yaml configs/voc2007/sdm_csp.yaml --seeds 0 1 2 "
                "--set optim.epochs=20 data.cache=true",
     )
     parser.add_argument("configs", nargs="+", help="method config YAMLs (same dataset); the file name names the row")
     parser.add_argument("-p", "--proportions", nargs="+", type=float, default=list(PROPORTIONS),
-                        help="known-label proportions (default: 0.1 ... 0.9)")
+                        help="known-label proportions")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="experiment seeds (the mask seed stays the config's data.mask_seed)")
     parser.add_argument("--name", help="sweep name (default: the dataset name)")
-    parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME (default: runs/sweeps)")
+    parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME")
+    parser.add_argument("--device", help=f"{DEVICE_HELP} (default: the configs' device, auto)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="key=value",
                         help="config overrides for every run, e.g. optim.epochs=2")
     args = parser.parse_args(argv)
 
     def main():
-        from tqdm import tqdm
-
         from clipml.sweep import SweepSpec, run_sweep
 
         def progress(iterable, desc):
             outer = desc == "sweep"  # the bar over runs stays; the per-epoch bars go
-            return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr,
-                        unit="run" if outer else "it", disable=None)
+            return _progress(iterable, desc, leave=outer, unit="run" if outer else "it")
 
-        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides)
+        overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
+        if args.device:
+            select_device(args.device)
+        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, overrides)
         result = run_sweep(spec, progress)
         print(result.files["md"].read_text())
         print(f"{result.trained} run(s) trained, {result.reused} read back; "
@@ -241,24 +396,37 @@ def sweep(argv: Optional[List[str]] = None) -> None:
 
 # visualize_attention ---------------------------------------------------------------------------
 def visualize_attention(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Overlay the spatial attention of the top-k predicted classes on an image "
-                    "(methods with spatial attention: sdm_csp, dualcoop).")
-    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
-    parser.add_argument("image", help="an image file")
-    parser.add_argument("--output", help="PNG to write (default: <image name>_attention.png here)")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser = _parser(
+        "Overlay the spatial attention of the top-k predicted classes on images "
+        "(methods with spatial attention: sdm_csp, dualcoop).")
+    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
+    parser.add_argument("images", nargs="+", metavar="image", help="image files (the model loads once for all)")
+    parser.add_argument("--output", help="one image: the PNG to write; several: a folder for them (default: "
+                                         "<image name>_attention.png here)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
     def main():
-        from clipml.visualize import visualize_attention as run
+        from clipml.visualize import visualize_many
 
-        output = args.output or f"{Path(args.image).stem}_attention.png"
-        maps = run(args.checkpoint, args.image, output, args.top_k, args.device, args.alpha)
-        for name, probability in zip(maps.classes, maps.probabilities):
-            print(f"{name}: {probability:.3f}")
-        print(f"wrote {output}")
+        select_device(args.device)
+        names = [f"{Path(image).stem}_attention.png" for image in args.images]
+        if len(args.images) == 1:
+            outputs = [args.output or names[0]]
+        else:
+            if len(set(names)) < len(names):
+                raise ClipmlError(f"images {args.images} share file names; their PNGs would overwrite each other")
+            folder = Path(args.output or ".")
+            if folder.suffix.lower() == ".png":
+                raise ClipmlError(f"--output {folder}: with several images, --output is a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            outputs = [str(folder / name) for name in names]
+        results = visualize_many(args.checkpoint, args.images, outputs, args.top_k, args.device, args.alpha)
+        for maps, output in zip(results, outputs):
+            for name, probability in zip(maps.classes, maps.probabilities):
+                print(f"{name}: {probability:.3f}")
+            print(f"wrote {output}")
 
     _run(main)

@@ -9,6 +9,8 @@ or command line) and, for an unknown key, the closest valid key.
   The top-level key ``base`` is therefore reserved.
 - Overrides ``a.b.c=value`` parse ``value`` with YAML scalar rules (``0.002``, ``true``,
   ``null``, ``[1, 2]``, ``{x: 1}``) and are merged after all files.
+- An empty mapping replaces instead of merging: ``data.options={}`` clears the options a file
+  set, ``model.blending={}`` puts a section back to its defaults.
 - ``save_config`` writes the fully resolved config; loading that file gives an equal config.
 """
 import dataclasses
@@ -53,7 +55,7 @@ def _merge(base: Dict, over: Dict, source: str, sources: Dict[Key, str], prefix:
     out = dict(base)
     for k, v in over.items():
         key = prefix + (str(k),)
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and v and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v, source, sources, key)
             sources.setdefault(key, source)
         else:
@@ -218,6 +220,9 @@ class _Builder:
                      for i, (t, v) in enumerate(zip(item_tps, value))]
             return items if list in (origin, tp) else tuple(items)
         if origin is dict or tp is dict:
+            if value is None:
+                raise ConfigError(f"{self.fail(key, tp, value)}; to clear it, give an empty mapping: "
+                                  f"{'.'.join(key)}={{}}")
             if not isinstance(value, dict):
                 raise self.fail(key, tp, value)
             key_tp, val_tp = args or (Any, Any)
@@ -289,3 +294,56 @@ def save_config(cfg: Any, path: Union[str, os.PathLike]) -> None:
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+
+
+def field_help(cls: type) -> Dict[str, str]:
+    """Each field's comment in the dataclass source: the one on its line, else the comment lines
+    right above it. The comments are the documentation, so `--print-config` shows them."""
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    names, comments, code_lines = set(_field_names(cls)), {}, set()
+    fields: Dict[int, str] = {}
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for previous, token in zip([None, *tokens], tokens):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(token.start[0])
+            starts_line = previous is None or previous.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT,
+                                                                tokenize.DEDENT, tokenize.COMMENT)
+            if token.type == tokenize.NAME and token.string in names and starts_line:
+                fields[token.start[0]] = token.string
+    helps = {}
+    for line, name in fields.items():
+        if line in comments:
+            helps[name] = comments[line]
+            continue
+        above, row = [], line - 1
+        while row in comments and row not in code_lines:
+            above.insert(0, comments[row])
+            row -= 1
+        helps[name] = " ".join(above)
+    return helps
+
+
+def describe_config(cfg: Any, prefix: str = "") -> List[Tuple[str, Any, Any, str]]:
+    """(dotted key, value, default, help) for every key of a config, nested sections expanded."""
+    rows = []
+    helps = field_help(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value, default = getattr(cfg, f.name), _default(f)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            rows += describe_config(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, config_to_dict(value),
+                         None if default is _REQUIRED else config_to_dict(default), helps.get(f.name, "")))
+    return rows

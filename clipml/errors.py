@@ -19,3 +19,8 @@ class ConfigError(ClipmlError):
 
 class CheckpointError(ClipmlError):
     """A checkpoint cannot be read or does not match the model it is loaded into."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with a message saying what the run folder holds and how to resume.
+    A KeyboardInterrupt (not a ClipmlError), so code that catches clipml's errors still stops."""

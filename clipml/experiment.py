@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Literal, Optional
+import logging
+from typing import Any, Dict, Literal, Optional, Sequence
+
+import yaml
 
 from clipml.config import config_from_dict
 from clipml.errors import ClipmlError, ConfigError
 from clipml.losses import REFERENCE_REDUCTION
 from clipml.model import ModelConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -27,24 +32,24 @@ class BackboneConfig:
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = "synthetic"  # a name of clipml.data.available_datasets()
-    root: Optional[str] = None
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset loader
-    train_split: str = "train"
-    test_split: str = "test"
+    root: Optional[str] = None  # the dataset folder (a manifest file or folder for "manifest")
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset loader; {} clears
+    train_split: str = "train"  # the split trained on (and the validation part is carved from)
+    test_split: str = "test"  # the split of the final test evaluation
     known_ratio: float = 0.1  # p of the partial-label protocol, in (0, 1]; 1.0 keeps all training labels
-    mask_seed: int = 1  # 0 reproduces the published protocol's masks (np.random.seed(0)), as configs/ set
+    mask_seed: int = 1  # mask and validation-carve seed; 0 reproduces the published protocol's masks, as configs/ set
     mask_dir: Optional[str] = "masks"  # mask files, shared by every run and method
     mask_file: Optional[str] = None  # an external partial-label matrix (SST/SARB/DSRB convention)
     val_fraction: float = 0.1  # carved from the training split with mask_seed, for model selection
-    augment: Literal["none", "resized_crop", "multiscale_crop", "randaugment"] = "resized_crop"
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    workers: int = 2
+    augment: Literal["none", "resized_crop", "multiscale_crop", "randaugment"] = "resized_crop"  # training policy
+    batch_size: int = 32  # training batch (the global batch under torchrun)
+    eval_batch_size: int = 64  # batch of evaluation and feature-cache extraction
+    workers: int = 2  # DataLoader worker processes that decode images
     # Feature cache (clipml.engine.cache): the frozen image tower runs once per image and view.
     cache: bool = False
     cache_dir: str = "cache"  # one folder per key (backbone, size, transform, image list)
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
-    cache_seed: int = 0
+    cache_seed: int = 0  # seed of the augmented cached views
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
 
     def __post_init__(self) -> None:
@@ -58,9 +63,9 @@ class DataConfig:
 @dataclasses.dataclass
 class LossConfig:
     name: Literal["bce", "asl"] = "asl"  # DualCoOp: asl on S+ − S− is its two-way ASL
-    gamma_pos: float = 1.0
-    gamma_neg: float = 2.0
-    clip: float = 0.05
+    gamma_pos: float = 1.0  # ASL focusing on positives (γ+)
+    gamma_neg: float = 2.0  # ASL focusing on negatives (γ−): 2 in DualCoOp, 4 in the ASL paper
+    clip: float = 0.05  # ASL probability margin for negatives
     # null: the loss's reference reduction, resolved when the experiment config is built:
     # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5).
     reduction: Optional[Literal["mean", "sum"]] = None
@@ -79,21 +84,21 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 50
-    warmup_epochs: float = 1.0
+    name: Literal["sgd", "adamw"] = "sgd"  # optimizer
+    lr: float = 0.002  # peak learning rate of the cosine schedule
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4  # not applied to scalars (temperatures, blend weights)
+    epochs: int = 50  # epochs are counted from 1 in every output
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay (fractions allowed)
     grad_clip: Optional[float] = None  # max gradient norm
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    name: str = "experiment"
-    seed: int = 0
-    output_dir: str = "runs/{name}"
-    device: str = "auto"  # "auto": CUDA when available
+    name: str = "experiment"  # names the run folder (see output_dir)
+    seed: int = 0  # initialisation, shuffling and augmentation (not the mask: data.mask_seed)
+    output_dir: str = "runs/{name}"  # the run folder; {name} is replaced by name
+    device: str = "auto"  # cpu, cuda, cuda:N, mps or "auto": CUDA when available
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -116,3 +121,28 @@ def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig) -> bool:
         return config_from_dict(ExperimentConfig, saved) == cfg
     except ClipmlError:
         return False
+def load_experiment(path: Optional[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """An experiment config from a YAML file and ``key=value`` overrides. When the overrides
+    switch ``data.dataset``, options the file set for its own dataset that the new one does not
+    take are dropped, with a notice (the demo's ``num_images`` does not follow
+    ``data.dataset=manifest``); options given on the command line are kept."""
+    from clipml.config import load_config
+    from clipml.data.registry import available_datasets, option_names
+
+    cfg = load_config(ExperimentConfig, path, overrides)
+    keys = [text.partition("=")[0].strip() for text in overrides]
+    if "data.dataset" not in keys or cfg.data.dataset not in available_datasets():
+        return cfg  # an unknown dataset fails with its own error where the data is loaded
+    taken = option_names(cfg.data.dataset)
+    if taken is None:
+        return cfg
+    given = {key.split(".")[2] for key in keys if key.startswith("data.options.")}
+    for key, text in zip(keys, overrides):
+        if key == "data.options":
+            given |= set(yaml.safe_load(text.partition("=")[2]) or {})  # a mapping: load_config checked it
+    foreign = sorted(set(cfg.data.options) - set(taken) - {"on_undecodable_image"} - given)
+    if foreign:
+        logger.warning("dropped data.options %s from %s: dataset %r does not take them (give its own as "
+                       "data.options.KEY=VALUE)", ", ".join(foreign), path, cfg.data.dataset)
+        cfg.data.options = {key: value for key, value in cfg.data.options.items() if key not in foreign}
+    return cfg

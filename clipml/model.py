@@ -35,17 +35,17 @@ class BlendingConfig:
     """DSRB (METHODS §6): blend per-class features across images (IPRB) and with prototypes (PPRB),
     optionally with a category-wise contrastive term between images; all from ``start_epoch`` on."""
 
-    instance: bool = False
-    prototype: bool = False
+    instance: bool = False  # IPRB: blend with the same class in another image of the batch
+    prototype: bool = False  # PPRB: blend with the class prototype of another image quadrant
     contrastive_weight: float = 0.0  # weight of blending.category_contrastive; 0 = off, reference 0.05
-    lambda_instance: float = 1.0
-    lambda_prototype: float = 1.0
-    start_epoch: int = 5  # all DSRB terms from this epoch on (0-based); prototypes first computed then
+    lambda_instance: float = 1.0  # weight of the IPRB loss term
+    lambda_prototype: float = 1.0  # weight of the PPRB loss term
+    start_epoch: int = 5  # epochs trained before the DSRB terms start (5: from epoch 6 on); prototypes first computed then
     prototype_every: int = 5  # recompute prototypes every R epochs
-    max_samples: int = 100
-    topk: int = 1
-    alpha_init: float = 0.5
-    beta_init: float = 0.5
+    max_samples: int = 100  # most known-positive features averaged into one prototype
+    topk: int = 1  # unknown classes per image blended with a prototype
+    alpha_init: float = 0.5  # initial IPRB weight α (learned, in [0, 1])
+    beta_init: float = 0.5  # initial PPRB weight β (learned, in [0, 1])
     target_grad: bool = False  # let the soft target 1 - α carry gradient (the reference code does)
 
     @property
@@ -58,36 +58,36 @@ class BlendingConfig:
 class TransportConfig:
     """Conditional-transport alignment of dense features with known-positive prompts (METHODS §7)."""
 
-    enabled: bool = False
+    enabled: bool = False  # add the conditional-transport alignment term
     weight: float = 0.1  # λ_CT
-    tau_nav: float = 0.05
-    rho: float = 0.2
-    background: bool = False
+    tau_nav: float = 0.05  # temperature of the transport navigators
+    rho: float = 0.2  # share of the location -> label direction (small: unannotated objects)
+    background: bool = False  # a learned background target that absorbs locations
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    method: Method = "sdm_csp"
-    n_ctx: int = 16
+    method: Method = "sdm_csp"  # zero_shot, coop, csc_global, dualcoop or sdm_csp (README table)
+    n_ctx: int = 16  # learned context vectors per prompt
     ctx_init: Optional[str] = None  # e.g. "a photo of a": the last context slots start from these words
     # DualCoOp's negative context: its own init words (None: N(0, ctx_std), as the paper's default).
     # Setting it to ctx_init gives the earlier default: equal prompts, logits 0 at the start.
     negative_ctx_init: Optional[str] = None
-    ctx_std: float = 0.02
-    templates: List[str] = dataclasses.field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    ctx_std: float = 0.02  # std of the random context initialisation
+    templates: List[str] = dataclasses.field(default_factory=lambda: [DEFAULT_TEMPLATE])  # hand-crafted prompts
     # Decoupler guidance: "handcrafted" (frozen CLIP text of the templates), "learned" (the learned
     # prompt's feature, detached) or a path to a .npy of word vectors [C, G] in class order.
     guidance: str = "handcrafted"
-    decoupler_dim: int = 512
+    decoupler_dim: int = 512  # width of the semantic decoupler's attention space
     # "random": PyTorch's default init (the paper's); "uniform": attention starts uniform (P = 0), so
     # sdm_csp starts from the mean of the dense tokens, for an average-pooled tower its global feature.
     decoupler_init: Literal["random", "uniform"] = "random"
-    temperature: float = 100.0
-    learn_temperature: bool = False
+    temperature: float = 100.0  # scale of the cosine logits
+    learn_temperature: bool = False  # train the temperature too
     # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
     # zero_shot and dualcoop never take one).
     logit_bias: Optional[float] = None
-    zero_shot_scoring: Literal["global", "dense"] = "global"
+    zero_shot_scoring: Literal["global", "dense"] = "global"  # zero_shot: pooled feature or per-class dense pooling
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
 

@@ -22,11 +22,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from clipml.config import load_config
 from clipml.engine.evaluate import AP_NAMES
 from clipml.engine.train import train
 from clipml.errors import ConfigError
-from clipml.experiment import ExperimentConfig, same_experiment
+from clipml.experiment import ExperimentConfig, load_experiment, same_experiment
 from clipml.metrics import PROPORTIONS, sweep_average
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def plan(spec: SweepSpec) -> Tuple[Path, List[SweepRun]]:
     if len(set(methods)) < len(methods):
         raise ConfigError(f"sweep: configs {paths} share a file name; the file name (without .yaml) "
                           f"names the method in the table, so rename one")
-    configs = {method: load_config(ExperimentConfig, path, spec.overrides) for method, path in zip(methods, paths)}
+    configs = {method: load_experiment(path, spec.overrides) for method, path in zip(methods, paths)}
     _check_same_data(configs, dict(zip(methods, paths)))
     first = next(iter(configs.values()))
     name = spec.name or first.data.dataset

@@ -200,9 +200,9 @@ class ConditionalTransport(nn.Module):
         if embed_dim <= 0:
             raise ConfigError(f"transport embed_dim must be > 0; got {embed_dim}")
         if not tau_nav > 0:
-            raise ConfigError(f"transport tau_nav must be > 0; got {tau_nav}")
+            raise ConfigError(f"model.transport.tau_nav must be > 0; got {tau_nav}")
         if not 0.0 <= rho <= 1.0:
-            raise ConfigError(f"transport rho must be in [0, 1]; got {rho}")
+            raise ConfigError(f"model.transport.rho must be in [0, 1]; got {rho}")
         self.embed_dim = embed_dim
         self.tau_nav = float(tau_nav)
         self.rho = float(rho)

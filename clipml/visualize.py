@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,18 +109,32 @@ def plot_attention(maps: AttentionMaps, path: Optional[Union[str, Path]] = None,
 def visualize_attention(checkpoint: Union[str, Path], image_path: Union[str, Path], output: Union[str, Path],
                         top_k: int = 3, device: str = "cpu", alpha: float = 0.5) -> AttentionMaps:
     """Load a prompt checkpoint, compute the top-k attention maps of one image, save the PNG."""
+    return visualize_many(checkpoint, [image_path], [output], top_k, device, alpha)[0]
+
+
+def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str, Path]],
+                   outputs: Sequence[Union[str, Path]], top_k: int = 3, device: str = "cpu",
+                   alpha: float = 0.5) -> List[AttentionMaps]:
+    """`visualize_attention` for several images with one model load; every image is opened
+    first, so a missing or unreadable one stops the call before anything is written."""
     from clipml.engine.train import load_model
 
+    if len(image_paths) != len(outputs):
+        raise ConfigError(f"{len(image_paths)} images but {len(outputs)} output files")
+    images = [open_image(path) for path in image_paths]
     model = load_model(str(checkpoint), device=device)
     if model.head_kind not in SPATIAL_HEADS:
         raise CheckpointError(
             f"{checkpoint} holds a '{model.config.method}' model, which scores the pooled image feature "
             f"and has no spatial attention; attention maps need one of: {', '.join(_spatial_methods())}"
         )
-    maps = attention_maps(model, open_image(image_path), top_k)
-    plot_attention(maps, output, alpha=alpha)
-    logger.info("attention maps of %s for %s written to %s", image_path, ", ".join(maps.classes), output)
-    return maps
+    results = []
+    for path, image, output in zip(image_paths, images, outputs):
+        maps = attention_maps(model, image, top_k)
+        plot_attention(maps, output, alpha=alpha)
+        logger.info("attention maps of %s for %s written to %s", path, ", ".join(maps.classes), output)
+        results.append(maps)
+    return results
 
 
-__all__ = ["AttentionMaps", "attention_maps", "plot_attention", "visualize_attention", "open_image"]
+__all__ = ["AttentionMaps", "attention_maps", "plot_attention", "visualize_attention", "visualize_many", "open_image"]

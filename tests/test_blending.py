@@ -407,7 +407,7 @@ def test_disabled_branches_own_no_state():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"instance": False, "prototype": False}, "instance or prototype"),
+        ({"instance": False, "prototype": False}, "model.blending.instance or model.blending.prototype"),
         ({"num_prototypes": 10}, "num_prototypes must be 4"),
         ({"alpha_init": 1.5}, "alpha_init must lie in"),
         ({"topk": 0}, "topk must be >= 1"),

@@ -339,7 +339,7 @@ def test_registry(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
         load_split("imagenet", tmp_path, "train")
     make_vg(tmp_path)
-    with pytest.raises(ConfigError, match=r"unknown options \['difficult'\]"):
+    with pytest.raises(ConfigError, match=r"unknown data.options \['difficult'\]"):
         load_split("vg200", tmp_path, "train", difficult="ignore")
 
     def toy(root, split, **options):

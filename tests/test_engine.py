@@ -124,7 +124,7 @@ def test_resume_gives_the_same_final_weights(trained, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=stop_at_last_epoch)
-    assert json.loads((Path(cfg.run_dir()) / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    assert json.loads((Path(cfg.run_dir()) / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 2  # counted from 1
     train(cfg)  # resumes after epoch 2
     full = load_file(str(Path(cfg_full.run_dir()) / "last.safetensors"))
     resumed = load_file(str(Path(cfg.run_dir()) / "last.safetensors"))

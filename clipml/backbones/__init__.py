@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import torch
 
 from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
+from clipml.devices import select_device
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -55,8 +56,10 @@ def load_backbone(
     Positional embeddings are interpolated to the size once, here, with `pos_embed_resize`
     ("bicubic", or "bicubic_antialias" = open_clip's force_image_size resize; see
     `resize_grid_embedding`). Loading a model that would silently run with random weights is
-    refused unless `allow_random` (tests only).
+    refused unless `allow_random` (tests only). `device` may be "auto"; one the machine lacks is
+    refused before anything is built.
     """
+    device = select_device(device)
     hf_tiny = register_test_models()
     if spec in TOY_MODELS:
         weights = ASSETS / f"{TOY_MODELS[spec]}.safetensors"

@@ -17,6 +17,7 @@ from clipml.backbones.base import (
     check_image_size,
     folder_digest,
 )
+from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -33,20 +34,27 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
 
     if source in tiny_configs:
         if not allow_random:
-            raise BackboneError(f"hf:{source} is a test model with random weights; pass allow_random=True")
+            raise BackboneError(f"hf:{source} is a test model with random weights; set backbone.allow_random=true")
         with torch.random.fork_rng():  # reproducible, so a checkpoint can find the same model again
             torch.manual_seed(0)
             return CLIPModel(CLIPConfig(**tiny_configs[source])), "random"
     folder = Path(source).expanduser()
     if source.startswith((".", "/", "~")) and not folder.is_dir():
         raise BackboneError(f"transformers model folder not found: {folder}")
+    if not folder.is_dir():
+        logger.info("fetching the transformers model %r (or reading it from the cache)", source)
     try:
-        model, info = CLIPModel.from_pretrained(str(folder) if folder.is_dir() else source, output_loading_info=True)
+        with quiet_downloads():
+            model, info = CLIPModel.from_pretrained(str(folder) if folder.is_dir() else source,
+                                                    output_loading_info=True)
     except Exception as error:  # hub and file errors come as many exception types
+        if folder.is_dir():
+            raise BackboneError(f"the transformers CLIP model in {folder} cannot be read ({cause_text(error)}): "
+                                "are its config.json and weight files complete?") from None
         raise BackboneError(
-            f"could not load the transformers CLIP model {source!r} ({type(error).__name__}: {error}). "
+            f"could not load the transformers CLIP model {source!r} ({cause_text(error)}). "
             "Without internet access, download it elsewhere (save_pretrained or a hub snapshot) and "
-            "pass the folder: hf:/path/to/folder."
+            "name the folder: backbone.spec=hf:/path/to/folder."
         ) from None
     missing = info.get("missing_keys") or []
     if missing:

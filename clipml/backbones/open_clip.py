@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,9 +20,13 @@ from clipml.backbones.base import (
     check_image_size,
     file_digest,
 )
+from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
+
+# A readable file with the wrong tensors (load_state_dict's complaints), unlike a damaged one.
+_MISFIT = re.compile(r"Error\(s\) in loading state_dict|size mismatch|Missing key|Unexpected key")
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -52,8 +57,8 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
             options = f" (pretrained tags: {', '.join(tags)})" if tags else ""
             raise BackboneError(
                 f"open_clip:{name} was given no weights and would run with random weights. "
-                f"Name a pretrained tag, e.g. open_clip:{name}@TAG{options}, or a local file, "
-                f"open_clip:{name}@/path/to/weights.safetensors."
+                f"Name a pretrained tag, backbone.spec=open_clip:{name}@TAG{options}, or a local file, "
+                f"backbone.spec=open_clip:{name}@/path/to/weights.safetensors."
             )
         with torch.random.fork_rng():  # reproducible, so a checkpoint can find the same model again
             torch.manual_seed(0)
@@ -62,15 +67,17 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
     if weights in tags:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
         quick_gelu = bool(open_clip.get_pretrained_cfg(name, weights).get("quick_gelu", False))
+        logger.info("fetching the pretrained weights %r of open_clip:%s (or reading them from the cache)", weights, name)
         try:
-            model = open_clip.create_model(
-                name, pretrained=weights, force_quick_gelu=quick_gelu, require_pretrained=True
-            )
+            with quiet_downloads():
+                model = open_clip.create_model(
+                    name, pretrained=weights, force_quick_gelu=quick_gelu, require_pretrained=True
+                )
         except Exception as error:  # download failures come as many exception types
             raise BackboneError(
-                f"could not fetch the pretrained weights {weights!r} of open_clip:{name} ({error}). "
-                f"Without internet access, download the weights elsewhere and pass the file: "
-                f"open_clip:{name}@/path/to/weights.safetensors (or .pt/.bin)."
+                f"could not fetch the pretrained weights {weights!r} of open_clip:{name} ({cause_text(error)}). "
+                f"Without internet access, download the weights elsewhere and name the file: "
+                f"backbone.spec=open_clip:{name}@/path/to/weights.safetensors (or .pt/.bin)."
             ) from None
         return model, weights
 
@@ -82,20 +89,23 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
             f"{weights!r} is neither a pretrained tag of open_clip:{name} "
             f"(known: {', '.join(tags) or 'none'}) nor an existing weights file"
         )
-    if _is_torchscript_archive(path):
-        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+    try:
+        torchscript = _is_torchscript_archive(path)
+        if torchscript:
+            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        else:
+            model = open_clip.create_model(name, pretrained=str(path), require_pretrained=True)
+    except Exception as error:  # torch, safetensors and zip readers raise many types
+        if _MISFIT.search(str(error)):
+            first = " ".join(str(error).strip().splitlines()[:3])
+            raise BackboneError(f"weights file {path} does not fit open_clip:{name} (another architecture?): "
+                                f"{cause_text(first, limit=400)}") from None
+        raise BackboneError(f"weights file {path} cannot be read ({cause_text(error)}): it is damaged, "
+                            "incomplete or not a weights file; download it again") from None
+    if torchscript:
         expect_resnet = isinstance(config["vision_cfg"].get("layers"), (list, tuple))
         if _is_resnet(model.visual) != expect_resnet or model.visual.output_dim != config["embed_dim"]:
             raise BackboneError(f"weights file {path} holds another architecture than open_clip:{name}")
-    else:
-        try:
-            model = open_clip.create_model(name, pretrained=str(path), require_pretrained=True)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[:3]
-            raise BackboneError(
-                f"weights file {path} does not fit open_clip:{name} (another architecture?): "
-                + " ".join(first)
-            ) from None
     return model, f"file:{path.name}:{file_digest(path)}"
 
 

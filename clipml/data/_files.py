@@ -1,14 +1,17 @@
-"""Small file helpers shared by the dataset loaders: reading lists, checking images exist."""
+"""Small file helpers shared by the dataset loaders: reading lists, checking images exist and decode."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
+from clipml.data.base import MultiLabelSplit
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ def resolve_missing(
     """
     if on_missing_image not in MISSING_POLICIES:
         raise ConfigError(
-            f"on_missing_image must be one of {MISSING_POLICIES}, got {on_missing_image!r}"
+            f"data.options.on_missing_image must be one of {MISSING_POLICIES}, got {on_missing_image!r}"
         )
     if not check_images or root is None:
         return items, labels, []
@@ -72,7 +75,7 @@ def resolve_missing(
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(
             f"{where}: {len(missing)} of {len(items)} image files not found under {root} "
-            f"(first: {shown}); pass on_missing_image='skip' to leave them out"
+            f"(first: {shown}); set data.options.on_missing_image=skip to leave them out"
         )
     logger.warning(
         "%s: skipped %d of %d images whose files are missing under %s (first: %s)",
@@ -80,6 +83,47 @@ def resolve_missing(
     )
     kept = [item for item, ok in zip(items, exists) if ok]
     return kept, labels[exists], missing
+
+
+def decode_problem(split, index: int) -> Optional[str]:
+    """Why image `index` of `split` cannot be decoded, or None. Files are decoded in full (a
+    truncated JPEG fails) but at 1/8 scale where the format allows it, which is several times
+    faster; splits that render in memory go through their `open_image`."""
+    if split.root is None or type(split).open_image is not MultiLabelSplit.open_image:
+        try:
+            split.open_image(index)
+            return None
+        except DataError as error:
+            return str(error)
+    path = split.image_path(index)
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as error:  # PIL raises many types for damaged files
+        return f"{path}: {type(error).__name__}: {error}"
+    return None
+
+
+def drop_undecodable(split, on_undecodable_image: str):
+    """Apply the undecodable-image policy: "error" (default) leaves the split as it is (a bad
+    image stops the run when it is read), "skip" decodes every image now, once, and leaves out
+    those that fail, with a warning naming them (`split.skipped_images` lists them)."""
+    if on_undecodable_image not in MISSING_POLICIES:
+        raise ConfigError(f"data.options.on_undecodable_image must be one of {MISSING_POLICIES}, "
+                          f"got {on_undecodable_image!r}")
+    if on_undecodable_image == "error" or not len(split):
+        return split
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoders release the GIL
+        problems = list(pool.map(lambda index: decode_problem(split, index), range(len(split))))
+    bad = [index for index, problem in enumerate(problems) if problem]
+    if not bad:
+        return split
+    logger.warning("%s/%s: skipped %d of %d images that cannot be decoded (first: %s)", split.dataset,
+                   split.split, len(bad), len(split), "; ".join(problems[i] for i in bad[:3]))
+    previous = list(getattr(split, "skipped_images", []))
+    kept = split.subset([index for index, problem in enumerate(problems) if not problem])
+    return finish_split(kept, previous + [split.items[i] for i in bad])
 
 
 def finish_split(split, skipped: List[str]):

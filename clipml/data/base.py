@@ -13,6 +13,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from clipml.errors import DataError
 
+
+class ImageDecodeError(DataError):
+    """An image file exists but cannot be decoded (damaged, truncated or not an image)."""
+
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 """Label codes. UNKNOWN means "missing" in a training split and "ignore" in an evaluation split."""
 
@@ -39,7 +43,7 @@ def read_image(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode image {path}: {error}") from None
+        raise ImageDecodeError(f"cannot decode image {path}: {error}") from None
 
 
 @dataclasses.dataclass

@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from clipml.data.base import MultiLabelSplit
+from clipml.data.base import ImageDecodeError, MultiLabelSplit
+from clipml.errors import ClipmlError
+
+DECODE_HINT = "set data.options.on_undecodable_image=skip to leave such images out"
+
+
+class FailedItem:
+    """A clipml error raised while loading an item, carried to the main process as a value: there
+    it is raised as itself, not wrapped in the DataLoader's worker traceback."""
+
+    def __init__(self, error: ClipmlError) -> None:
+        self.error = error
+
+
+def carry_errors(getitem: Callable) -> Callable:
+    """Decorate a Dataset's `__getitem__`: in a worker process a ClipmlError is returned as a
+    FailedItem (ImageLoader raises it in the main process); in the main process it is raised."""
+
+    @functools.wraps(getitem)
+    def wrapped(self, index):
+        try:
+            return getitem(self, index)
+        except ClipmlError as error:
+            if isinstance(error, ImageDecodeError):
+                error = ImageDecodeError(f"{error}; {DECODE_HINT}")
+            if get_worker_info() is None:
+                raise error from None
+            return FailedItem(error)
+
+    return wrapped
+
+
+def _collate(items):
+    return next((item for item in items if isinstance(item, FailedItem)), None) or default_collate(items)
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader over a Dataset whose `__getitem__` uses `carry_errors`: a bad item ends the
+    pass with its own one-line error (the file named), whichever worker loaded it."""
+
+    def __init__(self, dataset: Dataset, **options) -> None:
+        super().__init__(dataset, collate_fn=_collate, **options)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, FailedItem):
+                raise batch.error
+            yield batch
 
 
 class ImageLabelDataset(Dataset):
@@ -27,6 +75,7 @@ class ImageLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    @carry_errors
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
         image = self.split.open_image(index)
         if self.seed is None:
@@ -47,7 +96,7 @@ def make_loader(
     drop_last: bool = False,
     seed: Optional[int] = None,
     batch_sampler: Optional[Sequence[Sequence[int]]] = None,
-) -> DataLoader:
+) -> ImageLoader:
     """A DataLoader over `split`; `seed` fixes the shuffle order and every image's augmentation;
     pin_memory defaults to CUDA availability.
 
@@ -57,7 +106,7 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     batching = (dict(batch_sampler=batch_sampler) if batch_sampler is not None
                 else dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last))
-    return DataLoader(
+    return ImageLoader(
         ImageLabelDataset(split, transform, seed),
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

@@ -103,7 +103,7 @@ def load_manifest(
 ) -> MultiLabelSplit:
     """Load a manifest split. The dataset identity is `name` (default: the manifest folder's name)."""
     if unlisted not in UNLISTED:
-        raise ConfigError(f"manifest: unlisted must be one of {sorted(UNLISTED)}, got {unlisted!r}")
+        raise ConfigError(f"manifest: data.options.unlisted must be one of {sorted(UNLISTED)}, got {unlisted!r}")
     path = find_manifest(Path(root), split)
     if path.suffix.lower() == ".jsonl":
         records = _jsonl_records(path)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Callable, Dict, List, Union
+from typing import Callable, Dict, List, Optional, Union
 
+from clipml.data._files import drop_undecodable
 from clipml.data.base import MultiLabelSplit
 from clipml.data.coco import load_coco2014
 from clipml.data.manifest import load_manifest
@@ -32,17 +33,26 @@ def available_datasets() -> List[str]:
 
 
 def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> MultiLabelSplit:
-    """Load split `split` of dataset `name` from `root`; options go to that dataset's loader."""
+    """Load split `split` of dataset `name` from `root`; options go to that dataset's loader, except
+    `on_undecodable_image` ("error" or "skip", see `drop_undecodable`), which every dataset takes."""
     if name not in _LOADERS:
         raise ConfigError(f"unknown dataset {name!r}; registered: {', '.join(available_datasets())}")
-    fn = _LOADERS[name]
-    parameters = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        accepted = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise ConfigError(f"dataset {name!r}: unknown options {unknown}; accepted: {', '.join(accepted)}")
-    return fn(root, split, **options)
+    on_undecodable_image = options.pop("on_undecodable_image", "error")
+    accepted = option_names(name)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"dataset {name!r}: unknown data.options {unknown}; accepted: "
+                          f"{', '.join([*accepted, 'on_undecodable_image'])}")
+    return drop_undecodable(_LOADERS[name](root, split, **options), on_undecodable_image)
+
+
+def option_names(name: str) -> Optional[List[str]]:
+    """The options dataset `name`'s loader takes (its keyword-only parameters; `load_split` adds
+    `on_undecodable_image`), or None when the loader takes any keyword."""
+    parameters = inspect.signature(_LOADERS[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size=None,

@@ -22,10 +22,10 @@ def carve_validation(
     n = len(split)
     if count is None:
         if not 0.0 < fraction < 1.0:
-            raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+            raise ConfigError(f"validation fraction (data.val_fraction) must be in (0, 1), got {fraction}")
         count = int(round(fraction * n))
     if not 0 < count < n:
-        raise ConfigError(f"validation size must be between 1 and {n - 1} images of {split.dataset}/{split.split}, got {count}")
+        raise ConfigError(f"validation size (data.val_fraction) must be between 1 and {n - 1} images of {split.dataset}/{split.split}, got {count}")
     chosen = np.zeros(n, dtype=bool)
     chosen[np.random.RandomState(seed).permutation(n)[:count]] = True
     rest = split.subset(np.flatnonzero(~chosen), split=f"{split.split}-fit")

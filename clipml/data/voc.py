@@ -60,7 +60,7 @@ def load_voc2007(
 ) -> MultiLabelSplit:
     """Load one VOC 2007 split (`trainval`, `test`, `train` or `val`) with full labels."""
     if difficult not in DIFFICULT_RULES:
-        raise ConfigError(f"{DATASET}: difficult must be one of {sorted(DIFFICULT_RULES)}, got {difficult!r}")
+        raise ConfigError(f"{DATASET}: data.options.difficult must be one of {sorted(DIFFICULT_RULES)}, got {difficult!r}")
     root = Path(root)
     list_path = root / "ImageSets" / "Main" / f"{split}.txt"
     ids = [line.split()[0] for line in read_lines(list_path, f"{DATASET} image list")]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Optional, Tuple
 
-import torch
-
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import carve_validation, import_mask, load_split, partial_split
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform, train_transform
+from clipml.devices import select_device
 from clipml.engine.cache import build_feature_cache, union_split
 from clipml.engine.distributed import DistContext
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
@@ -18,14 +17,6 @@ from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 
 logger = logging.getLogger(__name__)
-
-
-def select_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available")
-    return name
 
 
 def build_backbone(cfg: ExperimentConfig, device: Optional[str] = None) -> FrozenCLIP:
@@ -73,7 +64,7 @@ def build_cached_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: Mul
     Only the first is held on `data.cache_device`: it is read every epoch, the test cache twice."""
     data = cfg.data
     if data.cache_device == "cuda" and backbone.device.type != "cuda":
-        raise ConfigError(f"data.cache_device='cuda' needs the model on CUDA, but it runs on {backbone.device}")
+        raise ConfigError(f"data.cache_device=cuda needs the model on CUDA, but it runs on {backbone.device}; set device=cuda or data.cache_device=cpu")
     options = dict(augment=data.augment, seed=data.cache_seed, batch_size=data.eval_batch_size,
                    workers=data.workers, context=context)
     shared = build_feature_cache(union_split(train, val), backbone, data.cache_dir, data.cache_views, **options)

@@ -45,10 +45,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from clipml.backbones import FrozenCLIP
 from clipml.data.base import MultiLabelSplit
+from clipml.data.loader import ImageLoader, carry_errors
 from clipml.data.transforms import Normalize255, eval_transform, train_transform
 from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
@@ -277,6 +278,7 @@ class _SeededViews(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @carry_errors
     def __getitem__(self, position: int) -> torch.Tensor:
         index = int(self.images[position])
         if self.view == 0:  # the evaluation transform draws no random numbers
@@ -412,7 +414,7 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
             group = list(group)
             rows = [_unit_rows(unit, count, chunk) for unit in group]
             dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, np.concatenate(rows) - view * count)
-            batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+            batches = iter(ImageLoader(dataset, batch_size=batch_size, num_workers=workers))
             for unit, unit_rows in zip(group, rows):
                 crc = _extract_chunk(partial, unit, tokens, pooled, unit_rows,
                                      itertools.islice(batches, -(-len(unit_rows) // batch_size)),

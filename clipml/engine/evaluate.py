@@ -3,6 +3,9 @@ and where the split allows, the METHODS §11 localisation metrics and mAP breakd
 
 from __future__ import annotations
 
+import csv
+import logging
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -11,12 +14,14 @@ import torch
 from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
                               object_sizes)
 from clipml.engine import distributed
+from clipml.engine.features import CountedPass
 from clipml.errors import DataError
 from clipml.experiment import EvalConfig
 from clipml.localization import localize_image, summarize_localization
 from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds
 from clipml.model import MultiLabelCLIP
 
+logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 
@@ -36,7 +41,7 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
     count, classes = len(split), len(model.classnames)
     batches = source.batches()
     if progress is not None:
-        batches = progress(batches, "eval")
+        batches = progress(CountedPass(batches, len(source)), "eval")
     indices, scores, labels = [np.zeros(0, dtype=np.int64)], [np.zeros((0, classes), np.float32)], \
         [np.zeros((0, classes), np.int8)]
     hits, mass = [np.zeros((0, classes))], [np.zeros((0, classes))]
@@ -78,12 +83,13 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
 
 
 def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True,
-             settings: Optional[EvalConfig] = None, thresholds: Optional[Dict[str, object]] = None
-             ) -> Dict[str, object]:
+             settings: Optional[EvalConfig] = None, thresholds: Optional[Dict[str, object]] = None,
+             scores_path: Optional[str] = None) -> Dict[str, object]:
     """All metrics of `model` on `source`'s split; unknown (-1) entries are ignored. Rankings
     use the logits, thresholds the probabilities; `settings` choose the AP and the top-3 rule
     (default: envelope AP, reference rule). With `thresholds` (from `decision_thresholds`) the
-    F1 family at them is added, suffixed `_tuned`.
+    F1 family at them is added, suffixed `_tuned`. `scores_path`: also write every
+    (image, class) score there (see `write_scores`).
 
     With `details`, also mAP by labels per image (`mAP_by_labels`), and on a split with
     object masks mAP by object size (`mAP_by_size`) and, for a model with attention maps,
@@ -97,6 +103,9 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     logits, labels, localization = _score(model, source, progress, localize=with_masks)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
+    context = getattr(source, "context", None)
+    if scores_path is not None and (context is None or context.is_main):
+        write_scores(scores_path, split, model.classnames, logits, probs, labels)
     result = evaluate_scores(probs, labels, scores=logits, ap=settings.ap, top_k_rule=settings.top3,
                              tuned_thresholds=tuned)
     if details:
@@ -106,6 +115,20 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     if localization is not None:
         result.update(summarize_localization(*localization))
     return result
+
+
+def write_scores(path: str, split, classnames: Sequence[str], logits: np.ndarray, probs: np.ndarray,
+                 labels: np.ndarray) -> None:
+    """One CSV row per (image, class): image path as the split lists it, class, probability,
+    logit (rankings use it: probabilities can saturate to ties) and label (1, 0, -1 unknown)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "class", "score", "logit", "label"])
+        for image, row_logits, row_probs, row_labels in zip(split.items, logits, probs, labels):
+            for name, logit, prob, label in zip(classnames, row_logits, row_probs, row_labels):
+                writer.writerow([image, name, f"{prob:.9g}", f"{logit:.9g}", int(label)])  # float32 exactly
+    logger.info("wrote %d x %d scores to %s", len(split.items), len(classnames), path)
 
 
 DETAIL_COUNTS = {"mAP_by_labels": "images_by_labels", "mAP_by_size": "positives_by_size"}

@@ -18,6 +18,20 @@ from clipml.engine.distributed import DistContext, global_batches, shard
 Batch = Tuple[Dense, torch.Tensor, torch.Tensor]  # dense features, int8 labels [B, C], indices [B]
 
 
+class CountedPass:
+    """One pass of `source.batches()` with its number of batches (`len(source)`), so a progress
+    bar shows a total. The generator is not started here: seeding stays where it was."""
+
+    def __init__(self, batches: Iterator[Batch], count: int) -> None:
+        self.batches, self.count = batches, count
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class ImageFeatureSource:
     """Decodes, transforms and encodes the images of a split with the frozen image tower.
 

@@ -30,7 +30,8 @@ from clipml.engine.checkpoint import (
     save_training_state,
 )
 from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
-from clipml.errors import ConfigError
+from clipml.engine.features import CountedPass
+from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import ExperimentConfig, OptimConfig, same_experiment
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
@@ -85,9 +86,22 @@ def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
             )
 
 
-def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None) -> Dict[str, object]:
-    """Run one experiment end to end; returns the summary that is also written to the run folder."""
+def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None,
+          scores_path: Optional[str] = None) -> Dict[str, object]:
+    """Run one experiment end to end; returns the summary that is also written to the run folder.
+    `scores_path`: also write the final model's test scores there (CSV: image, class, score, logit, label).
+    Ctrl-C raises TrainingInterrupted, whose message says what was saved and how to resume."""
     run = Path(cfg.run_dir())
+    try:
+        return _train(cfg, run, resume, progress, scores_path)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(run, cfg.optim.epochs)) from None
+
+
+def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
+           scores_path: Optional[str]) -> Dict[str, object]:
     context = distributed.setup(select_device(cfg.device))
     if context.is_main:
         if resume:
@@ -95,6 +109,7 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
     started = time.time()
+    previous = _previous_summary(run) if resume else None
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -111,29 +126,40 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
     torch.manual_seed(cfg.seed)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
     config_dict = config_to_dict(cfg)
+    masked = "partial labels" if cfg.data.mask_file or cfg.data.known_ratio < 1.0 else "full labels"
+    splits = {"val": f"{len(val_split)} images carved from split '{cfg.data.train_split}' "
+                     f"(data.val_fraction={cfg.data.val_fraction}, data.mask_seed={cfg.data.mask_seed}; {masked})",
+              "test": f"split '{cfg.data.test_split}' ({len(test_split)} images)"}
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
         cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
     zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False, settings=cfg.eval))
     zero_shot_test_metrics = evaluate(zero_shot, test_source, progress, settings=cfg.eval)
     zero_shot_test = _headline(zero_shot_test_metrics)
-    logger.info("zero-shot mAP: val %.2f, test %.2f", zero_shot_val["mAP"], zero_shot_test["mAP"])
-    history = []
-    best = {"epoch": -1, "val": {"mAP": -1.0}}
+    logger.info("zero-shot mAP: %.2f on the validation part carved from split '%s', %.2f on split '%s'",
+                zero_shot_val["mAP"], cfg.data.train_split, zero_shot_test["mAP"], cfg.data.test_split)
+    history, trained_now, prior_seconds = [], 0, 0.0
 
     # The untrained model: where learning starts.
     initial_val = _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))
     if model.trainable_parameters():
-        history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context)
+        history, best, trained_now, prior_seconds = _fit(
+            cfg, model, train_source, val_source, run, config_dict, resume, progress, context,
+            lambda: time.time() - started)
         context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
     else:
-        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))}
+        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False,
+                                                      settings=cfg.eval))}  # 0: not trained
 
     thresholds = decision_thresholds(model, val_source, progress)  # chosen on validation, reported on test
-    test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds)
+    test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds,
+                            scores_path=scores_path)
     test = _headline(test_metrics)
+    call_seconds = time.time() - started
+    # A finished run read back again keeps the time it took; a resumed one adds this call's.
+    seconds = previous["seconds"] if previous and not trained_now else prior_seconds + call_seconds
     summary = {
         "name": cfg.name,
         "method": cfg.model.method,
@@ -142,19 +168,23 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         "backbone": backbone.identity,
         "loss": f"{cfg.loss.name} ({cfg.loss.reduction} over known entries)",
         "evaluation": evaluation_notes(cfg.eval, len(classnames)),
+        "splits": splits,
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
         "initial_val": initial_val,
         "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
+        "test_ap": _per_class(classnames, test_metrics),
+        "zero_shot_test_ap": _per_class(classnames, zero_shot_test_metrics),
         # Localisation and mAP breakdowns (METHODS §11), where the test split allows them.
         "test_details": detail_summary(test_metrics),
         "zero_shot_test_details": detail_summary(zero_shot_test_metrics),
         "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "thresholds": thresholds,
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(seconds, 1),
+        "seconds_this_call": round(call_seconds, 1),
     }
     if context.is_main:
         if model.trainable_parameters():
@@ -164,6 +194,40 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         (run / "summary.md").write_text(_markdown(summary))
     context.barrier()
     return summary
+
+
+def _per_class(classnames, metrics: Dict[str, object]) -> Dict[str, Optional[float]]:
+    """AP (%) per class; None for a class without a positive in the split."""
+    return {name: round(100 * float(ap), 3) if ap == ap else None for name, ap in zip(classnames, metrics["AP"])}
+
+
+def _previous_summary(run: Path) -> Optional[Dict[str, object]]:
+    try:
+        return json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _interrupted(run: Path, epochs: int) -> str:
+    """What an interrupted run left in its folder, and how to go on."""
+    done = 0
+    if (run / STATE).is_file():
+        try:
+            done = _epochs_done(load_training_state(run / STATE))
+        except CheckpointError:
+            pass
+    if not done:
+        return f"interrupted before the first epoch was saved; the same command starts {run} again"
+    if done >= epochs:
+        return (f"interrupted after training: {run} holds all {epochs} epochs; the same command evaluates "
+                f"the test split and writes the summary")
+    return (f"interrupted: {run} holds epochs 1-{done} of {epochs} (state.pt, last.safetensors, best.safetensors); "
+            f"the same command resumes at epoch {done + 1} (--no-resume starts over)")
+
+
+def _epochs_done(state: dict) -> int:
+    # Before epochs were counted from 1 everywhere, the state held the 0-based "epoch".
+    return int(state["epochs_done"]) if "epochs_done" in state else int(state["epoch"]) + 1
 
 
 class TrainingStep(nn.Module):
@@ -178,7 +242,9 @@ class TrainingStep(nn.Module):
         return training_loss(self.model, self.loss_fn, dense, labels, blending, generator)
 
 
-def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context):
+def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed):
+    """Train the remaining epochs. Returns (history, best, epochs trained in this call, seconds
+    the run had taken before this call). Epochs are counted from 1 in every record and file."""
     optim = cfg.optim
     optimizer = build_optimizer(optim, model)
     steps_per_epoch = len(train_source)
@@ -189,14 +255,18 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         loss_settings.update(gamma_pos=cfg.loss.gamma_pos, gamma_neg=cfg.loss.gamma_neg, clip=cfg.loss.clip)
     loss_fn = build_loss(cfg.loss.name, **loss_settings)
 
-    start_epoch, history, best = 0, [], {"epoch": -1, "val": {"mAP": -1.0}}
+    start_epoch, history, best, prior_seconds = 0, [], {"epoch": 0, "val": {"mAP": -1.0}}, 0.0
     if resume and (run / STATE).is_file():
         state = load_training_state(run / STATE)
         load_into(model, state["model"], json.loads(state["metadata"]), run / STATE)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
-        logger.info("resuming %s after epoch %d", run, state["epoch"] + 1)  # 1-based, as the epoch lines
+        start_epoch, history, best = _epochs_done(state), json.loads(state["history"]), json.loads(state["best"])
+        if "epochs_done" not in state:  # a state saved with 0-based epochs
+            history = [dict(record, epoch=record["epoch"] + 1) for record in history]
+            best = dict(best, epoch=best["epoch"] + 1)
+        prior_seconds = float(state.get("seconds", 0.0))  # the earlier calls' time, up to their last save
+        logger.info("resuming %s after epoch %d", run, start_epoch)
 
     step = TrainingStep(model, loss_fn)
     if context.active:
@@ -204,14 +274,16 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         step = DistributedDataParallel(step, find_unused_parameters=hasattr(model, "blending"))
     # DDP averages gradients over ranks; a summed loss must add them up instead.
     loss_scale = context.world if cfg.loss.reduction == "sum" else 1
-    log = open(run / LOG, "a") if context.is_main else None
+    log = open(run / LOG, "w") if context.is_main else None  # rewritten from the state: no stale lines
+    for record in history if log is not None else []:
+        log.write(json.dumps(record) + "\n")
     try:
-        for epoch in range(start_epoch, optim.epochs):
+        for epoch in range(start_epoch, optim.epochs):  # 0-based here; every record counts from 1
             model.train()
             losses = []
             batches = train_source.batches(seed=cfg.seed * 100_003 + epoch)
             if progress is not None:
-                batches = progress(batches, f"epoch {epoch + 1}/{optim.epochs}")
+                batches = progress(CountedPass(batches, len(train_source)), f"epoch {epoch + 1}/{optim.epochs}")
             blending = _blending_this_epoch(model, epoch)
             if blending and _prototype_pass_due(model.config.blending, epoch):
                 refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
@@ -228,20 +300,21 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             val = _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))
             # The loss of the whole global batch: per-rank sums add up, per-rank means average.
             epoch_loss = distributed.all_reduce(context, float(np.mean(losses)), average=loss_scale == 1)
-            record = {"epoch": epoch, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
+            record = {"epoch": epoch + 1, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
             history.append(record)
             if val["mAP"] > best["val"]["mAP"]:
-                best = {"epoch": epoch, "val": val}
+                best = {"epoch": epoch + 1, "val": val}
             if not context.is_main:
                 continue
             log.write(json.dumps(record) + "\n")
             log.flush()
             logger.info("epoch %d loss %.4f val mAP %.2f", epoch + 1, record["loss"], val["mAP"])
-            if best["epoch"] == epoch:
-                save_prompt_checkpoint(run / BEST, model, config_dict, {"val": val, "epoch": epoch})
-            save_prompt_checkpoint(run / LAST, model, config_dict, {"val": val, "epoch": epoch})
+            if best["epoch"] == epoch + 1:
+                save_prompt_checkpoint(run / BEST, model, config_dict, {"val": val, "epoch": epoch + 1})
+            save_prompt_checkpoint(run / LAST, model, config_dict, {"val": val, "epoch": epoch + 1})
             save_training_state(run / STATE, {
-                "epoch": epoch,
+                "epochs_done": epoch + 1,
+                "seconds": prior_seconds + elapsed(),
                 "model": model_tensors(model),
                 "metadata": json.dumps({"method": model.config.method, "classes": model.classnames,
                                         "backbone": model.backbone.identity}),
@@ -253,7 +326,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     finally:
         if log is not None:
             log.close()
-    return history, best
+    return history, best, optim.epochs - start_epoch, prior_seconds
 
 
 def _blending_this_epoch(model: MultiLabelCLIP, epoch: int) -> bool:
@@ -309,15 +382,25 @@ def _markdown(summary: Dict[str, object]) -> str:
     for label, key in (("validation (best epoch)", "val"), ("test", "test"), ("test, zero-shot", "zero_shot_test")):
         values = summary[key]
         rows.append(f"| {label} | " + " | ".join(f"{values[k]:.2f}" if k in values else "–" for k in keys) + " |")
+    per_class = ["| class | test AP | zero-shot AP |", "|---|---|---|"] + [
+        f"| {name} | {_ap_text(ap)} | {_ap_text(summary['zero_shot_test_ap'][name])} |"
+        for name, ap in summary["test_ap"].items()]
+    best = f"best epoch {summary['best_epoch']}" if summary["best_epoch"] else "nothing trained"
     notes = summary["evaluation"]
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
         f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}), loss {summary['loss']}, "
-        f"{summary['trainable_parameters']} trainable parameters, best epoch {summary['best_epoch'] + 1}, "
-        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n\n"
-        + "".join(f"- {name}: {text}\n" for name, text in notes.items()) + _details_markdown(summary)
+        f"{summary['trainable_parameters']} trainable parameters, {best}, "
+        f"{summary['seconds']} s.\n\nValidation: {summary['splits']['val']}. Test: {summary['splits']['test']}.\n\n"
+        + "\n".join(rows) + "\n\n" + "".join(f"- {name}: {text}\n" for name, text in notes.items())
+        + _details_markdown(summary)
+        + "\n## AP per class (test)\n\n" + "\n".join(per_class) + "\n"
     )
+
+
+def _ap_text(ap: Optional[float]) -> str:
+    return "n/a" if ap is None else f"{ap:.2f}"
 
 
 def _details_markdown(summary: Dict[str, object]) -> str:
@@ -332,9 +415,11 @@ def _details_markdown(summary: Dict[str, object]) -> str:
 
 
 def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
-    """A model from a prompt checkpoint; `classnames` may differ (prompts transfer by class name)."""
+    """A model from a prompt checkpoint; `classnames` may differ (prompts transfer by class name).
+    `device` may be "auto"; one the machine lacks is a ConfigError before anything is read."""
     from clipml.backbones import load_backbone
 
+    device = select_device(device)
     tensors, metadata = read_prompt_checkpoint(checkpoint)
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
