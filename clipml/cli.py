@@ -144,12 +144,15 @@ def predict(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="labels with probability >= this are listed")
     parser.add_argument("--output", help="write .csv or .json (default: print)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="image decoding processes (0: decode in this one)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     def main():
         from clipml.data.base import MultiLabelSplit
         from clipml.data.transforms import eval_transform
+        from clipml.engine.evaluate import predict as predict_logits
+        from clipml.engine.features import ImageFeatureSource
         from clipml.engine.train import load_model
 
         paths = []
@@ -166,17 +169,10 @@ def predict(argv: Optional[List[str]] = None) -> None:
         backbone = model.backbone
         split = MultiLabelSplit("images", "predict", model.classnames, [str(p.resolve()) for p in paths],
                                 torch.zeros(len(paths), len(model.classnames), dtype=torch.int8).numpy(), Path("/"))
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
-        probs = []
-        model.eval()
-        with torch.no_grad():
-            text = model.text_features()
-            for start in range(0, len(split), args.batch_size):
-                images = torch.stack([transform(split.open_image(i))
-                                      for i in range(start, min(start + args.batch_size, len(split)))])
-                logits = model(images.to(backbone.device), text).logits
-                probs.append(torch.sigmoid(logits).cpu())
-        probs = torch.cat(probs).numpy()
+        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+        source = ImageFeatureSource(split, backbone, transform, args.batch_size, args.workers)
+        logits, _ = predict_logits(model, source)
+        probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
         records = [{"image": str(path), "labels": [c for c, p in zip(model.classnames, row) if p >= args.threshold],
                     "probabilities": {c: round(float(p), 5) for c, p in zip(model.classnames, row)}}
                    for path, row in zip(paths, probs)]

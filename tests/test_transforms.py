@@ -13,6 +13,7 @@ from clipml.data import (
     make_loader,
     train_transform,
 )
+from clipml.data.loader import read_image
 from clipml.errors import ConfigError, DataError
 
 from data_fixtures import write_jpeg
@@ -127,3 +128,34 @@ def test_corrupt_truncated_and_missing_images(tmp_path):
         dataset[2]
     with pytest.raises(DataError, match="image file not found: .*3.jpg"):
         dataset[3]
+
+
+def test_read_image_gives_pil_pixels_for_every_jpeg_kind(tmp_path):
+    """torchvision decodes JPEG files (to a tensor) with PIL's pixels bit for bit; other formats
+    and in-memory splits go through open_image."""
+    yy, xx = np.mgrid[0:37, 0:53]
+    noise = np.random.RandomState(0).randint(0, 60, (37, 53, 3))
+    image = Image.fromarray((np.stack([xx * 4, yy * 6, xx + yy], axis=-1) + noise).clip(0, 255).astype(np.uint8))
+    kinds = {
+        "420.jpg": (image, dict(quality=90)),
+        "444.jpg": (image, dict(quality=90, subsampling=0)),
+        "progressive.jpg": (image, dict(quality=75, progressive=True)),
+        "grey.jpg": (image.convert("L"), dict(quality=90)),
+        "cmyk.jpg": (image.convert("CMYK"), dict(quality=90)),
+        "lossless.png": (image, dict()),
+        "png-named.jpg": (image, dict(format="PNG")),
+    }
+    for name, (picture, options) in kinds.items():
+        picture.save(tmp_path / name, **options)
+    split = MultiLabelSplit("kinds", "test", ["a"], list(kinds), np.zeros((len(kinds), 1)), tmp_path)
+    for index, name in enumerate(kinds):
+        pixels = read_image(split, index)
+        reference = np.asarray(split.open_image(index))
+        if name.endswith(".png") or name == "png-named.jpg":
+            assert isinstance(pixels, Image.Image), name
+            pixels = torch.from_numpy(np.asarray(pixels).copy()).permute(2, 0, 1)
+        else:
+            assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8, name
+        assert torch.equal(pixels, torch.from_numpy(reference.copy()).permute(2, 0, 1)), name
+        transform = eval_transform(16, MEAN, STD)
+        assert torch.equal(transform(read_image(split, index)), transform(split.open_image(index))), name

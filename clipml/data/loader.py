@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from clipml.data.base import MultiLabelSplit
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_image(split: MultiLabelSplit, index: int) -> Union[torch.Tensor, Image.Image]:
+    """Image `index` of `split`, ready for a transform (which starts with PILToTensor, a no-op on a tensor).
+
+    JPEG files are decoded by torchvision straight to a uint8 tensor [3, H, W]: libjpeg-turbo gives
+    PIL's pixels bit for bit, one copy sooner (benchmarks/results/decode.md). Anything else (other
+    formats, a file torchvision refuses, splits that render in memory by overriding `open_image`)
+    goes through `split.open_image`, whose DataError names a missing or corrupt file.
+    """
+    if type(split).open_image is MultiLabelSplit.open_image and split.root is not None:
+        try:
+            data = split.image_path(index).read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(JPEG_MAGIC):
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # truncated or unsupported: PIL decides, and names the file if it fails too
+    return split.open_image(index)
+
 
 class ImageLabelDataset(Dataset):
-    """Items `(image_tensor, labels int8 [C], index)`; images come from `split.open_image`,
-    so in-memory splits work, and a missing or corrupt file raises a DataError naming it.
+    """Items `(image_tensor, labels int8 [C], index)`; images come from `read_image`, so
+    in-memory splits work, and a missing or corrupt file raises a DataError naming it.
 
     With `seed`, each image's random augmentation is drawn from a generator seeded by
     (seed, index): the same crop whatever the batch, worker or data-parallel rank it lands in.
@@ -28,7 +53,7 @@ class ImageLabelDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        image = self.split.open_image(index)
+        image = read_image(self.split, index)
         if self.seed is None:
             return self.transform(image), self.labels[index], index
         with torch.random.fork_rng(devices=[]):

@@ -43,10 +43,12 @@ class RandomSizeCrop(torch.nn.Module):
 
 
 class Normalize255(torch.nn.Module):
-    """uint8 [..., 3, H, W] in 0..255 -> float (x / 255 - mean) / std, in one pass.
+    """uint8 [..., 3, H, W] in 0..255 -> float (x / 255 - mean) / std, in one pass, on the
+    device the module lives on.
 
-    Works on one image in a worker or on a whole batch on the accelerator (move it there
-    with `.to(device)`).
+    Works on one image in a worker or on a whole batch on the accelerator (move the module
+    there with `.to(device)`): a batch from the CPU is copied over as uint8 (a quarter of the
+    bytes of float32), without waiting when it comes from pinned memory.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -57,7 +59,7 @@ class Normalize255(torch.nn.Module):
         self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.float().sub_(self.shift).div_(self.scale)
+        return image.to(self.shift.device, non_blocking=True).float().sub_(self.shift).div_(self.scale)
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True) -> Callable:
