@@ -1,8 +1,10 @@
-"""Image transforms: PIL image -> normalised float tensor [3, S, S].
+"""Image transforms: PIL image or uint8 tensor [3, H, W] -> normalised float tensor [3, S, S]
+(or the uint8 tensor, normalised later on the device).
 
-The decoded image becomes a uint8 tensor first; resizing, cropping and flipping run on
-that tensor (torch's antialiased uint8 kernels are several times faster than PIL's on one
-core), then one fused step converts to float and normalises.
+The decoded image becomes a uint8 tensor first (JPEG files arrive as one from
+`clipml.data.loader.read_image`); resizing, cropping and flipping run on that tensor (torch's
+antialiased uint8 kernels are several times faster than PIL's on one core), then one fused step
+converts to float and normalises.
 
 Mean and std are the backbone's (the caller passes them). Test images are resized to S x S
 without cropping (the MLR-PL convention: no object is cut away). Training policies:
