@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from clipml.data.base import MultiLabelSplit
@@ -33,6 +33,22 @@ def read_image(split: MultiLabelSplit, index: int) -> Union[torch.Tensor, Image.
             except RuntimeError:
                 pass  # truncated or unsupported: PIL decides, and names the file if it fails too
     return split.open_image(index)
+
+
+def collate(batch):
+    """default_collate, but images [3, H, W] whose pixels lie channels-last in memory (what the
+    decoders and torch's uint8 resize give) are stacked channels-last: a plain copy where the
+    default makes a transposing one, about a tenth of a worker's time per image at 448 px. The
+    batch is the same [B, 3, H, W] tensor in another memory layout; `Normalize255` makes it
+    contiguous on the device. Items are images or tuples whose first element is the image."""
+    images = [item[0] if isinstance(item, tuple) else item for item in batch]
+    if all(image.dim() == 3 and image.permute(1, 2, 0).is_contiguous() for image in images):
+        stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    else:
+        stacked = default_collate(images)
+    if not isinstance(batch[0], tuple):
+        return stacked
+    return [stacked, *default_collate([item[1:] for item in batch])]
 
 
 class ImageLabelDataset(Dataset):
@@ -87,6 +103,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         generator=generator,
+        collate_fn=collate,
         persistent_workers=False,
         **batching,
     )

@@ -50,7 +50,8 @@ class Normalize255(torch.nn.Module):
 
     Works on one image in a worker or on a whole batch on the accelerator (move the module
     there with `.to(device)`): a batch from the CPU is copied over as uint8 (a quarter of the
-    bytes of float32), without waiting when it comes from pinned memory.
+    bytes of float32), without waiting when it comes from pinned memory. The result is contiguous
+    whatever the layout of the input (the loader stacks channels-last, see `loader.collate`).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -61,7 +62,8 @@ class Normalize255(torch.nn.Module):
         self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.to(self.shift.device, non_blocking=True).float().sub_(self.shift).div_(self.scale)
+        image = image.to(self.shift.device, non_blocking=True)
+        return image.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.shift).div_(self.scale)
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True) -> Callable:

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
-from clipml.data.loader import read_image
+from clipml.data.loader import collate, read_image
 from clipml.data.transforms import Normalize255, eval_transform, train_transform
 from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
@@ -414,7 +414,8 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
             group = list(group)
             rows = [_unit_rows(unit, count, chunk) for unit in group]
             dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, np.concatenate(rows) - view * count)
-            batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin))
+            batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                                      collate_fn=collate))
             for unit, unit_rows in zip(group, rows):
                 crc = _extract_chunk(partial, unit, tokens, pooled, unit_rows,
                                      itertools.islice(batches, -(-len(unit_rows) // batch_size)),
