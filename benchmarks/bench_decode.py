@@ -9,7 +9,7 @@ Rows (full passes over one folder of photo-sized JPEGs, see jpegs.py):
   each decoder's pixels against PIL's (max and mean absolute difference, grey levels);
 - the loader alone (`make_loader`, --workers processes): target >= 0.8 of the bare decode loop;
 - the bare tower (`encode_dense` on ready, normalised tensors) and the cache extraction
-  (`build_feature_cache` into a fresh folder, --workers processes), images/s;
+  (`build_feature_cache` into a fresh folder, --workers processes), images/s, at --tower-sizes;
 - on CUDA only: torchvision's batched GPU decode (`decode_jpeg(list, device="cuda")`) plus the
   resize on the device, and its pixels against the CPU path.
 
@@ -92,16 +92,17 @@ def gpu_decode_pass(paths: List[str], size: int, batch: int, device: str) -> tor
 
 
 def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: int, repeats: int,
-            per_image: bool = True) -> Dict[str, object]:
-    """Seconds per pass of every row (interleaved medians), the pixel differences, and the peak
-    device memory of the tower and of the extraction (CUDA; None elsewhere). `per_image=False`
-    leaves out the one-process decoder rows."""
+            per_image: bool = True, towers: bool = True) -> Dict[str, object]:
+    """Seconds per pass of every row (interleaved medians), the loader's rate after its first batch
+    (worker start-up excluded), the pixel differences, and the peak device memory of the tower and
+    of the extraction (CUDA; None elsewhere). `per_image=False` leaves out the one-process decoder
+    rows, `towers=False` the tower and extraction rows."""
     device = str(backbone.device)
     size, count = backbone.image_size, len(split)
     transform = eval_transform(size, backbone.mean, backbone.std, normalize=False)
     normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
     ready = [normalize(torch.stack([transform(read_image(split, i)) for i in range(s, min(count, s + batch))]))
-             for s in range(0, count, batch)]
+             for s in range(0, count, batch)] if towers else []
     paths = [str(split.image_path(i)) for i in range(count)]
 
     def bare_decode():
@@ -109,9 +110,14 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
             with Image.open(path) as image:
                 image.convert("RGB")
 
+    steady = []
+
     def loader():
+        first = None
         for _ in make_loader(split, transform, batch, workers=workers, pin_memory=device.startswith("cuda")):
-            pass
+            first = first or time.perf_counter()
+        if count > batch:
+            steady.append((count - batch) / (time.perf_counter() - first))
 
     def tower():
         with torch.no_grad():
@@ -130,8 +136,9 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
     for name, decode in found.items():
         rows[row_name(name)] = (lambda d=decode: [transform(d(i)) for i in range(count)])
     rows[f"loader alone ({workers} workers)"] = loader
-    rows["bare tower on ready tensors"] = tower
-    rows[f"cache extraction ({workers} workers)"] = extraction
+    if towers:
+        rows["bare tower on ready tensors"] = tower
+        rows[f"cache extraction ({workers} workers)"] = extraction
     differences = pixel_differences(split, transform, found) if per_image else {}
     gpu_error = None
     if device.startswith("cuda"):
@@ -146,25 +153,32 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
             rows[GPU_ROW] = lambda: gpu_decode_pass(paths, size, batch, device)
     seconds = interleaved_medians(rows, repeats, device)
     return {"seconds": seconds, "differences": differences, "images": count, "gpu_error": gpu_error,
-            "peak_tower": peak_memory(tower, device), "peak_extraction": peak_memory(extraction, device)}
+            "loader_steady": sorted(steady)[len(steady) // 2] if steady else None,
+            "peak_tower": peak_memory(tower, device) if towers else None,
+            "peak_extraction": peak_memory(extraction, device) if towers else None}
 
 
 def report(result: Dict[str, object], workers: int) -> str:
     seconds, count = result["seconds"], result["images"]
     rate = {name: count / s for name, s in seconds.items()}
-    bare, tower = rate["bare PIL decode loop"], rate["bare tower on ready tensors"]
+    bare, tower = rate["bare PIL decode loop"], rate.get("bare tower on ready tensors")
     lines = ["| what | s per pass | images/s | / bare decode | / bare tower | pixels vs PIL: max, mean |",
              "|---|---|---|---|---|---|"]
     for name, s in seconds.items():
         pixels = result["differences"].get(name)
         shown = f"{pixels['max']}, {pixels['mean']:.3f}" if pixels else ""
-        lines.append(f"| {name} | {s:.3f} | {rate[name]:.1f} | {rate[name] / bare:.2f} | {rate[name] / tower:.2f} | {shown} |")
-    loader = rate[f"loader alone ({workers} workers)"]
-    extraction = rate[f"cache extraction ({workers} workers)"]
+        versus_tower = f"{rate[name] / tower:.2f}" if tower else ""
+        lines.append(f"| {name} | {s:.3f} | {rate[name]:.1f} | {rate[name] / bare:.2f} | {versus_tower} | {shown} |")
+    loader, steady = rate[f"loader alone ({workers} workers)"], result["loader_steady"]
     if result.get("gpu_error"):
         lines.append(f"\nGPU batched decode unavailable: {result['gpu_error']}")
-    lines.append(f"\nloader / bare decode loop: {loader / bare:.2f} (target >= 0.8); cache extraction / bare tower: "
-                 f"{extraction / tower:.2f}; cache extraction / min(loader, tower): {extraction / min(loader, tower):.2f}")
+    lines.append(f"\nloader / bare decode loop: {loader / bare:.2f} (target >= 0.8)" + (
+        f"; after its first batch (worker start-up excluded): {steady:.1f} images/s, {steady / bare:.2f}"
+        if steady else ""))
+    if tower:
+        extraction = rate[f"cache extraction ({workers} workers)"]
+        lines.append(f"cache extraction / bare tower: {extraction / tower:.2f}; cache extraction / min(loader, "
+                     f"tower): {extraction / min(loader, tower):.2f}")
     return "\n".join(lines)
 
 
@@ -172,6 +186,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="open_clip:clipml-tiny-rn")
     parser.add_argument("--image-size", type=int, nargs="+", default=[224, 448])
+    parser.add_argument("--tower-sizes", type=int, nargs="*", default=[224],
+                        help="image sizes at which the tower and the cache extraction are measured too")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
@@ -191,7 +207,8 @@ def main() -> None:
         for size in args.image_size:
             torch.manual_seed(0)
             backbone = load_backbone(args.spec, size, args.device, allow_random=True)
-            result = measure(split, backbone, args.batch, args.workers, args.repeats)
+            result = measure(split, backbone, args.batch, args.workers, args.repeats,
+                             towers=size in args.tower_sizes)
             print(f"\n{args.spec} @ {size} px\n")
             print(report(result, args.workers), flush=True)
 
