@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import interleaved_medians
+from timing import interleaved_medians, peak_memory
 
-from clipml.backbones import load_backbone
+from clipml.backbones import FrozenCLIP, load_backbone
 
 DEFAULT_MODELS = [
     "open_clip:clipml-tiny-vit@32",
@@ -21,6 +21,25 @@ DEFAULT_MODELS = [
     "open_clip:ViT-B-16@224",
     "open_clip:ViT-B-16@448",
 ]
+
+
+def measure(backbone: FrozenCLIP, batch: int, repeats: int) -> dict:
+    """Seconds per call of the library's encode_image and of encode_dense (interleaved medians) on
+    one batch of random images, and the peak device memory of each (CUDA; None elsewhere)."""
+    device = str(backbone.device)
+    images = torch.randn(batch, 3, backbone.image_size, backbone.image_size, device=device)
+    model = backbone.model
+
+    def plain():
+        with torch.no_grad(), backbone.autocast():
+            return model.encode_image(images)
+
+    def dense():
+        with torch.no_grad():
+            return backbone.encode_dense(images)
+
+    medians = interleaved_medians({"plain": plain, "dense": dense}, repeats, device)
+    return dict(medians, peak_plain=peak_memory(plain, device), peak_dense=peak_memory(dense, device))
 
 
 def main() -> None:
@@ -38,19 +57,8 @@ def main() -> None:
         spec, _, size = entry.rpartition("@")
         backbone = load_backbone(spec, image_size=int(size), device=args.device,
                                  precision=args.precision, allow_random=True)
-        images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=args.device)
-        model = backbone.model
-
-        def plain():
-            with torch.no_grad(), backbone.autocast():
-                return model.encode_image(images)
-
-        def dense():
-            with torch.no_grad():
-                return backbone.encode_dense(images)
-
-        medians = interleaved_medians({"plain": plain, "dense": dense}, args.repeats, args.device)
-        plain_t, dense_t = medians["plain"], medians["dense"]
+        result = measure(backbone, args.batch, args.repeats)
+        plain_t, dense_t = result["plain"], result["dense"]
         print(f"{spec:32s} {backbone.image_size:5d} {plain_t:15.4f} {dense_t:15.4f} "
               f"{dense_t / plain_t:7.3f} {args.batch / dense_t:12.1f}")
 

@@ -1,10 +1,11 @@
 """Images/s of `clipml.engine.evaluate.evaluate` (JPEG decode, transform, image tower, text
 features, heads, metrics) against the bare image tower (`encode_dense` on ready tensors of the
 same batch size), target ratio >= 0.9; also `evaluate` on pre-decoded tensors (the image pipeline
-excluded), the image pipeline alone (DataLoader, no tower) and the text features that evaluate
-computes once per call, all measured interleaved in one run. Splitting evaluate into that
-per-call text pass and a per-image rest projects the ratio to real test-split sizes. The images are synthetic scenes written as JPEG files (COCO-like decode cost) and read
-through the manifest loader. Random weights. Examples:
+excluded), `evaluate` from a feature cache of the same images, the image pipeline alone
+(DataLoader, no tower) and the text features that evaluate computes once per call, all measured
+interleaved in one run. Splitting evaluate into that per-call text pass and a per-image rest
+projects the ratio to real test-split sizes. The images are synthetic scenes written as JPEG
+files (COCO-like decode cost) and read through the manifest loader. Random weights. Examples:
 
     PYTHONPATH=. python benchmarks/bench_eval.py --images 32 --batch 16 --repeats 3
     PYTHONPATH=. python benchmarks/bench_eval.py --device cuda --images 2048 --batch 128 --workers 8
@@ -15,10 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from typing import Iterator
+from typing import Dict, Iterator
 
 import torch
-from timing import interleaved_medians
+from timing import interleaved_medians, peak_memory
 
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import load_split, readable_names
@@ -26,8 +27,9 @@ from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader
 from clipml.lab.world import write_synthetic_dataset
 from clipml.data.transforms import Normalize255, eval_transform
+from clipml.engine.cache import build_feature_cache
 from clipml.engine.evaluate import evaluate
-from clipml.engine.features import Batch, ImageFeatureSource
+from clipml.engine.features import Batch, CachedFeatureSource, ImageFeatureSource
 from clipml.model import ModelConfig, MultiLabelCLIP
 
 
@@ -49,6 +51,74 @@ class PreDecodedSource:
             yield dense, self.labels[index], index
 
 
+def measure(split: MultiLabelSplit, backbone: FrozenCLIP, method: str, batch: int, workers: int,
+            repeats: int) -> Dict[str, object]:
+    """Seconds per pass of each row (interleaved medians) and the peak device memory of evaluate()
+    and of the bare tower (CUDA; None elsewhere)."""
+    device = str(backbone.device)
+    model = MultiLabelCLIP(backbone, readable_names(split), ModelConfig(method=method))
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+    full = ImageFeatureSource(split, backbone, transform, batch, workers)
+    decoded = PreDecodedSource(split, backbone, transform, batch)
+    ready = [decoded.normalize(decoded.images[s:s + batch]) for s in range(0, len(split), batch)]
+
+    def tower() -> None:
+        with torch.no_grad():
+            for images in ready:
+                backbone.encode_dense(images)
+
+    def pipeline() -> None:
+        for _ in make_loader(split, transform, batch, shuffle=False, workers=workers,
+                             pin_memory=device.startswith("cuda")):
+            pass
+
+    def text_once() -> None:
+        with torch.no_grad():
+            model.text_features()
+
+    with tempfile.TemporaryDirectory() as folder:
+        cache = build_feature_cache(split, backbone, folder, batch_size=batch, workers=workers)
+        cached = CachedFeatureSource(split, cache, batch, backbone.device)
+        medians = interleaved_medians({
+            "tower": tower,
+            "text": text_once,
+            "evaluate": lambda: evaluate(model, full),
+            "evaluate_decoded": lambda: evaluate(model, decoded),
+            "evaluate_cached": lambda: evaluate(model, cached),
+            "pipeline": pipeline,
+        }, repeats, device)
+        cache.close()
+    return {"seconds": medians, "images": len(split), "classes": len(model.classnames),
+            "peak_evaluate": peak_memory(lambda: evaluate(model, full), device),
+            "peak_tower": peak_memory(tower, device)}
+
+
+def report(result: Dict[str, object]) -> str:
+    medians, count = result["seconds"], result["images"]
+    rate = {name: count / seconds for name, seconds in medians.items() if name != "text"}
+    rows = [
+        ("bare image tower: encode_dense on ready tensors", "tower"),
+        ("evaluate(): JPEG decode + transform + tower + text + heads + metrics", "evaluate"),
+        ("evaluate() on pre-decoded uint8 tensors (image pipeline excluded)", "evaluate_decoded"),
+        ("evaluate() from the feature cache (fp16 features read from disk, no tower)", "evaluate_cached"),
+        ("image pipeline alone: DataLoader decode + transform, no tower", "pipeline"),
+    ]
+    lines = ["| what | s per pass | images/s | / bare tower |", "|---|---|---|---|"]
+    for label, key in rows:
+        lines.append(f"| {label} | {medians[key]:.2f} | {rate[key]:.2f} | {rate[key] / rate['tower']:.3f} |")
+    lines.append(f"\nevaluate / tower: {rate['evaluate'] / rate['tower']:.3f} (target >= 0.9); "
+                 f"pre-decoded: {rate['evaluate_decoded'] / rate['tower']:.3f}")
+    # evaluate = one text pass per call + a per-image part; project the ratio to real test splits.
+    per_image = (medians["evaluate"] - medians["text"]) / count
+    tower_per_image = medians["tower"] / count
+    lines.append(f"text features, once per evaluate(): {medians['text']:.2f} s; per image: evaluate "
+                 f"{per_image:.4f} s vs tower {tower_per_image:.4f} s, ratio {tower_per_image / per_image:.3f}")
+    for name, images in (("VOC 2007 test", 4952), ("COCO 2014 val", 40504)):
+        ratio = images * tower_per_image / (images * per_image + medians["text"])
+        lines.append(f"projected evaluate / tower on {name} ({images} images): {ratio:.3f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="open_clip:ViT-B-16")
@@ -67,57 +137,12 @@ def main() -> None:
     backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_dataset(tmp, {"test": args.images}, image_size=args.jpeg_size, quality=90)
-        split = load_split("manifest", tmp, "test")
-        model = MultiLabelCLIP(backbone, readable_names(split), ModelConfig(method=args.method))
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
-        full = ImageFeatureSource(split, backbone, transform, args.batch, args.workers)
-        decoded = PreDecodedSource(split, backbone, transform, args.batch)
-        ready = [decoded.normalize(decoded.images[s:s + args.batch]) for s in range(0, args.images, args.batch)]
-
-        def tower() -> None:
-            with torch.no_grad():
-                for images in ready:
-                    backbone.encode_dense(images)
-
-        def pipeline() -> None:
-            for _ in make_loader(split, transform, args.batch, shuffle=False, workers=args.workers):
-                pass
-
-        def text_once() -> None:
-            with torch.no_grad():
-                model.text_features()
-
-        medians = interleaved_medians({
-            "tower": tower,
-            "text": text_once,
-            "evaluate": lambda: evaluate(model, full),
-            "evaluate_decoded": lambda: evaluate(model, decoded),
-            "pipeline": pipeline,
-        }, args.repeats, args.device)
-
-    rate = {name: args.images / seconds for name, seconds in medians.items() if name != "text"}
-    print(f"{args.spec} @ {backbone.image_size}px random weights, {args.method}, C={len(model.classnames)}, "
+        result = measure(load_split("manifest", tmp, "test"), backbone, args.method, args.batch, args.workers,
+                         args.repeats)
+    print(f"{args.spec} @ {backbone.image_size}px random weights, {args.method}, C={result['classes']}, "
           f"{args.images} JPEGs of {args.jpeg_size}px, batch {args.batch}, workers {args.workers}, "
-          f"device={args.device}, threads={torch.get_num_threads()}, repeats={args.repeats} (interleaved medians)")
-    rows = [
-        ("bare image tower: encode_dense on ready tensors", "tower"),
-        ("evaluate(): JPEG decode + transform + tower + text + heads + metrics", "evaluate"),
-        ("evaluate() on pre-decoded uint8 tensors (image pipeline excluded)", "evaluate_decoded"),
-        ("image pipeline alone: DataLoader decode + transform, no tower", "pipeline"),
-    ]
-    print("\n| what | s per pass | images/s | / bare tower |\n|---|---|---|---|")
-    for label, key in rows:
-        print(f"| {label} | {medians[key]:.2f} | {rate[key]:.2f} | {rate[key] / rate['tower']:.3f} |")
-    print(f"\nevaluate / tower: {rate['evaluate'] / rate['tower']:.3f} (target >= 0.9); "
-          f"pre-decoded: {rate['evaluate_decoded'] / rate['tower']:.3f}")
-    # evaluate = one text pass per call + a per-image part; project the ratio to real test splits.
-    per_image = (medians["evaluate"] - medians["text"]) / args.images
-    tower_per_image = medians["tower"] / args.images
-    print(f"text features, once per evaluate(): {medians['text']:.2f} s; per image: evaluate "
-          f"{per_image:.4f} s vs tower {tower_per_image:.4f} s, ratio {tower_per_image / per_image:.3f}")
-    for name, count in (("VOC 2007 test", 4952), ("COCO 2014 val", 40504)):
-        ratio = count * tower_per_image / (count * per_image + medians["text"])
-        print(f"projected evaluate / tower on {name} ({count} images): {ratio:.3f}")
+          f"device={args.device}, threads={torch.get_num_threads()}, repeats={args.repeats} (interleaved medians)\n")
+    print(report(result))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ on a shared machine hit every measured function alike."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -26,3 +26,14 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
+    """Peak bytes of CUDA memory allocated while `fn` runs (what was already held included); None off CUDA."""
+    if not str(device).startswith("cuda"):
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)

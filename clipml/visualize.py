@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from clipml.data.transforms import eval_transform
+from clipml.data.transforms import Normalize255, eval_transform
 from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.model import METHODS, MultiLabelCLIP
 
@@ -47,10 +47,11 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3) ->
     top_k = min(top_k, len(model.classnames))
     backbone = model.backbone
     image = image.convert("RGB")
-    pixels = eval_transform(backbone.image_size, backbone.mean, backbone.std)(image)
+    pixels = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)(image)
+    normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
     model.eval()
     with torch.no_grad():
-        dense = model.encode(pixels.unsqueeze(0).to(backbone.device))
+        dense = model.encode(normalize(pixels.unsqueeze(0)))
         output = model.forward_dense(dense)
     if output.attention is None:
         raise ConfigError(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from clipml.cli import predict, train_prompts, zero_shot_eval
 from clipml.lab.world import write_synthetic_dataset
@@ -72,6 +74,28 @@ def test_predict_on_a_folder(trained_checkpoint, tmp_path, capsys):
     predict(["--checkpoint", str(trained_checkpoint), str(images), "--output", str(out_json), "--threshold", "0"])
     records = json.loads(out_json.read_text())
     assert len(records) == 5 and len(records[0]["labels"]) == len(records[0]["probabilities"])
+
+
+def test_predict_probabilities_are_those_of_the_model_on_normalised_images(trained_checkpoint, tmp_path):
+    """uint8 images normalised on the device: the same probabilities as float32 images fed to the model."""
+    from clipml.data.transforms import eval_transform
+    from clipml.engine.train import load_model
+
+    write_synthetic_dataset(tmp_path / "world", {"test": 3}, seed=4)
+    paths = sorted((tmp_path / "world" / "images").rglob("*.jpg"))
+    out_json = tmp_path / "p.json"
+    predict(["--checkpoint", str(trained_checkpoint), *map(str, paths), "--output", str(out_json),
+             "--batch-size", "2"])
+    model = load_model(str(trained_checkpoint))
+    backbone = model.backbone
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    images = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+    with torch.no_grad():
+        expected = torch.sigmoid(model(images).logits)
+    records = json.loads(out_json.read_text())
+    assert [record["image"] for record in records] == [str(path.resolve()) for path in paths]
+    found = torch.tensor([list(record["probabilities"].values()) for record in records])
+    torch.testing.assert_close(found, expected, rtol=0, atol=6e-6)  # printed with 5 decimals
 
 
 def test_user_errors_are_one_line(tiny_yaml, capsys):

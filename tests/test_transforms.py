@@ -13,6 +13,7 @@ from clipml.data import (
     make_loader,
     train_transform,
 )
+from clipml.data.loader import collate, read_image
 from clipml.errors import ConfigError, DataError
 
 from data_fixtures import write_jpeg
@@ -127,3 +128,54 @@ def test_corrupt_truncated_and_missing_images(tmp_path):
         dataset[2]
     with pytest.raises(DataError, match="image file not found: .*3.jpg"):
         dataset[3]
+
+
+def test_read_image_gives_pil_pixels_for_every_jpeg_kind(tmp_path):
+    """torchvision decodes JPEG files (to a tensor) with PIL's pixels bit for bit; other formats
+    and in-memory splits go through open_image."""
+    yy, xx = np.mgrid[0:37, 0:53]
+    noise = np.random.RandomState(0).randint(0, 60, (37, 53, 3))
+    image = Image.fromarray((np.stack([xx * 4, yy * 6, xx + yy], axis=-1) + noise).clip(0, 255).astype(np.uint8))
+    kinds = {
+        "420.jpg": (image, dict(quality=90)),
+        "444.jpg": (image, dict(quality=90, subsampling=0)),
+        "progressive.jpg": (image, dict(quality=75, progressive=True)),
+        "grey.jpg": (image.convert("L"), dict(quality=90)),
+        "cmyk.jpg": (image.convert("CMYK"), dict(quality=90)),
+        "lossless.png": (image, dict()),
+        "png-named.jpg": (image, dict(format="PNG")),
+    }
+    for name, (picture, options) in kinds.items():
+        picture.save(tmp_path / name, **options)
+    split = MultiLabelSplit("kinds", "test", ["a"], list(kinds), np.zeros((len(kinds), 1)), tmp_path)
+    for index, name in enumerate(kinds):
+        pixels = read_image(split, index)
+        reference = np.asarray(split.open_image(index))
+        if name.endswith(".png") or name == "png-named.jpg":
+            assert isinstance(pixels, Image.Image), name
+            pixels = torch.from_numpy(np.asarray(pixels).copy()).permute(2, 0, 1)
+        else:
+            assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8, name
+        assert torch.equal(pixels, torch.from_numpy(reference.copy()).permute(2, 0, 1)), name
+        transform = eval_transform(16, MEAN, STD)
+        assert torch.equal(transform(read_image(split, index)), transform(split.open_image(index))), name
+
+
+def test_collate_stacks_channels_last_pixels_without_changing_the_batch():
+    """Resized uint8 images lie channels-last in memory; the batch keeps that layout (a plain copy),
+    holds the same values as the default stack, and normalises to the same contiguous floats."""
+    from torch.utils.data import default_collate
+
+    rng = np.random.RandomState(2)
+    transform = eval_transform(16, MEAN, STD, normalize=False)
+    images = [transform(Image.fromarray(rng.randint(0, 255, (20 + i, 30, 3), dtype=np.uint8))) for i in range(3)]
+    assert all(image.permute(1, 2, 0).is_contiguous() for image in images)
+    items = [(image, torch.tensor([1, 0], dtype=torch.int8), i) for i, image in enumerate(images)]
+    batch, labels, index = collate(items)
+    reference = default_collate(items)
+    assert batch.shape == (3, 3, 16, 16) and batch.permute(0, 2, 3, 1).is_contiguous()
+    assert torch.equal(batch, reference[0]) and torch.equal(labels, reference[1]) and torch.equal(index, reference[2])
+    normalised = Normalize255(MEAN, STD)(batch)
+    assert normalised.is_contiguous() and torch.equal(normalised, Normalize255(MEAN, STD)(reference[0]))
+    mixed = [images[0], images[1].contiguous()]  # one image in the default layout: the default stack
+    assert collate(mixed).is_contiguous() and torch.equal(collate(mixed), torch.stack(mixed))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from clipml.data.base import ImageDecodeError, MultiLabelSplit
 from clipml.errors import ClipmlError
@@ -41,7 +43,7 @@ def carry_errors(getitem: Callable) -> Callable:
 
 
 def _collate(items):
-    return next((item for item in items if isinstance(item, FailedItem)), None) or default_collate(items)
+    return next((item for item in items if isinstance(item, FailedItem)), None) or collate(items)
 
 
 class ImageLoader(DataLoader):
@@ -57,10 +59,49 @@ class ImageLoader(DataLoader):
                 raise batch.error
             yield batch
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_image(split: MultiLabelSplit, index: int) -> Union[torch.Tensor, Image.Image]:
+    """Image `index` of `split`, ready for a transform (which starts with PILToTensor, a no-op on a tensor).
+
+    JPEG files are decoded by torchvision straight to a uint8 tensor [3, H, W]: libjpeg-turbo gives
+    PIL's pixels bit for bit, one copy sooner (benchmarks/results/decode.md). Anything else (other
+    formats, a file torchvision refuses, splits that render in memory by overriding `open_image`)
+    goes through `split.open_image`, whose DataError names a missing or corrupt file.
+    """
+    if type(split).open_image is MultiLabelSplit.open_image and split.root is not None:
+        try:
+            data = split.image_path(index).read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(JPEG_MAGIC):
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # truncated or unsupported: PIL decides, and names the file if it fails too
+    return split.open_image(index)
+
+
+def collate(batch):
+    """default_collate, but images [3, H, W] whose pixels lie channels-last in memory (what the
+    decoders and torch's uint8 resize give) are stacked channels-last: a plain copy where the
+    default makes a transposing one, about a tenth of a worker's time per image at 448 px. The
+    batch is the same [B, 3, H, W] tensor in another memory layout; `Normalize255` makes it
+    contiguous on the device. Items are images or tuples whose first element is the image."""
+    images = [item[0] if isinstance(item, tuple) else item for item in batch]
+    if all(image.dim() == 3 and image.permute(1, 2, 0).is_contiguous() for image in images):
+        stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    else:
+        stacked = default_collate(images)
+    if not isinstance(batch[0], tuple):
+        return stacked
+    return [stacked, *default_collate([item[1:] for item in batch])]
+
 
 class ImageLabelDataset(Dataset):
-    """Items `(image_tensor, labels int8 [C], index)`; images come from `split.open_image`,
-    so in-memory splits work, and a missing or corrupt file raises a DataError naming it.
+    """Items `(image_tensor, labels int8 [C], index)`; images come from `read_image`, so
+    in-memory splits work, and a missing or corrupt file raises a DataError naming it.
 
     With `seed`, each image's random augmentation is drawn from a generator seeded by
     (seed, index): the same crop whatever the batch, worker or data-parallel rank it lands in.
@@ -77,7 +118,7 @@ class ImageLabelDataset(Dataset):
 
     @carry_errors
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        image = self.split.open_image(index)
+        image = read_image(self.split, index)
         if self.seed is None:
             return self.transform(image), self.labels[index], index
         with torch.random.fork_rng(devices=[]):

@@ -1,8 +1,10 @@
-"""Image transforms: PIL image -> normalised float tensor [3, S, S].
+"""Image transforms: PIL image or uint8 tensor [3, H, W] -> normalised float tensor [3, S, S]
+(or the uint8 tensor, normalised later on the device).
 
-The decoded image becomes a uint8 tensor first; resizing, cropping and flipping run on
-that tensor (torch's antialiased uint8 kernels are several times faster than PIL's on one
-core), then one fused step converts to float and normalises.
+The decoded image becomes a uint8 tensor first (JPEG files arrive as one from
+`clipml.data.loader.read_image`); resizing, cropping and flipping run on that tensor (torch's
+antialiased uint8 kernels are several times faster than PIL's on one core), then one fused step
+converts to float and normalises.
 
 Mean and std are the backbone's (the caller passes them). Test images are resized to S x S
 without cropping (the MLR-PL convention: no object is cut away). Training policies:
@@ -43,10 +45,13 @@ class RandomSizeCrop(torch.nn.Module):
 
 
 class Normalize255(torch.nn.Module):
-    """uint8 [..., 3, H, W] in 0..255 -> float (x / 255 - mean) / std, in one pass.
+    """uint8 [..., 3, H, W] in 0..255 -> float (x / 255 - mean) / std, in one pass, on the
+    device the module lives on.
 
-    Works on one image in a worker or on a whole batch on the accelerator (move it there
-    with `.to(device)`).
+    Works on one image in a worker or on a whole batch on the accelerator (move the module
+    there with `.to(device)`): a batch from the CPU is copied over as uint8 (a quarter of the
+    bytes of float32), without waiting when it comes from pinned memory. The result is contiguous
+    whatever the layout of the input (the loader stacks channels-last, see `loader.collate`).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -57,7 +62,8 @@ class Normalize255(torch.nn.Module):
         self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.float().sub_(self.shift).div_(self.scale)
+        image = image.to(self.shift.device, non_blocking=True)
+        return image.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.shift).div_(self.scale)
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True) -> Callable:

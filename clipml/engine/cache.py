@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clipml.backbones import FrozenCLIP
+from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
-from clipml.data.loader import ImageLoader, carry_errors
+from clipml.data.loader import ImageLoader, carry_errors, read_image
 from clipml.data.transforms import Normalize255, eval_transform, train_transform
 from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
@@ -282,10 +282,10 @@ class _SeededViews(Dataset):
     def __getitem__(self, position: int) -> torch.Tensor:
         index = int(self.images[position])
         if self.view == 0:  # the evaluation transform draws no random numbers
-            return self.transform(self.split.open_image(index))
+            return self.transform(read_image(self.split, index))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, self.view, index]).generate_state(1)[0]))
-            return self.transform(self.split.open_image(index))
+            return self.transform(read_image(self.split, index))
 
 
 def _unit_rows(unit: int, count: int, chunk: int) -> np.ndarray:
@@ -405,6 +405,7 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
     if views > 1:
         transforms.append(train_transform(size, mean, std, augment, normalize=False))
     normalize = Normalize255(mean, std).to(backbone.device)
+    pin = backbone.device.type == "cuda"
     done = meta["done"]
     tokens, pooled = _Array(partial / TOKENS, writable=True), _Array(partial / POOLED, writable=True)
     try:
@@ -414,11 +415,11 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
             group = list(group)
             rows = [_unit_rows(unit, count, chunk) for unit in group]
             dataset = _SeededViews(split, transforms[min(view, 1)], view, seed, np.concatenate(rows) - view * count)
-            batches = iter(ImageLoader(dataset, batch_size=batch_size, num_workers=workers))
+            batches = iter(ImageLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin))
             for unit, unit_rows in zip(group, rows):
                 crc = _extract_chunk(partial, unit, tokens, pooled, unit_rows,
                                      itertools.islice(batches, -(-len(unit_rows) // batch_size)),
-                                     lambda images: backbone.encode_dense(normalize(images.to(backbone.device))))
+                                     lambda images: backbone.encode_dense(normalize(images)))
                 _commit(record, unit, crc)
                 _write_json(record_file, record)
                 done += 1
@@ -429,19 +430,45 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
         pooled.close()
 
 
+class _HostCopy:
+    """The fp16 features of one batch on their way to host memory: on CUDA the copy is queued
+    behind the tower without waiting (into pinned memory); `arrays()` waits for it."""
+
+    def __init__(self, dense: Dense) -> None:
+        self.tokens = dense.tokens.half().to("cpu", non_blocking=True)
+        self.pooled = dense.pooled.half().to("cpu", non_blocking=True)
+        self.done = None
+        if dense.tokens.is_cuda:
+            self.done = torch.cuda.Event()
+            self.done.record()
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.tokens.numpy(), self.pooled.numpy()
+
+
 def _extract_chunk(partial: Path, unit: int, tokens: _Array, pooled: _Array, rows: np.ndarray,
                    batches: Iterable[torch.Tensor], encode: Callable) -> List[int]:
     """Encode and write one chunk batch by batch and flush it to disk; its CRCs are recorded only
-    after this returns, so progress never runs ahead of the data, and memory holds one batch."""
+    after this returns, so progress never runs ahead of the data, and memory holds two batches.
+
+    Batch k is written after batch k+1 is decoded and queued: on an accelerator the tower works
+    on batch k while the CPU decodes the next one and writes the previous one."""
     crc, row = [0, 0], int(rows[0])
-    for images in batches:
-        with torch.no_grad():
-            dense = encode(images)
-        block_tokens, block_pooled = dense.tokens.half().cpu().numpy(), dense.pooled.half().cpu().numpy()
-        tokens.write_rows(row, block_tokens)
-        pooled.write_rows(row, block_pooled)
-        crc = _update_crc(crc, block_tokens, block_pooled)
-        row += len(block_tokens)
+    pending: Optional[_HostCopy] = None
+    for images in itertools.chain(batches, [None]):
+        queued = None
+        if images is not None:
+            with torch.no_grad():
+                queued = _HostCopy(encode(images))
+        if pending is not None:
+            block_tokens, block_pooled = pending.arrays()
+            tokens.write_rows(row, block_tokens)
+            pooled.write_rows(row, block_pooled)
+            crc = _update_crc(crc, block_tokens, block_pooled)
+            row += len(block_tokens)
+        pending = queued
     if row != int(rows[-1]) + 1:
         raise DataError(f"feature cache {partial}: chunk {unit} got {row - int(rows[0])} images, "
                         f"expected {len(rows)}")
