@@ -14,6 +14,9 @@ class BackboneConfig:
     image_size: Optional[int] = None  # None: the model's native size
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     allow_random: bool = False  # only for clipml's tiny random test models
+    # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
+    # "sclip" (SCLIP), "clearclip" (ClearCLIP); ResNets: "tokens" only
+    dense: Literal["tokens", "value", "sclip", "clearclip"] = "tokens"
 
 
 @dataclasses.dataclass

@@ -23,13 +23,14 @@ from typing import Dict, Optional
 import torch
 
 from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
+from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_WEIGHTS = ASSETS / "toy_clip.safetensors"
 TOY_MODEL = "clipml-toy-vit"
 
-__all__ = ["Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
+__all__ = ["DENSE_MODES", "Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
 
 
 @lru_cache(maxsize=None)
@@ -47,12 +48,16 @@ def load_backbone(
     device: str = "cpu",
     precision: str = "fp32",
     allow_random: bool = False,
+    dense: str = "tokens",
 ) -> FrozenCLIP:
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
     Positional embeddings are interpolated to the size once, here. Loading a model that would
-    silently run with random weights is refused unless `allow_random` (tests only).
+    silently run with random weights is refused unless `allow_random` (tests only). `dense` is
+    how a ViT tower computes its dense map: one of DENSE_MODES (see clipml.backbones.vit_dense);
+    ResNet towers have one dense map, 'tokens' (METHODS §1).
     """
+    check_mode(dense)
     hf_tiny = register_test_models()
     if spec == "toy":
         if not TOY_WEIGHTS.is_file():
@@ -66,12 +71,12 @@ def load_backbone(
         model, weights_id = create_open_clip(name, weights or None, allow_random)
         if weights_id.startswith("file:") and name == TOY_MODEL:
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
-        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision)
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, dense)
     elif library == "hf" and rest:
         from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
 
         model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
-        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision)
+        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, dense)
     else:
         raise BackboneError(
             f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "

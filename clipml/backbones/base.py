@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipml.backbones.vit_dense import check_mode
 from clipml.errors import BackboneError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,11 +40,12 @@ class FrozenCLIP(nn.Module):
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
 
-    def __init__(self, precision: str = "fp32") -> None:
+    def __init__(self, precision: str = "fp32", dense: str = "tokens") -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise BackboneError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
+        self.dense = check_mode(dense)  # how a ViT tower computes its dense map (vit_dense.py)
         self._identity: Dict[str, object] = {}
 
     def freeze(self) -> None:
@@ -61,8 +63,9 @@ class FrozenCLIP(nn.Module):
 
     @property
     def identity(self) -> Dict[str, object]:
-        """Library, model, weights, image size and width: what a checkpoint is checked against."""
-        return dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
+        """Library, model, weights, image size, width and dense mode: what a checkpoint is checked
+        against and what a feature cache is keyed by."""
+        return dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim, dense=self.dense)
 
     def autocast(self):
         """bf16 autocast on CUDA when asked for; fp32 everywhere else."""

@@ -98,6 +98,10 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
         raise CheckpointError(f"{path} was learned on another backbone ({'; '.join(differences)})")
     if saved.get("image_size") != identity.get("image_size"):
         logger.warning("%s was learned at %s px, used at %s px", path, saved.get("image_size"), identity.get("image_size"))
+    # Checkpoints from before dense modes existed were all learned on "tokens".
+    if saved.get("dense", "tokens") != identity.get("dense"):
+        logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "
+                       "other dense features", path, saved.get("dense", "tokens"), identity.get("dense"))
 
 
 def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata: dict,

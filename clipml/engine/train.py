@@ -298,7 +298,8 @@ def _markdown(summary: Dict[str, object]) -> str:
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
         f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
-        f"{summary['backbone']['model']} ({summary['backbone']['weights']}), "
+        f"{summary['backbone']['model']} ({summary['backbone']['weights']}, dense map "
+        f"{summary['backbone']['dense']}), "
         f"{summary['trainable_parameters']} trainable parameters, best epoch {summary['best_epoch'] + 1}, "
         f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n"
     )
@@ -312,7 +313,7 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
         backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
-                                 cfg.backbone.precision, cfg.backbone.allow_random)
+                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.dense)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model
