@@ -37,7 +37,7 @@ class DataConfig:
     workers: int = 2
     # Feature cache (clipml.engine.cache): the frozen image tower runs once per image and view.
     cache: bool = False
-    cache_dir: str = "cache"  # one folder per key (backbone, size, transform, image list)
+    cache_dir: str = "cache"  # one folder per key (backbone, size, dense mode, transform, image list)
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
     cache_seed: int = 0
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits

@@ -64,6 +64,8 @@ def last_block_weights(backbone):
             w1=block.mlp.c_fc.weight, b1=block.mlp.c_fc.bias, w2=block.mlp.c_proj.weight, b2=block.mlp.c_proj.bias,
             proj=visual.proj,
         )
+        for name, scale in (("g1", block.ls_1), ("g2", block.ls_2)):  # layer scales, if the model has them
+            tensors[name] = scale.gamma if hasattr(scale, "gamma") else torch.ones(width)
         norms = dict(ln1=block.ln_1, ln2=block.ln_2, post=visual.ln_post)
         heads = block.attn.num_heads
     else:
@@ -76,7 +78,8 @@ def last_block_weights(backbone):
             bk=attention.k_proj.bias, wv=attention.v_proj.weight, bv=attention.v_proj.bias,
             wo=attention.out_proj.weight, bo=attention.out_proj.bias, w1=block.mlp.fc1.weight,
             b1=block.mlp.fc1.bias, w2=block.mlp.fc2.weight, b2=block.mlp.fc2.bias,
-            proj=backbone.model.visual_projection.weight.T,
+            proj=backbone.model.visual_projection.weight.T, g1=torch.ones(attention.embed_dim),
+            g2=torch.ones(attention.embed_dim),
         )
         norms = dict(ln1=block.layer_norm1, ln2=block.layer_norm2, post=vision.post_layernorm)
         heads = attention.num_heads
@@ -113,12 +116,12 @@ def hand_dense(weights, heads, quick, x, mode):
             "sclip": lambda: (softmax_attention(qh, qh) + softmax_attention(kh, kh)) @ vh,
             "clearclip": lambda: softmax_attention(qh, qh) @ vh,
         }[mode]())
-    out = torch.cat(mixed, dim=-1) @ w["wo"].T + w["bo"]
+    out = (torch.cat(mixed, dim=-1) @ w["wo"].T + w["bo"]) * w["g1"]
     if mode != "clearclip":  # ClearCLIP drops the residual and the MLP
         y = x + out
         z = layer_norm(y, w["ln2"]) @ w["w1"].T + w["b1"]
         z = z * torch.sigmoid(1.702 * z) if quick else 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
-        out = y + z @ w["w2"].T + w["b2"]
+        out = y + (z @ w["w2"].T + w["b2"]) * w["g2"]
     return layer_norm(out[:, 1:], w["post"]) @ w["proj"]
 
 
@@ -162,6 +165,45 @@ def test_every_mode_equals_the_hand_computation_and_keeps_the_global_feature(bac
     for i, first in enumerate(DENSE_MODES):
         for second in DENSE_MODES[i + 1:]:
             assert (maps[first] - maps[second]).abs().max() > 1e-2, (first, second)
+
+
+def tiny_open_clip(**vision):
+    import open_clip
+
+    with torch.random.fork_rng():
+        torch.manual_seed(13)
+        return open_clip.CLIP(
+            embed_dim=32,
+            vision_cfg=dict(image_size=32, layers=2, width=64, head_width=16, patch_size=8, **vision),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        )
+
+
+def test_layer_scales_of_the_last_block_are_applied():
+    """open_clip ViTs with layer scale (ls_1, ls_2): the modes scale the block's branches as the block does."""
+    model = tiny_open_clip(ls_init_value=0.5)
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            block.ls_1.gamma.uniform_(0.2, 1.5)
+            block.ls_2.gamma.uniform_(0.2, 1.5)
+    for mode in DENSE_MODES:
+        backbone = OpenCLIPBackbone(copy.deepcopy(model), "tiny-layer-scale", "random", LARGER, dense=mode)
+        images = images_for(backbone, seed=9)
+        pooled, x = library_forward(backbone, images)
+        weights, heads, quick, _ = last_block_weights(backbone)
+        with torch.no_grad():
+            dense = backbone.encode_dense(images)
+        torch.testing.assert_close(dense.tokens, hand_dense(weights, heads, quick, x, mode).float(),
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(dense.pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_a_vit_with_open_clips_custom_block_keeps_tokens_and_refuses_the_other_modes():
+    model = tiny_open_clip(scale_attn=True)  # CustomResidualAttentionBlock
+    assert OpenCLIPBackbone(copy.deepcopy(model), "tiny-custom", "random").identity["dense"] == "tokens"
+    with pytest.raises(BackboneError, match="'sclip' needs open_clip's standard ResidualAttentionBlock, "
+                                            "this tower has CustomResidualAttentionBlock"):
+        OpenCLIPBackbone(model, "tiny-custom", "random", dense="sclip")
 
 
 @pytest.mark.parametrize("family", ["open_clip_vit", "open_clip_avg", "hf_vit"])
