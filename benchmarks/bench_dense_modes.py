@@ -4,6 +4,7 @@
 Random weights (speed does not depend on them); every mode of one model is built from the same
 seed. Examples:
     python benchmarks/bench_dense_modes.py                                   # CPU, tiny + ViT-B-16
+    OMP_NUM_THREADS=1 python benchmarks/bench_dense_modes.py --clock cpu      # a shared CPU machine
     python benchmarks/bench_dense_modes.py --models open_clip:clipml-toy-vit@64 hf:clipml-tiny-hf@32
     python benchmarks/bench_dense_modes.py --device cuda --precision bf16 --batch 32 \\
         --models open_clip:ViT-B-16@224 open_clip:ViT-B-16@448
@@ -12,6 +13,7 @@ seed. Examples:
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from timing import interleaved_medians
@@ -36,10 +38,16 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="cpu: this process's CPU seconds (CPU device, one torch thread: "
+                             "OMP_NUM_THREADS=1), immune to other jobs on a shared machine")
     args = parser.parse_args()
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     print(f"device={args.device} precision={args.precision} batch={args.batch} repeats={args.repeats} "
-          f"torch threads={torch.get_num_threads()}")
+          f"torch threads={torch.get_num_threads()} clock={args.clock}")
     print(f"{'model':30s} {'size':>5s} {'encode_image s':>15s} " + " ".join(f"{m:>10s}" for m in args.modes))
     for entry in args.models:
         spec, _, size = entry.rpartition("@")
@@ -60,7 +68,7 @@ def main() -> None:
             return run
 
         fns = {"plain": plain, **{mode: dense(backbone) for mode, backbone in backbones.items()}}
-        medians = interleaved_medians(fns, args.repeats, args.device)
+        medians = interleaved_medians(fns, args.repeats, args.device, clock=clock)
         ratios = " ".join(f"{medians[mode] / medians['plain']:10.3f}" for mode in args.modes)
         print(f"{spec:30s} {first.image_size:5d} {medians['plain']:15.4f} {ratios}")
 
