@@ -5,7 +5,7 @@ Random weights (speed does not depend on them); every mode of one model is built
 seed. Examples:
     python benchmarks/bench_dense_modes.py                                   # CPU, tiny + ViT-B-16
     OMP_NUM_THREADS=1 python benchmarks/bench_dense_modes.py --clock cpu      # a shared CPU machine
-    python benchmarks/bench_dense_modes.py --models open_clip:clipml-toy-vit@64 hf:clipml-tiny-hf@32
+    python benchmarks/bench_dense_modes.py --models open_clip:clipml-lab-vit@96 hf:clipml-tiny-hf@32
     python benchmarks/bench_dense_modes.py --device cuda --precision bf16 --batch 32 \\
         --models open_clip:ViT-B-16@224 open_clip:ViT-B-16@448
 """

@@ -30,8 +30,8 @@ def main() -> None:
     scores = np.round(scores, 3)  # some ties, as float16/float32 outputs have
 
     t_sklearn, ref = best_of(lambda: np.array([average_precision_score(labels[:, c], scores[:, c]) for c in range(C)]))
-    t_ours, ours = best_of(lambda: average_precision(scores, labels, interpolated=False))
-    t_interp, _ = best_of(lambda: average_precision(scores, labels, interpolated=True))
+    t_ours, ours = best_of(lambda: average_precision(scores, labels, kind="raw"))
+    t_interp, _ = best_of(lambda: average_precision(scores, labels, kind="envelope"))
     probs = 1 / (1 + np.exp(-scores))
     t_all, _ = best_of(lambda: evaluate_scores(probs, labels))
     print(f"data: {N} x {C} scores, {int(labels.sum())} positives")

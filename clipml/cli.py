@@ -4,21 +4,16 @@ only: the work is done by the library."""
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
-
-import torch
 
 import clipml
 from clipml.errors import ClipmlError
 
 REPO_CONFIGS = Path(clipml.__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 def _progress(iterable, desc):
@@ -57,6 +52,17 @@ def _table(rows, headers) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _print_details(named) -> None:
+    """Localisation and mAP breakdowns (METHODS §11) of evaluations that have them."""
+    from clipml.engine.evaluate import detail_table
+
+    headers, rows, note = detail_table(named)
+    if headers:
+        print("\n" + _table(rows, headers))
+        if note:
+            print(note)
+
+
 # train_prompts ---------------------------------------------------------------------------------
 def train_prompts(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
@@ -73,13 +79,16 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
 
         cfg = _config(args.config, args.overrides)
         print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
-              f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec})", file=sys.stderr)
+              f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec}, loss {cfg.loss.name} "
+              f"reduction {cfg.loss.reduction})", file=sys.stderr)
         summary = train(cfg, resume=not args.no_resume, progress=_progress)
         keys = list(summary["test"])
-        rows = [["test", *[f"{summary['test'][k]:.2f}" for k in keys]],
-                ["test, zero-shot", *[f"{summary['zero_shot_test'].get(k, float('nan')):.2f}" for k in keys]],
-                [f"val (best epoch {summary['best_epoch'] + 1})", *[f"{summary['val'].get(k, float('nan')):.2f}" for k in keys]]]
+        cells = lambda values: [f"{values[k]:.2f}" if k in values else "-" for k in keys]  # noqa: E731
+        rows = [["test", *cells(summary["test"])], ["test, zero-shot", *cells(summary["zero_shot_test"])],
+                [f"val (best epoch {summary['best_epoch'] + 1})", *cells(summary["val"])]]
         print(_table(rows, ["", *keys]))
+        print("\n".join(f"{name}: {text}" for name, text in summary["evaluation"].items()))
+        _print_details([("test", summary["test_details"]), ("test, zero-shot", summary["zero_shot_test_details"])])
         print(f"\n{summary['trainable_parameters']} trainable parameters, {summary['seconds']} s; "
               f"prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}")
 
@@ -103,7 +112,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
     def main():
         from clipml.data import load_split, readable_names, templates
         from clipml.engine.builders import build_backbone
-        from clipml.engine.evaluate import evaluate
+        from clipml.engine.evaluate import detail_summary, evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.data.transforms import eval_transform
         from clipml.engine.train import load_model
@@ -127,11 +136,15 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
-        metrics = evaluate(model, source, _progress)
-        rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
-        print(_table(rows, ["class", "AP"]))
-        print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
-              f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        metrics = evaluate(model, source, _progress, settings=cfg.eval)
+        percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
+        columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
+        columns = {key: label for key, label in columns.items() if key in metrics}
+        rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+        print(_table(rows, ["class", *columns.values()]))
+        print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f} "
+              f"({cfg.eval.ap} AP), CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        _print_details([(split.split, detail_summary(metrics))])
 
     _run(main)
 
@@ -141,58 +154,47 @@ def predict(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Per-class probabilities of images from a prompt checkpoint.")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--threshold", type=float, default=0.5, help="labels with probability >= this are listed")
-    parser.add_argument("--output", help="write .csv or .json (default: print)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="list classes with probability >= this, in [0, 1] (default: the per-class thresholds "
+                             "chosen on validation and stored in the checkpoint; 0.5 for older checkpoints)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="list at most the K most probable classes that pass the thresholds "
+                             "(with --threshold 0: exactly the K most probable)")
+    parser.add_argument("--output", help="write .csv or .json with every class's probability (default: print)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     def main():
-        from clipml.data.base import MultiLabelSplit
-        from clipml.data.transforms import eval_transform
+        from clipml.engine.checkpoint import read_prompt_checkpoint
+        from clipml.engine.inference import (check_output, choose_labels, decision_rule, find_images,
+                                             logit_threshold, score_images, write_predictions)
         from clipml.engine.train import load_model
 
-        paths = []
-        for entry in map(Path, args.inputs):
-            if entry.is_dir():
-                paths += sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            elif entry.is_file():
-                paths.append(entry)
-            else:
-                raise ClipmlError(f"input not found: {entry}")
-        if not paths:
-            raise ClipmlError(f"no images found in {', '.join(args.inputs)}")
+        if args.threshold is not None:
+            logit_threshold(args.threshold)  # refuses a value outside [0, 1] before anything loads
+        if args.top_k is not None and args.top_k < 1:
+            raise ClipmlError(f"--top-k must be at least 1, got {args.top_k}")
+        check_output(args.output)
+        paths = find_images(args.inputs)
         model = load_model(args.checkpoint, device=args.device)
-        backbone = model.backbone
-        split = MultiLabelSplit("images", "predict", model.classnames, [str(p.resolve()) for p in paths],
-                                torch.zeros(len(paths), len(model.classnames), dtype=torch.int8).numpy(), Path("/"))
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
-        probs = []
-        model.eval()
-        with torch.no_grad():
-            text = model.text_features()
-            for start in range(0, len(split), args.batch_size):
-                images = torch.stack([transform(split.open_image(i))
-                                      for i in range(start, min(start + args.batch_size, len(split)))])
-                logits = model(images.to(backbone.device), text).logits
-                probs.append(torch.sigmoid(logits).cpu())
-        probs = torch.cat(probs).numpy()
-        records = [{"image": str(path), "labels": [c for c, p in zip(model.classnames, row) if p >= args.threshold],
-                    "probabilities": {c: round(float(p), 5) for c, p in zip(model.classnames, row)}}
-                   for path, row in zip(paths, probs)]
-        if args.output and args.output.endswith(".json"):
-            Path(args.output).write_text(json.dumps(records, indent=1))
-        elif args.output:
-            with open(args.output, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["image", "labels", *model.classnames])
-                for record, row in zip(records, probs):
-                    writer.writerow([record["image"], ";".join(record["labels"]), *[f"{p:.5f}" for p in row]])
-        else:
-            for record in records:
-                print(f"{record['image']}: {', '.join(record['labels']) or '(none above threshold)'}")
+        thresholds, rule = decision_rule(read_prompt_checkpoint(args.checkpoint)[1], model.classnames, args.threshold)
+        print(f"labels listed at {rule}", file=sys.stderr)
+        scored = score_images(model, paths, args.batch_size)
+        for path, why in scored.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        if not scored.paths:
+            raise ClipmlError(f"none of the {len(paths)} image file(s) could be read (reasons above)")
+        labels = choose_labels(scored.logits, thresholds, model.classnames, args.top_k)
         if args.output:
-            print(f"wrote {len(records)} predictions to {args.output}")
+            write_predictions(args.output, scored, model.classnames, labels)
+            print(f"wrote {len(scored.paths)} predictions to {args.output}")
+        else:
+            for path, listed in zip(scored.paths, labels):
+                shown = ", ".join(f"{name} ({probability:.3f})" for name, probability in listed)
+                print(f"{path}: {shown or '(none above threshold)'}")
+        if scored.skipped:
+            print(f"{len(scored.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
 
     _run(main)
 

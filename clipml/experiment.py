@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Literal, Optional
 
+from clipml.config import config_from_dict
+from clipml.errors import ClipmlError, ConfigError
+from clipml.losses import REFERENCE_REDUCTION
 from clipml.model import ModelConfig
 
 
@@ -12,6 +15,11 @@ from clipml.model import ModelConfig
 class BackboneConfig:
     spec: str = "toy"  # see clipml.backbones.load_backbone
     image_size: Optional[int] = None  # None: the model's native size
+    # How positional embeddings reach another image size, once at load: "bicubic" (plain torch
+    # bicubic, as transformers' interpolate_pos_encoding) or "bicubic_antialias" (antialiased
+    # bicubic, Pillow's kernel: exactly what open_clip's create_model(force_image_size=...)
+    # does). Pooled features differ by about 1e-3 relative between the two.
+    pos_embed_resize: Literal["bicubic", "bicubic_antialias"] = "bicubic"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     allow_random: bool = False  # only for clipml's tiny random test models
     # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
@@ -26,8 +34,8 @@ class DataConfig:
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset loader
     train_split: str = "train"
     test_split: str = "test"
-    known_ratio: float = 0.1  # p of the partial-label protocol; 1.0 keeps all training labels
-    mask_seed: int = 1
+    known_ratio: float = 0.1  # p of the partial-label protocol, in (0, 1]; 1.0 keeps all training labels
+    mask_seed: int = 1  # 0 reproduces the published protocol's masks (np.random.seed(0)), as configs/ set
     mask_dir: Optional[str] = "masks"  # mask files, shared by every run and method
     mask_file: Optional[str] = None  # an external partial-label matrix (SST/SARB/DSRB convention)
     val_fraction: float = 0.1  # carved from the training split with mask_seed, for model selection
@@ -42,6 +50,13 @@ class DataConfig:
     cache_seed: int = 0
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.known_ratio <= 1.0:
+            raise ConfigError(f"data.known_ratio (the proportion p of known labels) must be in (0, 1], "
+                              f"got {self.known_ratio}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
 
 @dataclasses.dataclass
 class LossConfig:
@@ -49,7 +64,20 @@ class LossConfig:
     gamma_pos: float = 1.0
     gamma_neg: float = 2.0
     clip: float = 0.05
-    reduction: Literal["mean", "sum"] = "sum"
+    # null: the loss's reference reduction, resolved when the experiment config is built:
+    # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5).
+    reduction: Optional[Literal["mean", "sum"]] = None
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """How results are scored; a table compared with a paper uses that paper's AP (METHODS §9)."""
+
+    # envelope: VOC 2010+ all-point AP (SARB/DSRB code); raw: non-interpolated AP (DualCoOp's and
+    # ASL's code, scikit-learn's average_precision_score); voc07: VOC 2007's 11-point AP.
+    ap: Literal["envelope", "raw", "voc07"] = "envelope"
+    # reference: a top-3 class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any.
+    top3: Literal["reference", "plain"] = "reference"
 
 
 @dataclasses.dataclass
@@ -74,6 +102,20 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.reduction is None:  # each loss's own reference reduction (see LossConfig)
+            self.loss = dataclasses.replace(self.loss, reduction=REFERENCE_REDUCTION[self.loss.name])
 
     def run_dir(self) -> str:
         return self.output_dir.format(name=self.name)
+
+
+def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig) -> bool:
+    """Whether a run's saved config (its config.yaml) describes `cfg`. Keys added to clipml
+    since it was written take their defaults, so a run from an older version still resumes."""
+    try:
+        return config_from_dict(ExperimentConfig, saved) == cfg
+    except ClipmlError:
+        return False

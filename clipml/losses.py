@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from clipml.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
+REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "dual_asl": "sum"}
+"""Each loss's reduction in its reference: METHODS §5's partial BCE averages over the known
+entries; ASL's and DualCoOp's code sum. Configs that do not set one get this."""
 
 
 def _check(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> None:

@@ -1,19 +1,23 @@
-"""Multi-label metrics (METHODS §9): AP/mAP, the CP/CR/CF1/OP/OR/OF1 family, top-k, sweeps.
+"""Multi-label metrics (METHODS §9): AP/mAP, the CP/CR/CF1/OP/OR/OF1 family, top-k, sweeps,
+and per-class decision thresholds chosen on a validation split.
 
 All values are fractions in [0, 1]; the papers print them x 100. Labels use clipml's codes:
 1 positive, 0 negative, -1 ignore (left out of that class's ranking and counts).
 
+Which AP (`AP_KINDS`): "envelope" is the VOC 2010+ all-point AP (area under the precision
+envelope), as the SARB/DSRB evaluation code; "raw" is the non-interpolated AP of DualCoOp's and
+ASL's code (equal to `sklearn.metrics.average_precision_score`), about 0.4-0.5 mAP lower on a
+realistic case; "voc07" is VOC 2007's 11-point AP. A table compared with a paper uses its AP.
+
 Ties: images with equal scores form one threshold, as in scikit-learn, so the result does
-not depend on the order of tied images. The non-interpolated AP equals
-`sklearn.metrics.average_precision_score` exactly, ties included; the interpolated AP
-(VOC 2010+ all-point) applies the precision envelope to the same tie-grouped curve.
+not depend on the order of tied images; all three kinds read the same tie-grouped curve.
 Everything is numpy: one sort of each class column, then per class a binary search of its
 positives' scores (no loop over images); precision is needed only at the positives' thresholds.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,6 +25,11 @@ from clipml.errors import DataError
 
 PROPORTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 """The known-label proportions of the papers' "Avg." column."""
+
+AP_KINDS = ("envelope", "raw", "voc07")
+TOP_K = 3
+TOP_K_RULES = ("reference", "plain")
+"""reference: a top-k class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any top-k class."""
 
 
 def _numpy(x) -> np.ndarray:
@@ -43,13 +52,16 @@ def _inputs(scores, labels):
     return scores, labels.astype(np.int8, copy=False)
 
 
-def average_precision(scores, labels, interpolated: bool = True) -> np.ndarray:
+def average_precision(scores, labels, kind: str = "envelope") -> np.ndarray:
     """Per-class AP [C]; nan for a class without a positive.
 
-    `interpolated=True`: area under the precision envelope (max precision at any recall
-    >= r), the VOC 2010+ all-point rule of METHODS §9. `False`: sum of precision x recall
-    step, equal to scikit-learn's `average_precision_score`.
+    `kind="envelope"`: area under the precision envelope (max precision at any recall >= r),
+    the VOC 2010+ all-point rule of METHODS §9. `"raw"`: sum of precision x recall step, equal
+    to scikit-learn's `average_precision_score`. `"voc07"`: mean over recall levels
+    0, 0.1, ..., 1 of the best precision at that recall or higher (VOC 2007 devkit).
     """
+    if kind not in AP_KINDS:
+        raise DataError(f"AP kind must be one of {AP_KINDS}, got {kind!r}")
     scores, labels = _inputs(scores, labels)
     s = np.ascontiguousarray(scores.T)  # [C, N]
     y = np.ascontiguousarray(labels.T)
@@ -57,6 +69,7 @@ def average_precision(scores, labels, interpolated: bool = True) -> np.ndarray:
     ranked = np.sort(np.where(y == -1, -np.inf, s), axis=1)
     n = s.shape[1]
     ap = np.full(s.shape[0], np.nan)
+    levels = np.arange(0.0, 1.1, 0.1)  # the devkit's recall levels, float rounding included
     for c in range(s.shape[0]):  # per class: searches over its positives only
         positives = np.sort(s[c, y[c] == 1])
         if positives.size == 0:
@@ -66,15 +79,25 @@ def average_precision(scores, labels, interpolated: bool = True) -> np.ndarray:
         tp = positives.size - np.searchsorted(positives, positives, side="left")
         retrieved = n - np.searchsorted(ranked[c], positives, side="left")
         precision = tp / retrieved
-        if interpolated:  # envelope: best precision at this recall or any higher one
-            precision = np.maximum.accumulate(precision)
-        ap[c] = precision.mean()
+        if kind == "raw":
+            ap[c] = precision.mean()
+            continue
+        # Envelope: best precision at this recall or any higher one (positives run from the
+        # lowest score, i.e. the highest recall, upwards).
+        envelope = np.maximum.accumulate(precision)
+        if kind == "envelope":
+            ap[c] = envelope.mean()
+        else:  # voc07: recall falls along the positives, so the points with recall >= t are
+            # a prefix of them and the best precision there is the envelope at its end.
+            recall = tp / positives.size
+            count = (recall[None, :] >= levels[:, None]).sum(axis=1)
+            ap[c] = np.where(count > 0, envelope[np.maximum(count - 1, 0)], 0.0).mean()
     return ap
 
 
-def mean_average_precision(scores, labels, interpolated: bool = True) -> float:
+def mean_average_precision(scores, labels, kind: str = "envelope") -> float:
     """mAP over the classes with at least one positive."""
-    ap = average_precision(scores, labels, interpolated)
+    ap = average_precision(scores, labels, kind)
     if np.isnan(ap).all():
         raise DataError("no class has a positive label: mAP is undefined")
     return float(np.nanmean(ap))
@@ -136,23 +159,73 @@ def topk_metrics(scores, labels, k: int = 3, threshold: Optional[float] = None) 
 
 
 def evaluate_scores(
-    probs, labels, *, scores=None, threshold: float = 0.5, k: int = 3, interpolated: bool = True
+    probs, labels, *, scores=None, threshold: float = 0.5, k: int = TOP_K, ap: str = "envelope",
+    top_k_rule: str = "reference", tuned_thresholds=None,
 ) -> Dict[str, object]:
-    """Everything of METHODS §9 for one evaluation: `mAP`, per-class `AP` (list, nan for
-    classes without a positive), the F1 family at `threshold` and its top-k variant
-    (keys suffixed `_top{k}`).
+    """Everything of METHODS §9 for one evaluation: `mAP` (AP of kind `ap`), per-class `AP`
+    (list, nan for classes without a positive), the F1 family at `threshold` and its top-k
+    variant: keys suffixed `_top{k}` under the reference rule (a top-k class counts only if
+    its probability is >= 0.5, i.e. its logit >= 0), `_top{k}_plain` under the plain one. With
+    fewer than k classes the top-k keys are left out (there are no k classes to choose).
+    `tuned_thresholds` [C] (on the ranking scores) adds the F1 family at them, suffixed `_tuned`.
 
-    Rankings (AP, top-k) use `scores` when given, e.g. logits: probabilities of scaled-cosine
-    logits saturate to exactly 1.0 in floating point, and ties would destroy the ranking.
+    Rankings (AP, top-k, tuned thresholds) use `scores` when given, e.g. logits: probabilities
+    of scaled-cosine logits saturate to exactly 1.0 in floating point, and ties would destroy
+    the ranking.
     """
+    if top_k_rule not in TOP_K_RULES:
+        raise DataError(f"top-k rule must be one of {TOP_K_RULES}, got {top_k_rule!r}")
     ranking = probs if scores is None else scores
-    ap = average_precision(ranking, labels, interpolated)
-    if np.isnan(ap).all():
+    average = average_precision(ranking, labels, ap)
+    if np.isnan(average).all():
         raise DataError("no class has a positive label: mAP is undefined")
-    result: Dict[str, object] = {"mAP": float(np.nanmean(ap)), "AP": ap.tolist()}
+    result: Dict[str, object] = {"mAP": float(np.nanmean(average)), "AP": average.tolist()}
     result.update(threshold_metrics(probs, labels, threshold))
-    result.update({f"{key}_top{k}": value for key, value in topk_metrics(ranking, labels, k).items()})
+    if _numpy(labels).shape[1] >= k:
+        if top_k_rule == "reference":  # logit >= 0 is probability >= 0.5
+            top = topk_metrics(ranking, labels, k, threshold=0.5 if scores is None else 0.0)
+        else:
+            top = topk_metrics(ranking, labels, k)
+        suffix = f"_top{k}" + ("_plain" if top_k_rule == "plain" else "")
+        result.update({key + suffix: value for key, value in top.items()})
+    if tuned_thresholds is not None:
+        ranking, labels = _inputs(ranking, labels)
+        tuned = _f1_family(ranking >= np.asarray(tuned_thresholds)[None, :], labels)
+        result.update({key + "_tuned": value for key, value in tuned.items()})
     return result
+
+
+def _best_f1_cut(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The threshold t maximising F1 of `scores >= t` (ties form one cut; the highest such t
+    wins a tie in F1): midway between the last score taken and the next one below it."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positive[order]
+    tp = np.cumsum(hits)
+    f1 = 2 * tp / (np.arange(1, len(ranked) + 1) + hits.sum())  # 2PR/(P+R) = 2tp/(predicted + positives)
+    f1[:-1][ranked[1:] == ranked[:-1]] = -1  # a cut inside a group of tied scores is impossible
+    best = int(np.argmax(f1))
+    return float(ranked[best] if best + 1 == len(ranked) else (ranked[best] + ranked[best + 1]) / 2)
+
+
+def f1_thresholds(scores, labels) -> Tuple[np.ndarray, float, np.ndarray]:
+    """Per-class decision thresholds on `scores` (e.g. validation logits), each maximising that
+    class's F1 over its known entries: (thresholds [C], global, fallback [C] bool).
+
+    `global` maximises the pooled F1 (OF1) over all known entries; classes without a positive
+    (`fallback`) get it, having no F1 of their own to maximise.
+    """
+    scores, labels = _inputs(scores, labels)
+    known = labels != -1
+    if not (labels == 1).any():
+        raise DataError("no positive label: decision thresholds are undefined")
+    global_threshold = _best_f1_cut(scores[known].astype(np.float64), labels[known] == 1)
+    thresholds = np.full(scores.shape[1], global_threshold)
+    fallback = np.ones(scores.shape[1], dtype=bool)
+    for c in range(scores.shape[1]):
+        column, truth = scores[known[:, c], c].astype(np.float64), labels[known[:, c], c] == 1
+        if truth.any():
+            thresholds[c], fallback[c] = _best_f1_cut(column, truth), False
+    return thresholds, global_threshold, fallback
 
 
 def sweep_average(results: Mapping[float, float], expected: Optional[Sequence[float]] = PROPORTIONS) -> float:

@@ -22,10 +22,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from clipml.config import config_to_dict, load_config
+from clipml.config import load_config
+from clipml.engine.evaluate import AP_NAMES
 from clipml.engine.train import train
 from clipml.errors import ConfigError
-from clipml.experiment import ExperimentConfig
+from clipml.experiment import ExperimentConfig, same_experiment
 from clipml.metrics import PROPORTIONS, sweep_average
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,12 @@ def _check_same_data(configs: Dict[str, ExperimentConfig], paths: Dict[str, str]
         raise ConfigError(f"{paths[first]}: data.mask_file={reference.data.mask_file!r} fixes the labels, "
                           f"so a sweep over p is meaningless; remove it to simulate masks per p")
     for method, cfg in others:
+        if cfg.eval != reference.eval:
+            raise ConfigError(
+                f"sweep: the configs score differently: {paths[first]} has eval.ap={reference.eval.ap!r}, "
+                f"eval.top3={reference.eval.top3!r}, {paths[method]} has eval.ap={cfg.eval.ap!r}, "
+                f"eval.top3={cfg.eval.top3!r}; one table needs one AP: pass e.g. --set eval.ap=raw"
+            )
         for key in DATA_IDENTITY + ("mask_file",):
             mine, theirs = getattr(reference.data, key), getattr(cfg.data, key)
             if mine != theirs:
@@ -134,7 +141,7 @@ def _finished_summary(run: SweepRun) -> Optional[Dict[str, object]]:
     if not summary.is_file():
         return None
     saved = run.folder / "config.yaml"
-    if not saved.is_file() or yaml.safe_load(saved.read_text()) != config_to_dict(run.config):
+    if not saved.is_file() or not same_experiment(yaml.safe_load(saved.read_text()), run.config):
         raise ConfigError(
             f"{run.folder} holds a finished run with another config (other overrides or config file?); "
             f"give the sweep another name or output_dir, or remove that folder"
@@ -196,7 +203,8 @@ def summarize(name: str, runs: List[SweepRun], summaries: List[Dict[str, object]
     return {
         "name": name,
         "dataset": runs[0].config.data.dataset,
-        "metric": "test mAP (%)",
+        "metric": f"test mAP (%, {runs[0].config.eval.ap} AP)",
+        "ap": AP_NAMES[runs[0].config.eval.ap],
         "proportions": proportions,
         "seeds": seeds,
         "overrides": list(overrides),
@@ -235,7 +243,7 @@ def markdown(table: Dict[str, object]) -> str:
     seeds = table["seeds"]
     spread = f"mean ± sample std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
     return (f"# Sweep {table['name']}: {table['metric']} on {table['dataset']}\n\n"
-            f"Columns: proportion p of known training labels; cells: {spread}."
+            f"Columns: proportion p of known training labels; cells: {spread}. AP: {table['ap']}."
             + (" Avg.: mean over p = 0.1 ... 0.9." if has_avg else "")
             + (f" Overrides: {' '.join(table['overrides'])}." if table["overrides"] else "")
             + "\n\n" + "\n".join(lines) + "\n")

@@ -96,9 +96,11 @@ def test_hf_dense_tokens_equal_library_hidden_states(tiny_backbones):
     torch.testing.assert_close(dense.tokens, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_resnet_pool_is_attention_mixture_of_dense_tokens():
-    """METHODS §1: pooled = sum over heads of c_proj_h(sum_j A_h[0, j] v_j^h) + b."""
-    backbone = tiny_backbone("open_clip_rn", image_size=128)
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained-toy-rn"])
+def test_resnet_pool_is_attention_mixture_of_dense_tokens(trained):
+    """METHODS §1: pooled = sum over heads of c_proj_h(sum_j A_h[0, j] v_j^h) + b, on random
+    weights and on the lab's trained toy ResNet."""
+    backbone = load_backbone("toy-rn") if trained else tiny_backbone("open_clip_rn", image_size=128)
     pool = backbone.model.visual.attnpool
     images = images_for(backbone)
     with torch.no_grad():
@@ -159,6 +161,32 @@ def test_interpolation_keeps_the_native_embedding_and_resizes_smoothly():
     new_grid = new[1:].reshape(8, 8, -1)
     pooled = new_grid.reshape(4, 2, 4, 2, -1).mean(dim=(1, 3))
     assert (pooled - old_grid).abs().mean() < 0.5 * old_grid.abs().mean()
+
+
+def test_antialiased_resize_reproduces_open_clips_force_image_size(tmp_path):
+    """backbone.pos_embed_resize=bicubic_antialias is open_clip's own resize (create_model with
+    force_image_size and a weights file); the default plain bicubic is not (Pillow's kernel differs)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_backbone("open_clip_vit", seed=7).model.state_dict().items()},
+              str(path))
+    theirs = open_clip.create_model("clipml-tiny-vit", pretrained=str(path), force_image_size=96).eval()
+    ours = load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="bicubic_antialias")
+    plain = load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96)
+    reference = theirs.visual.positional_embedding
+    assert torch.equal(ours.model.visual.positional_embedding, reference)
+    assert not torch.allclose(plain.model.visual.positional_embedding, reference, rtol=1e-4, atol=1e-5)
+    images = images_for(ours)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), theirs.encode_image(images), rtol=1e-5, atol=1e-6)
+    # the kernel is part of the identity (feature caches, checkpoints) only where it changes something
+    assert ours.identity["pos_embed_resize"] == "bicubic_antialias" and "pos_embed_resize" not in plain.identity
+    native = load_backbone(f"open_clip:clipml-tiny-vit@{path}", pos_embed_resize="bicubic_antialias")
+    assert "pos_embed_resize" not in native.identity
+    with pytest.raises(BackboneError, match="pos_embed_resize must be one of"):
+        load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="nearest")
 
 
 @pytest.mark.parametrize("spec,size", [("open_clip:clipml-tiny-vit", 36), ("open_clip:clipml-tiny-rn", 100)])

@@ -4,7 +4,9 @@ import contextlib
 import csv
 import io
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -32,11 +34,12 @@ def tiny_yaml(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_checkpoint(tiny_yaml):
     path, tmp = tiny_yaml
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, header = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(header):
         train_prompts(["--config", str(path), "--no-resume"])
     checkpoint = tmp / "runs" / "cli" / "prompts.safetensors"
     checkpoint.with_name("stdout.txt").write_text(printed.getvalue())
+    checkpoint.with_name("stderr.txt").write_text(header.getvalue())
     return checkpoint
 
 
@@ -80,3 +83,90 @@ def test_user_errors_are_one_line(tiny_yaml, capsys):
     with pytest.raises(SystemExit):
         predict(["--checkpoint", "missing.safetensors", "nowhere.jpg"])
     assert "input not found: nowhere.jpg" in capsys.readouterr().err
+
+
+# Issue 16 (loss header, thresholds) and issue 18 items 5-6 (predict on careless input) --------
+
+
+def test_train_header_names_the_loss_and_its_reduction(trained_checkpoint):
+    """The tiny config sets no reduction: ASL gets its reference's sum, and the header says so."""
+    assert "loss asl reduction sum" in trained_checkpoint.with_name("stderr.txt").read_text()
+    printed = trained_checkpoint.with_name("stdout.txt").read_text()
+    assert "AP: envelope" in printed and "top3: reference rule" in printed and "CF1_tuned" in printed
+
+
+def _synthetic_images(tmp_path, count=4):
+    write_synthetic_dataset(tmp_path / "world", {"test": count}, seed=3)
+    return sorted((tmp_path / "world" / "images").rglob("*.jpg"))
+
+
+def test_predict_lists_labels_at_the_validation_thresholds(trained_checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from clipml.engine.checkpoint import read_prompt_checkpoint
+
+    _, metadata = read_prompt_checkpoint(trained_checkpoint)
+    stored = metadata["thresholds"]
+    assert set(stored["per_class"]) | set(stored["fallback"]) == set(metadata["classes"])
+    images = _synthetic_images(tmp_path)
+    out = tmp_path / "p.json"
+    predict(["--checkpoint", str(trained_checkpoint), *map(str, images), "--output", str(out)])
+    assert "per-class thresholds chosen on the validation split" in capsys.readouterr().err
+    for record in json.loads(out.read_text()):
+        for name, p in record["probabilities"].items():  # probabilities are written to 5 decimals
+            cut = 1 / (1 + np.exp(-stored["per_class"].get(name, stored["global"])))
+            if abs(p - cut) > 1e-5:
+                assert (name in record["labels"]) == (p > cut), (name, p, cut)
+    predict(["--checkpoint", str(trained_checkpoint), str(images[0]), "--threshold", "0", "--top-k", "2"])
+    line = capsys.readouterr().out.strip()
+    listed = line.split(": ", 1)[1].split(", ")
+    assert len(listed) == 2 and all(item.endswith(")") and " (0." in item or " (1." in item for item in listed)
+    # a checkpoint from before thresholds were stored: 0.5, with a notice
+    del metadata["thresholds"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(trained_checkpoint)), str(old), metadata={"clipml": json.dumps(metadata)})
+    predict(["--checkpoint", str(old), str(images[0]), "--output", str(tmp_path / "old.json")])
+    assert "probability >= 0.5: the checkpoint holds no validation thresholds" in capsys.readouterr().err
+    record = json.loads((tmp_path / "old.json").read_text())[0]
+    assert sorted(record["labels"]) == sorted(n for n, p in record["probabilities"].items() if p >= 0.5)
+
+
+def test_predict_skips_undecodable_files_and_says_why(trained_checkpoint, tmp_path, capsys, monkeypatch):
+    from PIL import ImageFile
+
+    images = _synthetic_images(tmp_path, count=3)
+    folder = images[0].parent
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "cut.jpg").write_bytes(images[0].read_bytes()[:-100])  # a truncated JPEG
+    # strict even where another library asked PIL to pad truncated files silently
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    out = tmp_path / "p.csv"
+    predict(["--checkpoint", str(trained_checkpoint), str(folder), "--output", str(out)])
+    rows = list(csv.reader(out.open()))
+    assert [Path(row[0]).name for row in rows[1:]] == [p.name for p in images]
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'cut.jpg'}: cannot decode image" in err and "truncated" in err
+    assert f"skipped {folder / 'notes.jpg'}: cannot decode image" in err
+    assert "2 of 5 file(s) skipped" in err
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(SystemExit) as exit_info:
+        predict(["--checkpoint", str(trained_checkpoint), str(bad)])
+    assert exit_info.value.code == 2
+    assert "none of the 1 image file(s) could be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--threshold", "1.5"], "a probability threshold must be in [0, 1], got 1.5"),
+    (["--threshold", "-0.1"], "a probability threshold must be in [0, 1], got -0.1"),
+    (["--output", "out.txt"], "--output out.txt: unknown extension '.txt'; expected .csv or .json"),
+    (["--top-k", "0"], "--top-k must be at least 1"),
+])
+def test_predict_refuses_careless_options_before_loading_anything(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        predict(["--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()

@@ -373,3 +373,51 @@ def test_vocabularies_and_templates(tmp_path):
     shuffled = MultiLabelSplit("voc2007", "x", split.classes[::-1], split.items, split.labels[:, ::-1], tmp_path)
     with pytest.raises(DataError, match="do not match the shipped vocabulary"):
         readable_names(shuffled)
+
+
+# ------------------------------------------------ annotation errors name file and entry (issue 16)
+
+@pytest.mark.parametrize("section,index,key", [
+    ("categories", 2, "name"), ("categories", 0, "id"), ("images", 1, "file_name"), ("images", 3, "id"),
+    ("annotations", 4, "category_id"), ("annotations", 0, "image_id"),
+])
+def test_coco_entry_without_a_field_names_file_and_entry(tmp_path, section, index, key):
+    data = make_coco(tmp_path)
+    del data[section][index][key]
+    path = tmp_path / "annotations" / "instances_train2014.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"instances_train2014.json\): '{section}' entry {index + 1} .*has no '{key}'"):
+        load_split("coco2014", tmp_path, "train")
+
+
+def test_coco_malformed_sections_and_names(tmp_path):
+    data = make_coco(tmp_path)
+    path = tmp_path / "annotations" / "instances_train2014.json"
+    path.write_text(json.dumps(dict(data, categories={"1": "person"})))
+    with pytest.raises(DataError, match="instances_train2014.json.*needs a list 'categories'"):
+        load_split("coco2014", tmp_path, "train")
+    data["categories"][5]["name"] = ""
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="'categories' entry 6 .*expected a non-empty string"):
+        load_split("coco2014", tmp_path, "train")
+    data["categories"][5] = "person"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="'categories' entry 6 is str 'person', expected an object"):
+        load_split("coco2014", tmp_path, "train")
+
+
+# ------------------------------------------------ class names that read alike (issue 16)
+
+def test_classes_that_read_alike_are_refused(tmp_path):
+    from clipml.data import readable_names
+    from clipml.model import ModelConfig, MultiLabelCLIP
+    from conftest import tiny_backbone
+
+    records = [{"image": "img/a.jpg", "positive": ["hot_dog"]}, {"image": "img/b.jpg", "positive": ["hot dog"]}]
+    path = make_manifest(tmp_path, "jsonl", records=records, classes=False)
+    (tmp_path / "classes.txt").write_text("hot_dog\nbun\nhot dog\n")
+    split = load_split("manifest", path, "train")
+    with pytest.raises(DataError, match=r"classes 'hot_dog' \(index 0\) and 'hot dog' \(index 2\) both read as 'hot dog'"):
+        readable_names(split)
+    with pytest.raises(ConfigError, match=r"class names must be distinct, found \['cat'\]"):
+        MultiLabelCLIP(tiny_backbone("open_clip_vit"), ["cat", "dog", "cat"], ModelConfig(method="coop", n_ctx=2))

@@ -4,6 +4,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from clipml.config import load_config
 from clipml.engine.checkpoint import check_backbone, read_prompt_checkpoint
 from clipml.engine.train import load_model, train
-from clipml.errors import CheckpointError, ConfigError
+from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.experiment import ExperimentConfig
 from clipml.model import ModelConfig, MultiLabelCLIP
 from conftest import tiny_backbone
@@ -19,11 +20,11 @@ from conftest import tiny_backbone
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tiny_config(tmp_path, *overrides):
+def tiny_config(tmp_path, *overrides, synthetic=True):
     return load_config(ExperimentConfig, None, [
         "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
-        "data.options={num_images: 120}", f"data.mask_dir={tmp_path / 'masks'}", "data.workers=0",
-        "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.decoupler_dim=16",
+        *(["data.options={num_images: 120}"] if synthetic else []), f"data.mask_dir={tmp_path / 'masks'}",
+        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.decoupler_dim=16",
         "optim.name=adamw", "optim.lr=0.01", "optim.epochs=3", "loss.reduction=mean",
         f"output_dir={tmp_path / 'runs' / '{name}'}", *overrides,
     ])
@@ -44,6 +45,14 @@ def test_training_lowers_loss_and_writes_the_run(trained):
     for name in ("config.yaml", "log.jsonl", "best.safetensors", "prompts.safetensors", "summary.json", "summary.md"):
         assert (run / name).is_file(), name
     assert len((run / "log.jsonl").read_text().splitlines()) == cfg.optim.epochs
+
+
+def test_summary_has_the_test_breakdowns(trained):
+    cfg, summary = trained
+    for key in ("test_details", "zero_shot_test_details"):
+        assert set(summary[key]["mAP_by_labels"]) == {"1", "2-3", "4+"}
+        assert sum(summary[key]["images_by_labels"].values()) > 0
+    assert "mAP 2-3 labels" in (Path(cfg.run_dir()) / "summary.md").read_text()
 
 
 def test_checkpoint_round_trip_gives_identical_logits(trained):
@@ -144,7 +153,7 @@ def test_a_run_that_failed_before_training_does_not_block_the_corrected_retry(tm
 def test_zero_shot_method_has_nothing_to_train(tmp_path):
     summary = train(tiny_config(tmp_path, "name=zs", "model.method=zero_shot"), resume=False)
     assert summary["trainable_parameters"] == 0
-    assert summary["test"] == summary["zero_shot_test"]
+    assert {key: summary["test"][key] for key in summary["zero_shot_test"]} == summary["zero_shot_test"]
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
@@ -154,16 +163,183 @@ def test_shipped_configs_load(path):
 
 
 def test_toy_clip_end_to_end_improves_on_its_start(tmp_path):
-    """The shipped toy CLIP, generated scenes, 10% known labels: learning must pay off over the
-    untrained model (the start). DualCoOp from random contexts starts far from its optimum, so
-    the gain is large. CLIP's own zero-shot score is reported, not asserted: on the toy world its
-    global feature beats the dense map that the dense methods read."""
+    """The shipped toy CLIP on the COCO-like world, 10% known labels: learning must pay off over
+    the untrained model (the start). DualCoOp from random contexts starts far from its optimum, so
+    the gain is large. CLIP's own zero-shot score is reported, not asserted."""
     cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=true",
-        f"data.cache_dir={tmp_path / 'cache'}", "data.options={num_images: 600}", "data.val_fraction=0.3",
-        "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.options={preset: coco_like, num_images: 600}",
+        "data.val_fraction=0.3", "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",
     ])
     summary = train(cfg, resume=False)
     losses = [record["loss"] for record in summary["history"]]
     assert losses[-1] < losses[0]
-    assert summary["val"]["mAP"] > summary["initial_val"]["mAP"] + 10
+    assert summary["val"]["mAP"] > summary["initial_val"]["mAP"] + 5  # measured: 27.5 -> 34.9
+
+
+# Checkpoint identity: the weights' content, not their file or folder name (issue 16) --------
+
+
+def _checkpoint_on(backbone, path):
+    """A small csc_global prompt checkpoint learned (here: initialised) on `backbone`."""
+    from clipml.config import config_to_dict
+    from clipml.engine.checkpoint import save_prompt_checkpoint
+
+    cfg = load_config(ExperimentConfig, None, ["model.method=csc_global", "model.n_ctx=2"])
+    torch.manual_seed(0)
+    model = MultiLabelCLIP(backbone, ["cat", "dog"], cfg.model)
+    save_prompt_checkpoint(path, model, config_to_dict(cfg))
+    return model
+
+
+def test_same_weights_under_another_file_name_load_the_checkpoint(tmp_path, caplog):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from clipml.backbones import load_backbone
+
+    def weights_file(path, shift):
+        state = tiny_backbone("open_clip_vit").model.state_dict()
+        save_file({k: (v + shift).contiguous() for k, v in state.items()}, str(path))
+        return path
+
+    original = weights_file(tmp_path / "vit.safetensors", shift=0.0)
+    model = _checkpoint_on(load_backbone(f"open_clip:clipml-tiny-vit@{original}"), tmp_path / "ckpt.safetensors")
+    _, metadata = read_prompt_checkpoint(tmp_path / "ckpt.safetensors")
+    assert metadata["backbone"]["weights"].startswith("file:vit.safetensors:")  # the name is shown
+    (tmp_path / "moved").mkdir()
+    moved = shutil.copy(original, tmp_path / "moved" / "renamed.safetensors")
+    loaded = load_model(str(tmp_path / "ckpt.safetensors"), backbone=load_backbone(f"open_clip:clipml-tiny-vit@{moved}"))
+    torch.testing.assert_close(loaded.prompts.ctx, model.prompts.ctx, rtol=0, atol=0)
+    other = weights_file(tmp_path / "vit.safetensors", shift=0.01)  # other bytes under the original name
+    with pytest.raises(CheckpointError, match="another backbone.*weights: checkpoint 'file:vit.safetensors:"):
+        load_model(str(tmp_path / "ckpt.safetensors"), backbone=load_backbone(f"open_clip:clipml-tiny-vit@{other}"))
+
+
+def test_transformers_folder_is_identified_by_its_weights(tmp_path, caplog):
+    import shutil
+
+    from clipml.backbones import load_backbone
+
+    folder = tmp_path / "clip-hf"
+    source = tiny_backbone("hf_vit")
+    source.model.save_pretrained(folder)
+    _checkpoint_on(load_backbone(f"hf:{folder}"), tmp_path / "ckpt.safetensors")
+    checkpoint = str(tmp_path / "ckpt.safetensors")
+    shutil.copytree(folder, tmp_path / "elsewhere")  # the same weights at another path load
+    load_model(checkpoint, backbone=load_backbone(f"hf:{tmp_path / 'elsewhere'}"))
+    shutil.rmtree(folder)
+    with torch.no_grad():
+        source.model.visual_projection.weight.add_(0.01)
+    source.model.save_pretrained(folder)  # other weights, same folder name
+    with pytest.raises(CheckpointError, match="another backbone.*weights: checkpoint 'hf-folder:clip-hf:"):
+        load_model(checkpoint, backbone=load_backbone(f"hf:{folder}"))
+    # a checkpoint from before content digests named the folder only: it loads, with a warning
+    tensors, metadata = read_prompt_checkpoint(checkpoint)
+    metadata["backbone"] = dict(metadata["backbone"], model=str(folder), weights="hf-folder:clip-hf")
+    with caplog.at_level(logging.WARNING, logger="clipml"):
+        check_backbone(metadata, load_backbone(f"hf:{folder}").identity, checkpoint)
+    assert "cannot be checked" in caplog.text
+
+
+# Few classes, data before weights, comparability defaults (issue 16) --------------------------
+
+
+def test_two_class_dataset_trains_and_says_top3_is_left_out(tmp_path):
+    from data_fixtures import make_manifest
+
+    rng = np.random.RandomState(0)
+    for split, count in (("train", 24), ("test", 8)):
+        records = [{"image": f"img/{split}{i}.jpg", "positive": [c for c in ("cat", "dog") if rng.rand() < 0.5]}
+                   for i in range(count)]
+        records[0]["positive"], records[1]["positive"] = ["cat"], ["dog"]  # each class has a positive
+        make_manifest(tmp_path / "pets", "jsonl", split=split, records=records, classes=False)
+    (tmp_path / "pets" / "classes.txt").write_text("cat\ndog\n")
+    cfg = tiny_config(tmp_path, "name=two", "data.dataset=manifest", f"data.root={tmp_path / 'pets'}",
+                      "data.known_ratio=0.5", "data.val_fraction=0.25", "optim.epochs=1", synthetic=False)
+    summary = train(cfg, resume=False)
+    assert summary["test"]["mAP"] > 0 and "CF1" in summary["test"]
+    assert not [key for key in summary["test"] if "top" in key]
+    assert summary["evaluation"]["top3"] == "left out: 2 classes, fewer than 3"
+    assert "top3: left out" in (Path(cfg.run_dir()) / "summary.md").read_text()
+
+
+def test_data_is_checked_before_any_backbone_loads(tmp_path, monkeypatch):
+    import clipml.engine.train as engine
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the data was checked")
+
+    monkeypatch.setattr(engine, "build_backbone", no_backbone)
+    cfg = tiny_config(tmp_path, "name=typo", "data.dataset=coco2014", f"data.root={tmp_path / 'cocoo'}",
+                      synthetic=False)
+    with pytest.raises(DataError, match="annotation file not found"):
+        train(cfg, resume=False)
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "-0.2"])
+def test_known_ratio_outside_0_1_is_refused_when_the_config_is_read(value):
+    with pytest.raises(ConfigError, match=rf"data.known_ratio .* must be in \(0, 1\], got {float(value)}"):
+        load_config(ExperimentConfig, None, [f"data.known_ratio={value}"])
+    assert load_config(ExperimentConfig, None, ["data.known_ratio=1"]).data.known_ratio == 1.0
+
+
+def test_each_loss_gets_its_reference_reduction():
+    """METHODS §5 averages partial BCE over the known entries; ASL's and DualCoOp's code sum."""
+    assert load_config(ExperimentConfig, None, ["loss.name=bce"]).loss.reduction == "mean"
+    assert load_config(ExperimentConfig, None, []).loss.reduction == "sum"  # asl
+    published = REPO / "configs" / "coco2014" / "dualcoop.yaml"
+    assert load_config(ExperimentConfig, published).loss.reduction == "sum"
+    assert load_config(ExperimentConfig, published, ["loss.name=bce"]).loss.reduction == "mean"
+    assert load_config(ExperimentConfig, None, ["loss.name=bce", "loss.reduction=sum"]).loss.reduction == "sum"
+
+
+PUBLISHED = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "_base")
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_published_configs_draw_the_reference_masks_and_name_their_ap(path):
+    """The reference code masks with np.random.seed(0); np.random.random(labels.shape) < p."""
+    from clipml.data import simulate_known
+
+    cfg = load_config(ExperimentConfig, path)
+    assert cfg.data.mask_seed == 0
+    labels = np.zeros((37, 20), dtype=np.int8)
+    np.random.seed(0)
+    reference = np.random.random(labels.shape) < cfg.data.known_ratio
+    np.testing.assert_array_equal(simulate_known(labels, cfg.data.known_ratio, cfg.data.mask_seed), reference)
+    # the AP of the paper the config is compared with: DualCoOp's code the raw AP, SARB/DSRB's the envelope
+    expected = "raw" if cfg.model.method == "dualcoop" else "envelope"
+    assert cfg.eval.ap == expected and cfg.eval.top3 == "reference"
+
+
+def test_summary_names_ap_top3_rule_and_thresholds(trained):
+    cfg, summary = trained
+    assert summary["evaluation"]["AP"].startswith("envelope")
+    assert summary["evaluation"]["top3"].startswith("reference rule")
+    assert {"CF1_top3", "OF1_top3", "CF1_tuned", "OF1_tuned"} <= set(summary["test"])
+    assert "CF1_tuned" not in summary["val"]  # chosen on validation, so reported on test only
+    markdown = (Path(cfg.run_dir()) / "summary.md").read_text()
+    assert "- AP: envelope" in markdown and "loss asl (mean over known entries)" in markdown
+    _, metadata = read_prompt_checkpoint(Path(cfg.run_dir()) / "prompts.safetensors")
+    assert metadata["thresholds"] == summary["thresholds"]
+    assert set(metadata["thresholds"]["per_class"]).isdisjoint(metadata["thresholds"]["fallback"])
+
+
+def test_a_run_written_before_new_config_keys_still_resumes(trained):
+    """A config.yaml from an older clipml lacks keys added since (eval, pos_embed_resize): they
+    take their defaults, so the finished run is recognised instead of refused as another config."""
+    import yaml
+
+    cfg, summary = trained
+    saved = Path(cfg.run_dir()) / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["eval"], data["backbone"]["pos_embed_resize"]
+    saved.write_text(yaml.safe_dump(data))
+    from clipml.engine.train import _check_resumable
+
+    _check_resumable(Path(cfg.run_dir()), cfg)  # no error
+    changed = load_config(ExperimentConfig, None, [f"output_dir={cfg.output_dir}", "name=full", "eval.ap=raw"])
+    with pytest.raises(ConfigError, match="another config"):
+        _check_resumable(Path(cfg.run_dir()), changed)

@@ -206,6 +206,19 @@ def test_sweep_mistakes_are_clear_errors(tmp_path):
         plan(SweepSpec(configs, seeds=[1, 1]))
 
 
+def test_one_table_one_ap_and_it_is_named(swept, tmp_path):
+    """A sweep compares methods on one AP (eval.ap of every config), and its tables say which."""
+    table = swept["result"].table
+    assert table["metric"] == "test mAP (%, envelope AP)"
+    assert "AP: envelope (VOC 2010+ all-point" in (swept["result"].folder / "sweep.md").read_text()
+    configs = write_configs(tmp_path)
+    raw = _with(tmp_path / "raw" / "coop.yaml", {"eval": {"ap": "raw"}})
+    with pytest.raises(ConfigError, match=r"score differently: .*eval.ap='envelope'.*eval.ap='raw'.*--set eval.ap="):
+        plan(SweepSpec([configs[0], str(raw)]))
+    _, runs = plan(SweepSpec([configs[0], str(raw)], overrides=["eval.ap=raw"]))
+    assert {r.config.eval.ap for r in runs} == {"raw"}
+
+
 def _with(path: Path, content: dict) -> Path:
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump({"base": "../base.yaml", **content}))

@@ -23,11 +23,13 @@ from clipml.experiment import BackboneConfig, ExperimentConfig
 from clipml.model import ModelConfig, MultiLabelCLIP
 
 SPECS = {
-    "open_clip_vit": "open_clip:clipml-tiny-vit",  # global feature = class token
-    "open_clip_avg": "open_clip:clipml-toy-vit",  # global feature = mean of the patch tokens
+    "open_clip_vit": "open_clip:clipml-tiny-vit",  # random weights; global feature = class token
+    "open_clip_avg": "toy-vit",  # the lab's trained toy; global feature = mean of the patch tokens
     "hf_vit": "hf:clipml-tiny-hf",
 }
-LARGER = 96  # 12 x 12 patches of 8 px, from a 4 x 4 (tiny) or 8 x 8 (toy) grid: interpolated positions
+# Larger than native, with interpolated positions: 12 x 12 patches instead of 4 x 4 (tiny, 8 px
+# patches, 32 px) or 8 x 8 (toy, 12 px patches, 96 px).
+LARGER = {"open_clip_vit": 96, "open_clip_avg": 144, "hf_vit": 96}
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +147,10 @@ def library_forward(backbone, images):
     return pooled, captured["x"]
 
 
-@pytest.mark.parametrize("size", [None, LARGER])
+@pytest.mark.parametrize("larger", [False, True])
 @pytest.mark.parametrize("family", list(SPECS))
-def test_every_mode_equals_the_hand_computation_and_keeps_the_global_feature(backbones, family, size):
+def test_every_mode_equals_the_hand_computation_and_keeps_the_global_feature(backbones, family, larger):
+    size = LARGER[family] if larger else None
     maps = {}
     for mode in DENSE_MODES:
         backbone = backbones(family, size, mode)
@@ -159,7 +162,7 @@ def test_every_mode_equals_the_hand_computation_and_keeps_the_global_feature(bac
         expected = hand_dense(weights, heads, quick, x, mode).float()
         torch.testing.assert_close(dense.tokens, expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(dense.pooled, pooled, rtol=1e-5, atol=1e-5)  # the library's own
-        assert dense.grid == backbone.grid and backbone.identity["dense"] == mode
+        assert dense.grid == backbone.grid and backbone.identity.get("dense", "tokens") == mode
         maps[mode] = dense.tokens
     # The modes are different maps (so each comparison above could fail).
     for i, first in enumerate(DENSE_MODES):
@@ -187,7 +190,7 @@ def test_layer_scales_of_the_last_block_are_applied():
             block.ls_1.gamma.uniform_(0.2, 1.5)
             block.ls_2.gamma.uniform_(0.2, 1.5)
     for mode in DENSE_MODES:
-        backbone = OpenCLIPBackbone(copy.deepcopy(model), "tiny-layer-scale", "random", LARGER, dense=mode)
+        backbone = OpenCLIPBackbone(copy.deepcopy(model), "tiny-layer-scale", "random", 96, dense=mode)
         images = images_for(backbone, seed=9)
         pooled, x = library_forward(backbone, images)
         weights, heads, quick, _ = last_block_weights(backbone)
@@ -200,7 +203,7 @@ def test_layer_scales_of_the_last_block_are_applied():
 
 def test_a_vit_with_open_clips_custom_block_keeps_tokens_and_refuses_the_other_modes():
     model = tiny_open_clip(scale_attn=True)  # CustomResidualAttentionBlock
-    assert OpenCLIPBackbone(copy.deepcopy(model), "tiny-custom", "random").identity["dense"] == "tokens"
+    assert "dense" not in OpenCLIPBackbone(copy.deepcopy(model), "tiny-custom", "random").identity
     with pytest.raises(BackboneError, match="'sclip' needs open_clip's standard ResidualAttentionBlock, "
                                             "this tower has CustomResidualAttentionBlock"):
         OpenCLIPBackbone(model, "tiny-custom", "random", dense="sclip")
@@ -210,7 +213,7 @@ def test_a_vit_with_open_clips_custom_block_keeps_tokens_and_refuses_the_other_m
 def test_value_mode_is_the_library_block_attending_to_itself_only(backbones, family):
     """MaskCLIP's value path = the library's own last block under a mask that lets each token
     attend to itself only (softmax of one entry is 1), then ln_post and the projection."""
-    backbone = backbones(family, LARGER, "value")
+    backbone = backbones(family, LARGER[family], "value")
     images = images_for(backbone, seed=3)
     _, x = library_forward(backbone, images)
     length = x.shape[1]
@@ -280,7 +283,7 @@ def port_vision_to_transformers(model, hidden_act):
     return hf
 
 
-@pytest.mark.parametrize("size", [None, LARGER])
+@pytest.mark.parametrize("size", [None, 96])
 @pytest.mark.parametrize("quick_gelu", [False, True])
 def test_open_clip_and_transformers_give_the_same_dense_map_for_the_same_weights(quick_gelu, size):
     import open_clip
@@ -310,7 +313,7 @@ def test_a_resnet_refuses_a_vit_mode_and_unknown_modes_are_refused():
     for mode in DENSE_MODES[1:]:
         with pytest.raises(BackboneError, match=f"ModifiedResNet: dense mode '{mode}' applies to ViT towers only"):
             load_backbone("open_clip:clipml-tiny-rn", allow_random=True, dense=mode)
-    assert load_backbone("open_clip:clipml-tiny-rn", allow_random=True).identity["dense"] == "tokens"
+    assert "dense" not in load_backbone("open_clip:clipml-tiny-rn", allow_random=True).identity
     with pytest.raises(BackboneError, match="unknown dense mode 'maskclip': expected one of tokens, value"):
         load_backbone("open_clip:clipml-tiny-vit", allow_random=True, dense="maskclip")
 
@@ -324,13 +327,24 @@ def test_the_config_option_reaches_the_backbone(tmp_path):
         load_config(ExperimentConfig, None, ["backbone.dense=values"])
 
 
+def test_the_default_mode_leaves_identities_caches_and_checkpoints_as_before(backbones):
+    """Only a mode other than "tokens" enters the identity: caches and checkpoints made before
+    dense modes existed keep their keys."""
+    assert "dense" not in backbones("open_clip_vit", None, "tokens").identity
+    value = backbones("open_clip_vit", None, "value").identity
+    assert value == dict(backbones("open_clip_vit", None, "tokens").identity, dense="value")
+
+
 def test_a_checkpoint_of_another_mode_warns(caplog):
     identity = {"library": "open_clip", "model": "m", "weights": "w", "embed_dim": 32, "image_size": 32}
     with caplog.at_level(logging.WARNING, logger="clipml"):
-        check_backbone({"backbone": dict(identity)}, dict(identity, dense="tokens"), "old.safetensors")
-        assert "dense mode" not in caplog.text  # checkpoints from before dense modes: tokens
-        check_backbone({"backbone": dict(identity, dense="tokens")}, dict(identity, dense="sclip"), "x.safetensors")
+        check_backbone({"backbone": dict(identity)}, dict(identity), "old.safetensors")
+        check_backbone({"backbone": dict(identity, dense="sclip")}, dict(identity, dense="sclip"), "same.safetensors")
+        assert "dense mode" not in caplog.text
+        check_backbone({"backbone": dict(identity)}, dict(identity, dense="sclip"), "x.safetensors")
+        check_backbone({"backbone": dict(identity, dense="value")}, dict(identity), "y.safetensors")
     assert "x.safetensors was learned on dense mode 'tokens', used with 'sclip'" in caplog.text
+    assert "y.safetensors was learned on dense mode 'value', used with 'tokens'" in caplog.text
 
 
 def test_modes_leave_the_tower_frozen(backbones):

@@ -8,7 +8,8 @@ Backbone specs understood by `load_backbone`:
   tags and TorchScript files get it automatically; for a plain state-dict file converted from
   OpenAI's release, name the ``-quickgelu`` model (``open_clip:RN101-quickgelu@/path/file.pt``);
 - ``hf:openai/clip-vit-base-patch16`` or ``hf:/path/to/folder``: a transformers CLIPModel;
-- ``toy``: the tiny CLIP shipped with clipml, trained on the synthetic world;
+- ``toy`` (= ``toy-vit``) and ``toy-rn``: the lab's tiny CLIPs shipped with clipml (a ViT and a
+  ModifiedResNet with its attention pool), trained on the synthetic world's coco_like preset;
 - ``open_clip:clipml-tiny-vit``, ``open_clip:clipml-tiny-rn``, ``hf:clipml-tiny-hf``: tiny
   random-weight test models (``allow_random=True``), like timm's test models.
 """
@@ -27,8 +28,8 @@ from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TOY_WEIGHTS = ASSETS / "toy_clip.safetensors"
-TOY_MODEL = "clipml-toy-vit"
+TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "clipml-lab-rn"}
+"""Backbone specs of the shipped toy CLIPs -> their open_clip model names (weights beside them)."""
 
 __all__ = ["DENSE_MODES", "Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
 
@@ -48,39 +49,43 @@ def load_backbone(
     device: str = "cpu",
     precision: str = "fp32",
     allow_random: bool = False,
+    pos_embed_resize: str = "bicubic",
     dense: str = "tokens",
 ) -> FrozenCLIP:
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
-    Positional embeddings are interpolated to the size once, here. Loading a model that would
-    silently run with random weights is refused unless `allow_random` (tests only). `dense` is
-    how a ViT tower computes its dense map: one of DENSE_MODES (see clipml.backbones.vit_dense);
-    ResNet towers have one dense map, 'tokens' (METHODS §1).
+    Positional embeddings are interpolated to the size once, here, with `pos_embed_resize`
+    ("bicubic", or "bicubic_antialias" = open_clip's force_image_size resize; see
+    `resize_grid_embedding`). Loading a model that would silently run with random weights is
+    refused unless `allow_random` (tests only). `dense` is how a ViT tower computes its dense
+    map: one of DENSE_MODES (see clipml.backbones.vit_dense); ResNet towers have one dense map,
+    'tokens' (METHODS §1).
     """
     check_mode(dense)
     hf_tiny = register_test_models()
-    if spec == "toy":
-        if not TOY_WEIGHTS.is_file():
-            raise BackboneError(f"the toy CLIP weights are missing: {TOY_WEIGHTS}; run tools/build_toy_clip.py")
-        spec = f"open_clip:{TOY_MODEL}@{TOY_WEIGHTS}"
+    if spec in TOY_MODELS:
+        weights = ASSETS / f"{TOY_MODELS[spec]}.safetensors"
+        if not weights.is_file():
+            raise BackboneError(f"the toy CLIP weights are missing: {weights}; run tools/build_toy_clip.py")
+        spec = f"open_clip:{TOY_MODELS[spec]}@{weights}"
     library, _, rest = spec.partition(":")
     if library == "open_clip" and rest:
         from clipml.backbones.open_clip import OpenCLIPBackbone, create_open_clip
 
         name, _, weights = rest.partition("@")
         model, weights_id = create_open_clip(name, weights or None, allow_random)
-        if weights_id.startswith("file:") and name == TOY_MODEL:
+        if weights_id.startswith("file:") and name in TOY_MODELS.values():
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
-        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, dense)
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize, dense)
     elif library == "hf" and rest:
         from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
 
         model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
-        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, dense)
+        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, pos_embed_resize, dense)
     else:
         raise BackboneError(
             f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "
-            "'hf:HUB_ID_OR_FOLDER' or 'toy'"
+            f"'hf:HUB_ID_OR_FOLDER' or one of {', '.join(TOY_MODELS)}"
         )
     backbone = backbone.to(device)
     if getattr(backbone, "is_resnet", False) and backbone.device.type == "cuda":

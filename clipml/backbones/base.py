@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipml.backbones.vit_dense import check_mode
+from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+RESIZE_MODES = ("bicubic", "bicubic_antialias")
 
 
 @dataclasses.dataclass
@@ -40,11 +44,14 @@ class FrozenCLIP(nn.Module):
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
 
-    def __init__(self, precision: str = "fp32", dense: str = "tokens") -> None:
+    def __init__(self, precision: str = "fp32", pos_embed_resize: str = "bicubic", dense: str = "tokens") -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise BackboneError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if pos_embed_resize not in RESIZE_MODES:
+            raise BackboneError(f"pos_embed_resize must be one of {RESIZE_MODES}, got {pos_embed_resize!r}")
         self.precision = precision
+        self.pos_embed_resize = pos_embed_resize
         self.dense = check_mode(dense)  # how a ViT tower computes its dense map (vit_dense.py)
         self._identity: Dict[str, object] = {}
 
@@ -63,9 +70,22 @@ class FrozenCLIP(nn.Module):
 
     @property
     def identity(self) -> Dict[str, object]:
-        """Library, model, weights, image size, width and dense mode: what a checkpoint is checked
-        against and what a feature cache is keyed by."""
-        return dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim, dense=self.dense)
+        """Library, model, weights, image size and width: what a checkpoint is checked against
+        and a feature cache is keyed by. A positional embedding resized with the non-default
+        kernel adds `pos_embed_resize` (features differ slightly); a ViT dense mode other than
+        "tokens" adds `dense` (so identities, caches and checkpoints from before stay valid)."""
+        identity = dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
+        if self.pos_embed_resize != RESIZE_MODES[0] and getattr(self, "_resized", False):
+            identity["pos_embed_resize"] = self.pos_embed_resize
+        if self.dense != DENSE_MODES[0]:
+            identity["dense"] = self.dense
+        return identity
+
+    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:
+        """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity)."""
+        resized = resize_grid_embedding(embedding, new_grid, antialias=self.pos_embed_resize == "bicubic_antialias")
+        self._resized = getattr(self, "_resized", False) or resized is not embedding
+        return resized
 
     def autocast(self):
         """bf16 autocast on CUDA when asked for; fp32 everywhere else."""
@@ -111,10 +131,34 @@ def check_image_size(image_size: int, stride: int, what: str) -> Tuple[int, int]
     return side, side
 
 
+def file_digest(path: Path) -> str:
+    """Short sha256 of a weights file: the backbone identity stored with checkpoints."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def folder_digest(folder: Path) -> str:
+    """Short sha256 over the weight files directly in `folder` (by name order): the identity of
+    a transformers model folder, so other weights under the same folder name are told apart."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise BackboneError(f"no weight file ({', '.join(WEIGHT_SUFFIXES)}) in the model folder {folder}")
+    return hashlib.sha256("".join(file_digest(p) for p in files).encode()).hexdigest()[:16]
+
+
 def resize_grid_embedding(
-    embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1
+    embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1, antialias: bool = False
 ) -> torch.Tensor:
-    """Bicubic resize of a positional embedding [extra + h*w, W] to a new square-ish grid."""
+    """Bicubic resize of a positional embedding [extra + h*w, W] to a new square-ish grid.
+
+    `antialias=False` is torch's plain bicubic (a = -0.75), as transformers'
+    `interpolate_pos_encoding`; `antialias=True` is what open_clip's `resize_pos_embed` does for
+    `create_model(force_image_size=...)` (Pillow's bicubic kernel, a = -0.5, which differs even
+    when enlarging). The extra (class) tokens are kept as they are.
+    """
     extra, spatial = embedding[:extra_tokens], embedding[extra_tokens:]
     side = int(round(math.sqrt(spatial.shape[0])))
     if side * side != spatial.shape[0]:
@@ -122,7 +166,7 @@ def resize_grid_embedding(
     if (side, side) == tuple(new_grid):
         return embedding
     grid = spatial.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
     spatial = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(embedding.dtype)
     return torch.cat([extra, spatial], dim=0)
 

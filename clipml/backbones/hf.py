@@ -15,7 +15,7 @@ from clipml.backbones.base import (
     FrozenCLIP,
     causal_mask,
     check_image_size,
-    resize_grid_embedding,
+    folder_digest,
 )
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
@@ -24,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 
 def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple:
-    """Build a transformers CLIPModel from a local folder, a hub id or a registered tiny config."""
+    """Build a transformers CLIPModel from a local folder, a hub id or a registered tiny config.
+
+    A folder's weights are identified as `hf-folder:<folder name>:<sha256 prefix of its weight
+    files>`: checkpoints compare the digest (other weights in the same folder are told apart,
+    the same weights elsewhere are recognised); the name is shown in messages.
+    """
     from transformers import CLIPConfig, CLIPModel
 
     if source in tiny_configs:
@@ -50,7 +55,9 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
             f"hf:{source}: {len(missing)} weights are missing from the files (e.g. {missing[0]}); "
             "the model would run partly random"
         )
-    return model, "hf-folder:" + folder.name if folder.is_dir() else "hf-hub:" + source
+    if folder.is_dir():
+        return model, f"hf-folder:{folder.resolve().name}:{folder_digest(folder)}"
+    return model, "hf-hub:" + source
 
 
 def _preprocess_stats(source: str):
@@ -72,9 +79,10 @@ class HFCLIPBackbone(FrozenCLIP):
         weights_id: str,
         image_size: Optional[int] = None,
         precision: str = "fp32",
+        pos_embed_resize: str = "bicubic",
         dense: str = "tokens",
     ) -> None:
-        super().__init__(precision, dense)
+        super().__init__(precision, pos_embed_resize, dense)
         from open_clip.tokenizer import SimpleTokenizer
 
         self.model = model
@@ -97,7 +105,7 @@ class HFCLIPBackbone(FrozenCLIP):
         embeddings = self.model.vision_model.embeddings
         self.grid = check_image_size(image_size, embeddings.patch_size, f"a ViT with {embeddings.patch_size}-px patches")
         old = embeddings.position_embedding.weight.data
-        resized = resize_grid_embedding(old, self.grid)
+        resized = self._resize(old, self.grid)
         if resized is not old:
             embeddings.position_embedding = nn.Embedding.from_pretrained(resized, freeze=True)
             embeddings.num_patches = self.grid[0] * self.grid[1]

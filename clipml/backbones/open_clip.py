@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import zipfile
 from pathlib import Path
@@ -14,26 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipml.backbones.base import (
+    WEIGHT_SUFFIXES,
     Dense,
     FrozenCLIP,
     check_image_size,
-    resize_grid_embedding,
+    file_digest,
 )
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-def file_digest(path: Path) -> str:
-    """Short sha256 of a weights file: part of the backbone identity stored with checkpoints."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -45,7 +34,11 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> tuple:
-    """Build an open_clip model with its weights; returns (model, weights identity)."""
+    """Build an open_clip model with its weights; returns (model, weights identity).
+
+    A local file is identified as `file:<name>:<sha256 prefix>`: checkpoints compare the digest
+    only (clipml.engine.checkpoint), the name is shown in messages.
+    """
     import open_clip
 
     config = open_clip.get_model_config(name)
@@ -123,9 +116,10 @@ class OpenCLIPBackbone(FrozenCLIP):
         weights_id: str,
         image_size: Optional[int] = None,
         precision: str = "fp32",
+        pos_embed_resize: str = "bicubic",
         dense: str = "tokens",
     ) -> None:
-        super().__init__(precision, dense)
+        super().__init__(precision, pos_embed_resize, dense)
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
@@ -173,13 +167,13 @@ class OpenCLIPBackbone(FrozenCLIP):
         if self.is_resnet:
             pool = visual.attnpool
             self.grid = check_image_size(image_size, 32, "a ModifiedResNet (stride 32)")
-            resized = resize_grid_embedding(pool.positional_embedding.data, self.grid)
+            resized = self._resize(pool.positional_embedding.data, self.grid)
             pool.positional_embedding = nn.Parameter(resized, requires_grad=False)
             visual.image_size = image_size
         else:
             patch = visual.conv1.kernel_size[0]
             self.grid = check_image_size(image_size, patch, f"a ViT with {patch}-px patches")
-            resized = resize_grid_embedding(visual.positional_embedding.data, self.grid)
+            resized = self._resize(visual.positional_embedding.data, self.grid)
             visual.positional_embedding = nn.Parameter(resized, requires_grad=False)
             visual.grid_size = self.grid
             visual.image_size = (image_size, image_size)

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from clipml.errors import DataError
 
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 """Label codes. UNKNOWN means "missing" in a training split and "ignore" in an evaluation split."""
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+    """Refuse truncated files even where another library has set PIL's LOAD_TRUNCATED_IMAGES
+    (which pads a cut-off image with grey, silently)."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode an image file strictly as RGB; a missing, corrupt or truncated file is a
+    DataError naming it and saying why."""
+    try:
+        with Image.open(path) as image, _strict_decoding():
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode image {path}: {error}") from None
 
 
 @dataclasses.dataclass
@@ -84,15 +110,8 @@ class MultiLabelSplit:
         return self.root / self.items[index]
 
     def open_image(self, index: int) -> Image.Image:
-        """Decode image `index` as RGB; a missing or corrupt file is a DataError naming it."""
-        path = self.image_path(index)
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"cannot decode image {path}: {error}") from None
+        """Decode image `index` as RGB; a missing, corrupt or truncated file is a DataError naming it."""
+        return read_image(self.image_path(index))
 
     @property
     def has_instances(self) -> bool:
@@ -102,6 +121,13 @@ class MultiLabelSplit:
     def instances(self, index: int) -> Optional[List[ObjectInstance]]:
         """The labelled objects of image `index` with their masks, or None where the split has none."""
         return None
+
+    def object_areas(self, index: int) -> Optional[List[Tuple[int, float]]]:
+        """(class index, share of the image's area) of each labelled object of image `index`, or
+        None. From the masks here; datasets that record areas (COCO) override it so the
+        object-size breakdown of mAP decodes no mask."""
+        instances = self.instances(index)
+        return None if instances is None else [(o.class_index, o.area_fraction) for o in instances]
 
     def subset(self, indices: Sequence[int], split: Optional[str] = None) -> "MultiLabelSplit":
         """A new split holding `indices` (same classes, root and image source)."""

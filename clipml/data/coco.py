@@ -5,24 +5,112 @@ of the JSON `images` array, the order the SST/SARB/DSRB code masks in, so the re
 partial-label masks are reproduced. Crowd annotations count as positives (as in that code);
 an image without any annotation is all-negative. The MLR-PL papers test on val2014, so
 `split="test"` is accepted as an alias of "val".
+
+A split carries its images' objects (`instances`, `object_areas`) for the localisation
+metrics and the object-size breakdown of mAP: masks by pycocotools' `annToMask` (polygons
+and crowd RLEs), decoded per image when asked for; areas from the annotations' `area`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 import json
+import logging
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from clipml.data._files import check_unique, finish_split, resolve_missing
-from clipml.data.base import MultiLabelSplit
+from clipml.data.base import MultiLabelSplit, ObjectInstance
 from clipml.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 DATASET = "coco2014"
 SPLITS = {"train": "train", "val": "val", "test": "val"}
+
+
+@functools.lru_cache(maxsize=1)  # an evaluation reads one split's objects at a time
+def _read_objects(path: str, stamp: Tuple[int, int]):
+    """(pycocotools COCO, category id -> column, class names) of an annotation file, read again
+    only when the file changes (`stamp`: mtime and size); the splits hold only its path."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO(path)
+    cat_ids = sorted(coco.cats)
+    return coco, {cat_id: c for c, cat_id in enumerate(cat_ids)}, [coco.cats[c]["name"] for c in cat_ids]
+
+
+@dataclasses.dataclass
+class CocoSplit(MultiLabelSplit):
+    """A COCO split whose images carry their annotated objects; `image_ids` maps each item
+    to its COCO image id (kept by `subset`, which keeps items)."""
+
+    annotations: Optional[Path] = None
+    image_ids: Dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def has_instances(self) -> bool:
+        return self.annotations is not None
+
+    def _annotations_of(self, index: int):
+        """(COCO, category id -> column, image record, the image's annotations)."""
+        path = Path(self.annotations)
+        try:
+            info = path.stat()
+        except OSError as error:
+            raise DataError(f"{DATASET}: cannot read the object annotations {path}: {error}") from None
+        coco, column, names = _read_objects(str(path), (info.st_mtime_ns, info.st_size))
+        item = self.items[index]
+        image_id = self.image_ids.get(item)
+        if names != self.classes or image_id not in coco.imgs:
+            raise DataError(f"{DATASET}: {path} changed since {self.split} was loaded "
+                            f"(categories or image {item!r} no longer match); load the split again")
+        return coco, column, coco.imgs[image_id], coco.imgToAnns.get(image_id, [])
+
+    def instances(self, index: int) -> Optional[List[ObjectInstance]]:
+        if not self.has_instances:
+            return None
+        coco, column, image, annotations = self._annotations_of(index)
+        objects = []
+        for ann in annotations:
+            try:
+                mask = coco.annToMask(ann).astype(bool)
+                valid = mask.shape == (image["height"], image["width"])
+            except Exception as error:  # pycocotools raises a bare Exception for unknown formats
+                raise DataError(f"{DATASET}: {self.annotations}: annotation {ann.get('id')} has no valid "
+                                f"'segmentation' (or its image no 'height'/'width'): {error!r}") from None
+            if not valid:
+                raise DataError(f"{DATASET}: {self.annotations}: annotation {ann.get('id')} decodes to a "
+                                f"{mask.shape} mask, its image is {image['height']}x{image['width']}")
+            objects.append(ObjectInstance(column[ann["category_id"]], mask))
+        return objects
+
+    def object_areas(self, index: int) -> Optional[List[Tuple[int, float]]]:
+        if not self.has_instances:
+            return None
+        _, column, image, annotations = self._annotations_of(index)
+        try:
+            pixels = float(image["width"]) * float(image["height"])
+            return [(column[ann["category_id"]], float(ann["area"]) / pixels) for ann in annotations]
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise DataError(f"{DATASET}: {self.annotations}: image {image.get('id')} needs 'width' and 'height' "
+                            f"and each of its annotations an 'area': {error!r}") from None
+def _entry_field(entry, key: str, where: str, section: str, number: int):
+    """`entry[key]` of entry `number` (1-based) of the `section` list; a malformed entry is a
+    DataError naming the file, the list, the entry and the missing key."""
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"{where}: '{section}' entry {number} is {type(entry).__name__} {entry!r:.80}, expected an object")
+    if key not in entry:
+        shown = {k: entry[k] for k in list(entry)[:4]}
+        raise DataError(f"{where}: '{section}' entry {number} {shown} has no '{key}'")
+    return entry[key]
 
 
 def load_coco2014(
@@ -39,8 +127,6 @@ def load_coco2014(
     `check_images` stats every image file (about a second for the 83k train images on a
     local disk); turn it off on slow network file systems.
     """
-    from pycocotools.coco import COCO
-
     if split not in SPLITS:
         raise DataError(f"{DATASET}: unknown split {split!r}; expected one of {sorted(SPLITS)}")
     split = SPLITS[split]
@@ -50,41 +136,59 @@ def load_coco2014(
     if not ann_path.is_file():
         raise DataError(f"{DATASET}: annotation file not found: {ann_path}")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(ann_path))
-        images = coco.dataset["images"]
-        categories = coco.dataset["categories"]
+        with open(ann_path, encoding="utf-8") as handle:
+            data = json.load(handle)
     except json.JSONDecodeError as error:
         raise DataError(f"{DATASET}: {ann_path} is not valid JSON: {error}") from None
-    except (KeyError, TypeError, AssertionError) as error:
-        raise DataError(
-            f"{DATASET}: {ann_path} is not a COCO instances file "
-            f"(needs 'images', 'annotations', 'categories'): {error!r}"
-        ) from None
-
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{DATASET}: {ann_path} cannot be read: {error}") from None
     where = f"{DATASET}/{split} ({ann_path})"
-    check_unique([str(image["id"]) for image in images], where, "image id")
-    check_unique([image["file_name"] for image in images], where, "image file_name")
-    cat_ids = sorted(category["id"] for category in categories)
-    check_unique([str(c) for c in cat_ids], where, "category id")
+    sections = {}
+    for section in ("images", "categories", "annotations"):
+        value = data.get(section, [] if section == "annotations" else None) if isinstance(data, dict) else None
+        if not isinstance(value, list):
+            raise DataError(f"{where}: not a COCO instances file: needs a list '{section}'")
+        sections[section] = value
+    images, categories = sections["images"], sections["categories"]
+
+    image_ids = [_entry_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
+    files = [_entry_field(image, "file_name", where, "images", n) for n, image in enumerate(images, start=1)]
+    check_unique([str(i) for i in image_ids], where, "image id")
+    check_unique(files, where, "image file_name")
+    names = {}
+    for number, category in enumerate(categories, start=1):
+        cat_id, name = (_entry_field(category, key, where, "categories", number) for key in ("id", "name"))
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: 'categories' entry {number} (id {cat_id}) has name {name!r}, "
+                            "expected a non-empty string")
+        check_unique([str(cat_id) for cat_id in names] + [str(cat_id)], where, "category id")
+        names[cat_id] = name
+    cat_ids = sorted(names)
     column = {cat_id: c for c, cat_id in enumerate(cat_ids)}
-    names = {category["id"]: category["name"] for category in categories}
-    row = {image["id"]: i for i, image in enumerate(images)}
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
 
     labels = np.zeros((len(images), len(cat_ids)), dtype=np.int8)
-    for ann in coco.dataset.get("annotations", []):
-        if ann["image_id"] not in row:
-            raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}")
-        if ann["category_id"] not in column:
+    for number, ann in enumerate(sections["annotations"], start=1):
+        image_id = _entry_field(ann, "image_id", where, "annotations", number)
+        category_id = _entry_field(ann, "category_id", where, "annotations", number)
+        if image_id not in row:
+            raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {image_id}")
+        if category_id not in column:
             raise DataError(
-                f"{where}: annotation {ann.get('id')} has category id {ann['category_id']}, "
-                f"which is not in 'categories'"
+                f"{where}: annotation {ann.get('id')} has category id {category_id}, which is not in 'categories'"
             )
-        labels[row[ann["image_id"]], column[ann["category_id"]]] = 1
+        labels[row[image_id], column[category_id]] = 1
 
-    items = [f"{image_dir}/{image['file_name']}" if image_dir else image["file_name"] for image in images]
+    items = [f"{image_dir}/{name}" if image_dir else name for name in files]
+    item_ids = dict(zip(items, image_ids))
     items, labels, skipped = resolve_missing(
         root, items, labels, check_images=check_images, on_missing_image=on_missing_image, where=where
     )
-    split_obj = MultiLabelSplit(DATASET, split, [names[c] for c in cat_ids], items, labels, root)
+    # A detection-style file (boxes only) gives labels but no object masks.
+    segmented = all("segmentation" in ann and "area" in ann for ann in sections["annotations"])
+    if not segmented:
+        logger.info("%s: annotations without 'segmentation' or 'area': no object masks, so no localisation "
+                    "metrics or object-size breakdown", where)
+    split_obj = CocoSplit(DATASET, split, [names[c] for c in cat_ids], items, labels, root,
+                          annotations=ann_path if segmented else None, image_ids=item_ids)
     return finish_split(split_obj, skipped)

@@ -56,10 +56,11 @@ def readable_names(split: MultiLabelSplit) -> List[str]:
 
     Datasets with a shipped vocabulary must list exactly its official names, in order (a
     different order would silently attach names to the wrong columns); other datasets use
-    their own class names with underscores turned into spaces.
+    their own class names with underscores turned into spaces. Two classes that read alike
+    (`hot_dog` and `hot dog`) are refused: they would share one prompt in a checkpoint.
     """
     if split.dataset not in available_vocabularies():
-        return [name.replace("_", " ") for name in split.classes]
+        return _distinct(split, [name.replace("_", " ") for name in split.classes])
     pairs = vocabulary(split.dataset)
     if [official for official, _ in pairs] != list(split.classes):
         mismatch = next(
@@ -69,7 +70,20 @@ def readable_names(split: MultiLabelSplit) -> List[str]:
             f"{split.dataset}/{split.split}: classes do not match the shipped vocabulary "
             f"({len(split.classes)} vs {len(pairs)} classes, first difference at index {mismatch})"
         )
-    return [readable for _, readable in pairs]
+    return _distinct(split, [readable for _, readable in pairs])
+
+
+def _distinct(split: MultiLabelSplit, readable: List[str]) -> List[str]:
+    first = {}
+    for index, name in enumerate(readable):
+        if name in first:
+            raise DataError(
+                f"{split.dataset}/{split.split}: classes {split.classes[first[name]]!r} (index {first[name]}) and "
+                f"{split.classes[index]!r} (index {index}) both read as {name!r}; prompts and checkpoints key "
+                "classes by that name, so rename one"
+            )
+        first[name] = index
+    return readable
 
 
 def templates(name: str = "default") -> List[str]:

@@ -56,7 +56,9 @@ def model_tensors(model: MultiLabelCLIP) -> Dict[str, torch.Tensor]:
 
 
 def save_prompt_checkpoint(path: Union[str, Path], model: MultiLabelCLIP, config: dict,
-                           metrics: Optional[dict] = None) -> Path:
+                           metrics: Optional[dict] = None, thresholds: Optional[dict] = None) -> Path:
+    """Write the trainable tensors and the metadata; `thresholds` are the decision thresholds
+    chosen on validation (clipml.engine.evaluate.decision_thresholds), which `predict` uses."""
     path = Path(path)
     metadata = {
         "clipml_version": clipml.__version__,
@@ -66,6 +68,8 @@ def save_prompt_checkpoint(path: Union[str, Path], model: MultiLabelCLIP, config
         "config": config,
         "metrics": metrics or {},
     }
+    if thresholds is not None:
+        metadata["thresholds"] = thresholds
     tensors = model_tensors(model)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"clipml": json.dumps(metadata)}))
     return path
@@ -89,19 +93,42 @@ def read_prompt_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tens
     return tensors, json.loads(raw)
 
 
+def _weights_key(weights: object) -> str:
+    """What identifies the weights: a local file's or model folder's content digest
+    (`file:<name>:<digest>`, `hf-folder:<name>:<digest>` compare as `<kind>:<digest>`, so the
+    same bytes under another name or path match), else the pretrained tag or hub id."""
+    kind, _, rest = str(weights).partition(":")
+    if kind in ("file", "hf-folder") and ":" in rest:
+        return f"{kind}:{rest.rsplit(':', 1)[1]}"
+    return str(weights)
+
+
 def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> None:
     """Refuse a checkpoint learned on another backbone, naming what differs."""
     saved = metadata["backbone"]
-    differences = [f"{key}: checkpoint {saved.get(key)!r}, this backbone {identity.get(key)!r}"
-                   for key in IDENTITY_KEYS if saved.get(key) != identity.get(key)]
+    compared = list(IDENTITY_KEYS)
+    folders = [str(side.get("weights", "")).startswith("hf-folder:") for side in (saved, identity)]
+    if all(folders):
+        compared.remove("model")  # a folder's path, not what it holds: the digest says that
+        if _weights_key(saved["weights"]) == saved["weights"]:
+            compared.remove("weights")
+            logger.warning("%s predates content digests of model folders (it names only %r): the weights of %s "
+                           "cannot be checked against it", path, saved["weights"], identity.get("model"))
+    key = lambda name, side: _weights_key(side.get(name)) if name == "weights" else side.get(name)  # noqa: E731
+    differences = [f"{name}: checkpoint {saved.get(name)!r}, this backbone {identity.get(name)!r}"
+                   for name in compared if key(name, saved) != key(name, identity)]
     if differences:
         raise CheckpointError(f"{path} was learned on another backbone ({'; '.join(differences)})")
     if saved.get("image_size") != identity.get("image_size"):
         logger.warning("%s was learned at %s px, used at %s px", path, saved.get("image_size"), identity.get("image_size"))
-    # Checkpoints from before dense modes existed were all learned on "tokens".
-    if saved.get("dense", "tokens") != identity.get("dense"):
+    resize = [side.get("pos_embed_resize", "bicubic") for side in (saved, identity)]
+    if resize[0] != resize[1]:
+        logger.warning("%s was learned with %s positional-embedding resizing, used with %s", path, *resize)
+    # Only modes other than "tokens" are in an identity (and checkpoints from before modes existed).
+    dense = [side.get("dense", "tokens") for side in (saved, identity)]
+    if dense[0] != dense[1]:
         logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "
-                       "other dense features", path, saved.get("dense", "tokens"), identity.get("dense"))
+                       "other dense features", path, *dense)
 
 
 def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata: dict,

@@ -29,9 +29,9 @@ from clipml.engine.checkpoint import (
     save_prompt_checkpoint,
     save_training_state,
 )
-from clipml.engine.evaluate import evaluate
+from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
 from clipml.errors import ConfigError
-from clipml.experiment import ExperimentConfig, OptimConfig
+from clipml.experiment import ExperimentConfig, OptimConfig, same_experiment
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
-SUMMARY_KEYS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
 
 
 def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Optimizer:
@@ -66,7 +65,9 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.
 
 
 def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
-    return {key: round(100 * float(metrics[key]), 3) for key in SUMMARY_KEYS if key in metrics}
+    """mAP, CF1, OF1 and their top-3 and tuned-threshold variants, in %."""
+    return {key: round(100 * float(value), 3) for key, value in metrics.items()
+            if key in ("mAP", "CF1", "OF1") or key.startswith(("CF1_", "OF1_"))}
 
 
 def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
@@ -77,7 +78,7 @@ def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
     if saved.is_file() and trained:
         import yaml
 
-        if yaml.safe_load(saved.read_text()) != config_to_dict(cfg):
+        if not same_experiment(yaml.safe_load(saved.read_text()), cfg):
             raise ConfigError(
                 f"{run} holds a run with another config ({', '.join(trained)}); choose another name or "
                 f"output_dir, or start it over with --no-resume (train(..., resume=False))"
@@ -97,10 +98,11 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    backbone = build_backbone(cfg, context.device)
+    # Data before weights: a wrong root or file fails before a backbone is loaded or downloaded.
     # Rank 0 writes the mask files first; the other ranks then read them.
     train_split, val_split, test_split = context.main_first(lambda: build_splits(cfg))
     classnames = readable_names(train_split)
+    backbone = build_backbone(cfg, context.device)
     # Every rank encodes its share of the feature caches.
     sources = build_sources(cfg, backbone, train_split, val_split, test_split, context)
     for source in sources:
@@ -112,41 +114,52 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
         cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
-    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress))
-    zero_shot_test = _headline(evaluate(zero_shot, test_source, progress))
+    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False, settings=cfg.eval))
+    zero_shot_test_metrics = evaluate(zero_shot, test_source, progress, settings=cfg.eval)
+    zero_shot_test = _headline(zero_shot_test_metrics)
     logger.info("zero-shot mAP: val %.2f, test %.2f", zero_shot_val["mAP"], zero_shot_test["mAP"])
     history = []
     best = {"epoch": -1, "val": {"mAP": -1.0}}
 
-    initial_val = _headline(evaluate(model, val_source, progress))  # the untrained model: where learning starts
+    # The untrained model: where learning starts.
+    initial_val = _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))
     if model.trainable_parameters():
         history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context)
         context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
     else:
-        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress))}
+        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))}
 
-    test = _headline(evaluate(model, test_source, progress))
+    thresholds = decision_thresholds(model, val_source, progress)  # chosen on validation, reported on test
+    test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds)
+    test = _headline(test_metrics)
     summary = {
         "name": cfg.name,
         "method": cfg.model.method,
         "dataset": cfg.data.dataset,
         "known_ratio": cfg.data.known_ratio,
         "backbone": backbone.identity,
+        "loss": f"{cfg.loss.name} ({cfg.loss.reduction} over known entries)",
+        "evaluation": evaluation_notes(cfg.eval, len(classnames)),
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
         "initial_val": initial_val,
         "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
+        # Localisation and mAP breakdowns (METHODS §11), where the test split allows them.
+        "test_details": detail_summary(test_metrics),
+        "zero_shot_test_details": detail_summary(zero_shot_test_metrics),
         "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "thresholds": thresholds,
         "seconds": round(time.time() - started, 1),
     }
     if context.is_main:
         if model.trainable_parameters():
-            save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test})
+            save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test},
+                                   thresholds=thresholds)
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
         (run / "summary.md").write_text(_markdown(summary))
     context.barrier()
@@ -212,7 +225,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()) / loss_scale)
-            val = _headline(evaluate(model, val_source, progress))
+            val = _headline(evaluate(model, val_source, progress, details=False, settings=cfg.eval))
             # The loss of the whole global batch: per-rank sums add up, per-rank means average.
             epoch_loss = distributed.all_reduce(context, float(np.mean(losses)), average=loss_scale == 1)
             record = {"epoch": epoch, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
@@ -291,18 +304,32 @@ def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, ob
 
 
 def _markdown(summary: Dict[str, object]) -> str:
-    rows = ["| split | " + " | ".join(SUMMARY_KEYS) + " |", "|---|" + "---|" * len(SUMMARY_KEYS)]
+    keys = list(summary["test"])
+    rows = ["| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for label, key in (("validation (best epoch)", "val"), ("test", "test"), ("test, zero-shot", "zero_shot_test")):
         values = summary[key]
-        rows.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.2f}" for k in SUMMARY_KEYS) + " |")
+        rows.append(f"| {label} | " + " | ".join(f"{values[k]:.2f}" if k in values else "–" for k in keys) + " |")
+    notes = summary["evaluation"]
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
         f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}, dense map "
-        f"{summary['backbone']['dense']}), "
+        f"{summary['backbone'].get('dense', 'tokens')}), loss {summary['loss']}, "
         f"{summary['trainable_parameters']} trainable parameters, best epoch {summary['best_epoch'] + 1}, "
-        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n"
+        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n\n"
+        + "".join(f"- {name}: {text}\n" for name, text in notes.items()) + _details_markdown(summary)
     )
+
+
+def _details_markdown(summary: Dict[str, object]) -> str:
+    """The test split's localisation and mAP breakdowns (METHODS §11), when it has them."""
+    headers, rows, note = detail_table([("test", summary.get("test_details", {})),
+                                        ("test, zero-shot", summary.get("zero_shot_test_details", {}))])
+    if not headers:
+        return ""
+    lines = ["| split | " + " | ".join(headers[1:]) + " |", "|---|" + "---|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n## Localisation and mAP breakdowns (test)\n\n" + "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
@@ -313,7 +340,8 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
         backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
-                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.dense)
+                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize,
+                                 cfg.backbone.dense)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model

@@ -1,0 +1,137 @@
+"""Labels for a user's image files from a prompt checkpoint (the `predict` tool): finding the
+images, scoring them in batches while skipping files that cannot be decoded (saying which and
+why), the decision thresholds, and the CSV/JSON output with every class's probability."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from clipml.data.base import read_image
+from clipml.data.transforms import eval_transform
+from clipml.engine.evaluate import class_thresholds
+from clipml.errors import ConfigError, DataError
+from clipml.model import MultiLabelCLIP
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+OUTPUT_SUFFIXES = (".csv", ".json")
+Progress = Optional[Callable[[Iterable, str], Iterable]]
+
+
+def find_images(inputs: Sequence[str]) -> List[Path]:
+    """Image files named in `inputs`, folders searched recursively by suffix (sorted)."""
+    paths: List[Path] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            paths += sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise DataError(f"input not found: {entry}")
+    if not paths:
+        raise DataError(f"no images found in {', '.join(inputs)}")
+    return paths
+
+
+def check_output(path: Optional[str]) -> None:
+    """An output file must be .csv or .json: anything else would be written in a format its name hides."""
+    if path is not None and Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--output {path}: unknown extension {Path(path).suffix or '(none)'!r}; "
+                          f"expected {' or '.join(OUTPUT_SUFFIXES)}")
+
+
+@dataclasses.dataclass
+class ScoredImages:
+    paths: List[Path]  # the images that were read, in input order
+    logits: np.ndarray  # [N, C]
+    skipped: List[Tuple[Path, str]]  # files that could not be decoded, with the reason
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+
+
+def score_images(model: MultiLabelCLIP, paths: Sequence[Path], batch_size: int = 32,
+                 progress: Progress = None) -> ScoredImages:
+    """Logits of every decodable image; an undecodable one (corrupt, truncated, not an image)
+    is skipped and listed with the reason, so one bad file does not cost the others."""
+    backbone = model.backbone
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    kept: List[Path] = []
+    skipped: List[Tuple[Path, str]] = []
+    logits = [np.zeros((0, len(model.classnames)), np.float32)]
+    starts = range(0, len(paths), batch_size)
+    model.eval()
+    with torch.no_grad():
+        text = model.text_features()
+        for start in (progress(starts, "predict") if progress is not None else starts):
+            images = []
+            for path in paths[start:start + batch_size]:
+                try:
+                    images.append(transform(read_image(path)))
+                    kept.append(path)
+                except DataError as error:
+                    skipped.append((path, str(error)))
+            if images:
+                batch = torch.stack(images).to(backbone.device)
+                logits.append(model(batch, text).logits.float().cpu().numpy())
+    return ScoredImages(kept, np.concatenate(logits), skipped)
+
+
+def logit_threshold(probability: float) -> float:
+    """The logit at which sigmoid reaches `probability` in [0, 1] (±inf at the ends)."""
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"a probability threshold must be in [0, 1], got {probability}")
+    with np.errstate(divide="ignore"):
+        return float(np.log(probability) - np.log1p(-probability))
+
+
+def decision_rule(metadata: dict, classnames: Sequence[str], threshold: Optional[float]) -> Tuple[np.ndarray, str]:
+    """Logit thresholds [C] and a sentence saying where they come from: `threshold` (a
+    probability) if given, else the checkpoint's per-class thresholds chosen on validation,
+    else 0.5 (checkpoints written before thresholds were stored)."""
+    if threshold is not None:
+        return np.full(len(classnames), logit_threshold(threshold)), f"probability >= {threshold:g} (--threshold)"
+    stored = metadata.get("thresholds")
+    if stored is None:
+        return (np.zeros(len(classnames)),
+                "probability >= 0.5: the checkpoint holds no validation thresholds (it predates them)")
+    return class_thresholds(stored, classnames), "per-class thresholds chosen on the validation split (checkpoint)"
+
+
+def choose_labels(logits: np.ndarray, thresholds: np.ndarray, classnames: Sequence[str],
+                  top_k: Optional[int] = None) -> List[List[Tuple[str, float]]]:
+    """Per image, (class, probability) of the classes at or above their threshold, most probable
+    first; with `top_k`, at most that many."""
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top-k must be at least 1, got {top_k}")
+    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    chosen = []
+    for row, probs in zip(logits, probabilities):
+        order = [c for c in np.argsort(-row, kind="stable") if row[c] >= thresholds[c]][:top_k]
+        chosen.append([(classnames[c], float(probs[c])) for c in order])
+    return chosen
+
+
+def write_predictions(path: str, scored: ScoredImages, classnames: Sequence[str],
+                      labels: List[List[Tuple[str, float]]]) -> None:
+    """CSV (image, labels, one probability column per class) or JSON (one record per image)."""
+    check_output(path)
+    probabilities = scored.probabilities
+    if Path(path).suffix.lower() == ".json":
+        records = [{"image": str(image), "labels": [name for name, _ in listed],
+                    "probabilities": {c: round(float(p), 5) for c, p in zip(classnames, row)}}
+                   for image, listed, row in zip(scored.paths, labels, probabilities)]
+        Path(path).write_text(json.dumps(records, indent=1))
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "labels", *classnames])
+        for image, listed, row in zip(scored.paths, labels, probabilities):
+            writer.writerow([str(image), ";".join(name for name, _ in listed), *[f"{p:.5f}" for p in row]])
