@@ -1,13 +1,18 @@
 """Cost of `encode_dense` in each ViT dense mode relative to the library's plain `encode_image`
 (target ratio <= 1.05), timed interleaved on the same images.
 
-Random weights (speed does not depend on them); every mode of one model is built from the same
-seed. Examples:
+Specs without weights run with random ones (speed does not depend on them); every mode of one
+model is built from the same seed. Examples:
     python benchmarks/bench_dense_modes.py                                   # CPU, tiny + ViT-B-16
     OMP_NUM_THREADS=1 python benchmarks/bench_dense_modes.py --clock cpu      # a shared CPU machine
     python benchmarks/bench_dense_modes.py --models open_clip:clipml-lab-vit@96 hf:clipml-tiny-hf@32
     python benchmarks/bench_dense_modes.py --device cuda --precision bf16 --batch 32 \\
         --models open_clip:ViT-B-16@224 open_clip:ViT-B-16@448
+    python benchmarks/bench_dense_modes.py --models toy-vit@96 --lab coco_like    # + the lab's numbers
+
+With `--lab PRESET` each mode also gets the lab's numbers on that world (clipml.lab.toyeval:
+zero-shot mAP of the global feature and of the dense map, pointing game, attention mass
+inside, linear probe), meaningful for the trained toys (`toy-vit`), not for random weights.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from timing import interleaved_medians
 from clipml.backbones import DENSE_MODES, load_backbone
 
 DEFAULT_MODELS = ["open_clip:clipml-tiny-vit@32", "open_clip:ViT-B-16@224"]
+LAB_KEYS = ("zero_shot_global_map", "zero_shot_dense_map", "pointing_game", "mass_inside", "linear_probe_map")
 
 
 def library_encode_image(backbone):
@@ -41,6 +47,9 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="cpu: this process's CPU seconds (CPU device, one torch thread: "
                              "OMP_NUM_THREADS=1), immune to other jobs on a shared machine")
+    parser.add_argument("--lab", metavar="PRESET", help="also the lab's numbers per mode on this world (coco_like, ...)")
+    parser.add_argument("--lab-images", nargs=3, type=int, default=[4000, 1000, 2000], metavar=("TRAIN", "VAL", "TEST"),
+                        help="images of the lab's splits (default: those of the toys' build records)")
     args = parser.parse_args()
     if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
         parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
@@ -71,6 +80,12 @@ def main() -> None:
         medians = interleaved_medians(fns, args.repeats, args.device, clock=clock)
         ratios = " ".join(f"{medians[mode] / medians['plain']:10.3f}" for mode in args.modes)
         print(f"{spec:30s} {first.image_size:5d} {medians['plain']:15.4f} {ratios}")
+        if args.lab:
+            from clipml.lab.toyeval import evaluate_on_preset
+
+            for mode, backbone in backbones.items():
+                lab = evaluate_on_preset(backbone, args.lab, *args.lab_images)
+                print(f"  {args.lab} {mode:10s} " + " ".join(f"{key} {lab[key]:.4f}" for key in LAB_KEYS))
 
 
 if __name__ == "__main__":
