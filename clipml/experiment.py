@@ -27,6 +27,9 @@ class BackboneConfig:
     pos_embed_resize: Literal["bicubic", "bicubic_antialias"] = "bicubic"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     allow_random: bool = False  # only for clipml's tiny random test models
+    # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
+    # "sclip" (SCLIP), "clearclip" (ClearCLIP); ResNets: "tokens" only
+    dense: Literal["tokens", "value", "sclip", "clearclip"] = "tokens"
 
 
 @dataclasses.dataclass
@@ -47,7 +50,7 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes that decode images
     # Feature cache (clipml.engine.cache): the frozen image tower runs once per image and view.
     cache: bool = False
-    cache_dir: str = "cache"  # one folder per key (backbone, size, transform, image list)
+    cache_dir: str = "cache"  # one folder per key (backbone, size, dense mode, transform, image list)
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
     cache_seed: int = 0  # seed of the augmented cached views
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits

@@ -116,6 +116,23 @@ def test_changed_settings_build_a_new_cache_and_a_wrong_key_is_refused(tmp_path,
         build_feature_cache(split, backbone, tmp_path, batch_size=20)
 
 
+def test_a_cache_of_one_dense_mode_is_never_read_for_another(tmp_path, backbone, split):
+    value = load_backbone("open_clip:clipml-tiny-vit", image_size=64, allow_random=True, dense="value")
+    tokens_cache = build_feature_cache(split, backbone, tmp_path, batch_size=24)
+    value_cache = build_feature_cache(split, value, tmp_path, batch_size=24)
+    assert value_cache.path != tokens_cache.path and value_cache.key["backbone"]["dense"] == "value"
+    assert key_digest(cache_key(split, value, 1, "none", 0)) != key_digest(cache_key(split, backbone, 1, "none", 0))
+    # The value cache holds value-mode features (not the tokens cache's); the global feature is shared.
+    (cached, _, _), = CachedFeatureSource(split, value_cache, 24, "cpu").batches()
+    (reference, _, _), = on_the_fly(split, value, 24).batches()
+    (tokens, _, _), = CachedFeatureSource(split, tokens_cache, 24, "cpu").batches()
+    torch.testing.assert_close(cached.tokens, reference.tokens, rtol=2 ** -10, atol=1e-4)
+    assert (cached.tokens - tokens.tokens).abs().max() > 1e-2
+    torch.testing.assert_close(cached.pooled, tokens.pooled, rtol=2 ** -10, atol=1e-4)
+    with pytest.raises(DataError, match="built for another key"):
+        FeatureCache(tokens_cache.path, split, cache_key(split, value, 1, "resized_crop", 0))
+
+
 def test_interrupted_build_resumes_with_identical_content(tmp_path, backbone, split, three_views):
     class Interrupt(Exception):
         pass

@@ -25,13 +25,14 @@ import torch
 
 from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
 from clipml.devices import select_device
+from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "clipml-lab-rn"}
 """Backbone specs of the shipped toy CLIPs -> their open_clip model names (weights beside them)."""
 
-__all__ = ["Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
+__all__ = ["DENSE_MODES", "Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
 
 
 @lru_cache(maxsize=None)
@@ -50,6 +51,7 @@ def load_backbone(
     precision: str = "fp32",
     allow_random: bool = False,
     pos_embed_resize: str = "bicubic",
+    dense: str = "tokens",
 ) -> FrozenCLIP:
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
@@ -57,8 +59,11 @@ def load_backbone(
     ("bicubic", or "bicubic_antialias" = open_clip's force_image_size resize; see
     `resize_grid_embedding`). Loading a model that would silently run with random weights is
     refused unless `allow_random` (tests only). `device` may be "auto"; one the machine lacks is
-    refused before anything is built.
+    refused before anything is built. `dense` is how a ViT tower computes its dense map: one of
+    DENSE_MODES (see clipml.backbones.vit_dense); ResNet towers have one dense map, 'tokens'
+    (METHODS §1).
     """
+    check_mode(dense)
     device = select_device(device)
     hf_tiny = register_test_models()
     if spec in TOY_MODELS:
@@ -74,12 +79,12 @@ def load_backbone(
         model, weights_id = create_open_clip(name, weights or None, allow_random)
         if weights_id.startswith("file:") and name in TOY_MODELS.values():
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
-        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize)
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize, dense)
     elif library == "hf" and rest:
         from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
 
         model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
-        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, pos_embed_resize)
+        backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, pos_embed_resize, dense)
     else:
         raise BackboneError(
             f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "

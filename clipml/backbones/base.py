@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,7 +44,7 @@ class FrozenCLIP(nn.Module):
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
 
-    def __init__(self, precision: str = "fp32", pos_embed_resize: str = "bicubic") -> None:
+    def __init__(self, precision: str = "fp32", pos_embed_resize: str = "bicubic", dense: str = "tokens") -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise BackboneError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -51,6 +52,7 @@ class FrozenCLIP(nn.Module):
             raise BackboneError(f"pos_embed_resize must be one of {RESIZE_MODES}, got {pos_embed_resize!r}")
         self.precision = precision
         self.pos_embed_resize = pos_embed_resize
+        self.dense = check_mode(dense)  # how a ViT tower computes its dense map (vit_dense.py)
         self._identity: Dict[str, object] = {}
 
     def freeze(self) -> None:
@@ -70,10 +72,13 @@ class FrozenCLIP(nn.Module):
     def identity(self) -> Dict[str, object]:
         """Library, model, weights, image size and width: what a checkpoint is checked against
         and a feature cache is keyed by. A positional embedding resized with the non-default
-        kernel adds `pos_embed_resize` (features differ slightly)."""
+        kernel adds `pos_embed_resize` (features differ slightly); a ViT dense mode other than
+        "tokens" adds `dense` (so identities, caches and checkpoints from before stay valid)."""
         identity = dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
         if self.pos_embed_resize != RESIZE_MODES[0] and getattr(self, "_resized", False):
             identity["pos_embed_resize"] = self.pos_embed_resize
+        if self.dense != DENSE_MODES[0]:
+            identity["dense"] = self.dense
         return identity
 
     def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:

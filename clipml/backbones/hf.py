@@ -18,6 +18,7 @@ from clipml.backbones.base import (
     folder_digest,
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
+from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ class HFCLIPBackbone(FrozenCLIP):
         image_size: Optional[int] = None,
         precision: str = "fp32",
         pos_embed_resize: str = "bicubic",
+        dense: str = "tokens",
     ) -> None:
-        super().__init__(precision, pos_embed_resize)
+        super().__init__(precision, pos_embed_resize, dense)
         from open_clip.tokenizer import SimpleTokenizer
 
         self.model = model
@@ -123,13 +125,30 @@ class HFCLIPBackbone(FrozenCLIP):
             embeddings.config.image_size = image_size
 
     def encode_dense(self, images: torch.Tensor) -> Dense:
+        """Dense map of `self.dense` (vit_dense.py); the global feature from the class token."""
         vision = self.model.vision_model
         with self.autocast():
             x = vision.pre_layrnorm(vision.embeddings(images))
-            x = vision.encoder(inputs_embeds=x).last_hidden_state
+            if self.dense == "tokens":
+                x = vision.encoder(inputs_embeds=x).last_hidden_state
+                cls, patches = x[:, :1], x[:, 1:]
+            else:
+                for layer in vision.encoder.layers[:-1]:
+                    x = layer(x, None)
+                cls, patches = last_block(self._last_block(), x, self.dense, rows=1)
             # transformers applies post_layernorm to the class token only; dense needs all tokens.
-            x = self.model.visual_projection(vision.post_layernorm(x))
-        return Dense(tokens=x[:, 1:].float(), pooled=x[:, 0].float(), grid=self.grid)
+            pooled = self.model.visual_projection(vision.post_layernorm(cls[:, 0]))
+            tokens = self.model.visual_projection(vision.post_layernorm(patches))
+        return Dense(tokens=tokens.float(), pooled=pooled.float(), grid=self.grid)
+
+    def _last_block(self) -> LastBlock:
+        layer = self.model.vision_model.encoder.layers[-1]
+        attention = layer.self_attn  # its scale is head_dim ** -0.5, as scaled_dot_product_attention's
+        return LastBlock(
+            ln_1=layer.layer_norm1,
+            qkv=lambda h: (attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)),
+            out_proj=attention.out_proj, ln_2=layer.layer_norm2, mlp=layer.mlp, heads=attention.num_heads,
+        )
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(texts))

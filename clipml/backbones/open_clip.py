@@ -21,6 +21,7 @@ from clipml.backbones.base import (
     file_digest,
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
+from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -126,10 +127,11 @@ class OpenCLIPBackbone(FrozenCLIP):
         image_size: Optional[int] = None,
         precision: str = "fp32",
         pos_embed_resize: str = "bicubic",
+        dense: str = "tokens",
     ) -> None:
-        super().__init__(precision, pos_embed_resize)
+        super().__init__(precision, pos_embed_resize, dense)
         from open_clip.tokenizer import SimpleTokenizer
-        from open_clip.transformer import VisionTransformer
+        from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
         self.model = model
         visual = model.visual
@@ -138,6 +140,16 @@ class OpenCLIPBackbone(FrozenCLIP):
             raise BackboneError(f"open_clip:{name}: image tower {type(visual).__name__} is not supported")
         if not self.is_resnet and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
             raise BackboneError(f"open_clip:{name}: attention-pooled ViT towers give no dense map")
+        if self.is_resnet and dense != "tokens":
+            raise BackboneError(
+                f"open_clip:{name} is a ModifiedResNet: dense mode {dense!r} applies to ViT towers only; "
+                "a ResNet's dense map is its attention pool's value path (METHODS §1), dense='tokens'"
+            )
+        if not self.is_resnet and dense != "tokens":
+            last = visual.transformer.resblocks[-1]
+            if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
+                raise BackboneError(f"open_clip:{name}: dense mode {dense!r} needs open_clip's standard "
+                                    f"ResidualAttentionBlock, this tower has {type(last).__name__}")
         self.text_tower = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
         if self.text_tower is None or not hasattr(self.text_tower, "token_embedding"):
             raise BackboneError(
@@ -186,15 +198,33 @@ class OpenCLIPBackbone(FrozenCLIP):
         return Dense(tokens=tokens.float(), pooled=pooled.float(), grid=self.grid)
 
     def _vit_dense(self, images: torch.Tensor):
+        """Dense map of `self.dense` (vit_dense.py); the global feature by the library's own pooling."""
         visual = self.model.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.ln_pre(visual.patch_dropout(x))
-        x = visual.ln_post(visual.transformer(x))
-        pooled, tokens = visual._global_pool(x)
-        return tokens @ visual.proj, pooled @ visual.proj
+        rows = x.shape[1] if visual.pool_type == "avg" else 1  # the tokens the global feature reads
+        if self.dense == "tokens":
+            x = visual.transformer(x)
+            library, patches = x[:, :rows], x[:, 1:]
+        else:
+            for block in visual.transformer.resblocks[:-1]:
+                x = block(x)
+            library, patches = last_block(self._last_block(), x, self.dense, rows)
+        pooled, _ = visual._pool(library)
+        return visual.ln_post(patches) @ visual.proj, pooled @ visual.proj
+
+    def _last_block(self) -> LastBlock:
+        block = self.model.visual.transformer.resblocks[-1]
+        attention = block.attn
+        return LastBlock(
+            ln_1=block.ln_1,
+            qkv=lambda h: F.linear(h, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1),
+            out_proj=attention.out_proj, ln_2=block.ln_2, mlp=block.mlp, heads=attention.num_heads,
+            ls_1=block.ls_1, ls_2=block.ls_2,
+        )
 
     def resnet_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """The layer-4 map [B, C, h, w] that the attention pool reads."""

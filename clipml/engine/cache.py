@@ -11,11 +11,11 @@ Layout of one cache folder `<cache_dir>/<dataset>-<key hash>/`:
 View 0 is the evaluation transform; views 1.. are the training augmentation, each image seeded
 from (seed, view, image index), so a cache is reproducible and resuming gives the same bytes.
 
-The folder name is a hash of the key, so a change of backbone, precision, image size, transform
-or image list lands in another folder and is built anew; a stale cache is never read. A folder
-whose stored key differs from the expected one is refused. A cache is built in
-`<folder>.partial/`, chunk by chunk (meta.json records progress), and renamed when complete:
-an interrupted build resumes where it stopped. On opening, file sizes are checked and the CRC
+The folder name is a hash of the key, so a change of backbone, precision, image size, dense mode
+(`backbone.dense`), transform or image list lands in another folder and is built anew; a stale
+cache is never read. A folder whose stored key differs from the expected one is refused. A cache
+is built in `<folder>.partial/`, chunk by chunk (meta.json records progress), and renamed when
+complete: an interrupted build resumes where it stopped. On opening, file sizes are checked and the CRC
 of a sample of chunks is recomputed; `verify(full=True)` checks every chunk.
 
 Under `torchrun` the ranks share the extraction: rank 0 creates the partial folder, then rank r

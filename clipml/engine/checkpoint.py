@@ -124,6 +124,11 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
     resize = [side.get("pos_embed_resize", "bicubic") for side in (saved, identity)]
     if resize[0] != resize[1]:
         logger.warning("%s was learned with %s positional-embedding resizing, used with %s", path, *resize)
+    # Only modes other than "tokens" are in an identity (and checkpoints from before modes existed).
+    dense = [side.get("dense", "tokens") for side in (saved, identity)]
+    if dense[0] != dense[1]:
+        logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "
+                       "other dense features", path, *dense)
 
 
 def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata: dict,

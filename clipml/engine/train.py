@@ -390,7 +390,8 @@ def _markdown(summary: Dict[str, object]) -> str:
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
         f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
-        f"{summary['backbone']['model']} ({summary['backbone']['weights']}), loss {summary['loss']}, "
+        f"{summary['backbone']['model']} ({summary['backbone']['weights']}, dense map "
+        f"{summary['backbone'].get('dense', 'tokens')}), loss {summary['loss']}, "
         f"{summary['trainable_parameters']} trainable parameters, {best}, "
         f"{summary['seconds']} s.\n\nValidation: {summary['splits']['val']}. Test: {summary['splits']['test']}.\n\n"
         + "\n".join(rows) + "\n\n" + "".join(f"- {name}: {text}\n" for name, text in notes.items())
@@ -424,7 +425,8 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
         backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
-                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize)
+                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize,
+                                 cfg.backbone.dense)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model
