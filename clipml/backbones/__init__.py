@@ -22,14 +22,14 @@ from typing import Dict, Optional
 
 import torch
 
-from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
+from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parameters
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_WEIGHTS = ASSETS / "toy_clip.safetensors"
 TOY_MODEL = "clipml-toy-vit"
 
-__all__ = ["Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
+__all__ = ["Dense", "FrozenCLIP", "TextDense", "load_backbone", "register_test_models", "trainable_parameters"]
 
 
 @lru_cache(maxsize=None)
