@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Literal, Optional
 
+from clipml.data.captions import CaptionConfig
 from clipml.model import ModelConfig
 
 
@@ -38,14 +39,17 @@ class DataConfig:
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
     cache_seed: int = 0
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
+    # Text-as-image training (model.method=taidpt): captions replace the training images.
+    captions: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
 
 
 @dataclasses.dataclass
 class LossConfig:
-    name: Literal["bce", "asl"] = "asl"  # DualCoOp: asl on S+ − S− is its two-way ASL
+    name: Literal["bce", "asl", "ranking"] = "asl"  # DualCoOp: asl on S+ − S− is its two-way ASL; TaI-DPT: ranking
     gamma_pos: float = 1.0
     gamma_neg: float = 2.0
     clip: float = 0.05
+    margin: float = 1.0  # ranking
     reduction: Literal["mean", "sum"] = "sum"
 
 

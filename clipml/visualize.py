@@ -18,7 +18,7 @@ from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.model import METHODS, MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-SPATIAL_HEADS = ("decoupler", "dualcoop")  # heads whose Output carries attention [B, C, N]
+SPATIAL_HEADS = ("decoupler", "dualcoop", "taidpt")  # heads whose Output carries attention [B, C, N]
 
 
 @dataclasses.dataclass
