@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 import clipml
@@ -95,7 +96,10 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
                         help="template set: 'single' (a photo of a {}.), 'default' (ensemble) or a text file")
     parser.add_argument("--scoring", choices=["global", "dense"], default="global",
                         help="global: CLIP's pooled image feature; dense: per-class spatial pooling")
-    parser.add_argument("--checkpoint", help="score with a learned prompt checkpoint instead")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="score with a learned prompt checkpoint instead; give it twice or more for an ensemble "
+                             "fit on the config's validation split, or an ensemble spec (.json)")
+    parser.add_argument("--save-ensemble", metavar="FILE", help="write the fitted ensemble spec (.json) for predict")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -112,10 +116,14 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         cfg = _config(args.config, args.overrides)
         split = load_split(cfg.data.dataset, cfg.data.root, args.split or cfg.data.test_split, **cfg.data.options)
         classnames = readable_names(split)
+        if len(args.checkpoint) > 1 or any(c.endswith(".json") for c in args.checkpoint):
+            return _ensemble_eval(cfg, args, split if args.split else None)
+        if args.save_ensemble:
+            raise ClipmlError("--save-ensemble needs two or more --checkpoint files to ensemble")
         backbone = build_backbone(cfg)
         if args.checkpoint:
-            model = load_model(args.checkpoint, classnames, backbone)
-            what = f"prompt checkpoint {args.checkpoint}"
+            model = load_model(args.checkpoint[0], classnames, backbone)
+            what = f"prompt checkpoint {args.checkpoint[0]}"
         else:
             path = Path(args.templates)
             chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
@@ -128,18 +136,51 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress)
-        rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
-        print(_table(rows, ["class", "AP"]))
-        print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
-              f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+        _print_metrics(what, cfg, split, classnames, metrics)
 
     _run(main)
+
+
+def _print_metrics(what, cfg, split, classnames, metrics) -> None:
+    rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
+    print(_table(rows, ["class", "AP"]))
+    print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
+          f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+
+
+def _ensemble_eval(cfg, args, split) -> None:
+    """zero_shot_eval with an ensemble: fit on the validation split (or read a spec), then score."""
+    from clipml.data import readable_names
+    from clipml.engine.ensemble import evaluate_ensemble
+    from clipml.ensemble import Ensemble
+
+    if len(args.checkpoint) == 1:
+        fitted = Ensemble.load(args.checkpoint[0])
+        result = evaluate_ensemble(cfg, ensemble=fitted, split=split, progress=_progress)
+        what = f"ensemble {args.checkpoint[0]}"
+    else:
+        if any(c.endswith(".json") for c in args.checkpoint):
+            raise ClipmlError("give either one ensemble spec (.json) or two or more prompt checkpoints, not both")
+        result = evaluate_ensemble(cfg, args.checkpoint, split=split, progress=_progress)
+        what = "ensemble"
+    ensemble = result.ensemble
+    rows = [[m.checkpoint, f"{m.weight:.2f}", f"{m.calibration.scale:.4g}", f"{m.calibration.bias:.4g}",
+             f"{100 * metrics['mAP']:.2f}"] for m, metrics in zip(ensemble.members, result.member_metrics)]
+    print(_table(rows, ["member", "weight", "scale", "bias", f"mAP alone ({result.split.split})"]))
+    if "mAP" in ensemble.validation:
+        print(f"weights chosen on the validation split: mAP {100 * ensemble.validation['mAP']:.2f} "
+              f"(members alone: {', '.join(f'{100 * m:.2f}' for m in ensemble.validation['member_mAP'])})\n")
+    if args.save_ensemble:
+        print(f"ensemble spec written to {ensemble.save(args.save_ensemble)}\n")
+    _print_metrics(what, cfg, result.split, readable_names(result.split), result.metrics)
 
 
 # predict ---------------------------------------------------------------------------------------
 def predict(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Per-class probabilities of images from a prompt checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
+    parser.add_argument("--checkpoint", required=True,
+                        help="prompts.safetensors from train_prompts, or an ensemble spec (.json) from "
+                             "zero_shot_eval --save-ensemble")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--threshold", type=float, default=0.5, help="labels with probability >= this are listed")
     parser.add_argument("--output", help="write .csv or .json (default: print)")
@@ -149,8 +190,7 @@ def predict(argv: Optional[List[str]] = None) -> None:
 
     def main():
         from clipml.data.base import MultiLabelSplit
-        from clipml.data.transforms import eval_transform
-        from clipml.engine.train import load_model
+        from clipml.engine.ensemble import ImageScorer, probabilities
 
         paths = []
         for entry in map(Path, args.inputs):
@@ -162,30 +202,24 @@ def predict(argv: Optional[List[str]] = None) -> None:
                 raise ClipmlError(f"input not found: {entry}")
         if not paths:
             raise ClipmlError(f"no images found in {', '.join(args.inputs)}")
-        model = load_model(args.checkpoint, device=args.device)
-        backbone = model.backbone
-        split = MultiLabelSplit("images", "predict", model.classnames, [str(p.resolve()) for p in paths],
-                                torch.zeros(len(paths), len(model.classnames), dtype=torch.int8).numpy(), Path("/"))
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+        scorer = ImageScorer(args.checkpoint, device=args.device)
+        classnames = scorer.classnames
+        split = MultiLabelSplit("images", "predict", classnames, [str(p.resolve()) for p in paths],
+                                torch.zeros(len(paths), len(classnames), dtype=torch.int8).numpy(), Path("/"))
         probs = []
-        model.eval()
-        with torch.no_grad():
-            text = model.text_features()
-            for start in range(0, len(split), args.batch_size):
-                images = torch.stack([transform(split.open_image(i))
-                                      for i in range(start, min(start + args.batch_size, len(split)))])
-                logits = model(images.to(backbone.device), text).logits
-                probs.append(torch.sigmoid(logits).cpu())
-        probs = torch.cat(probs).numpy()
-        records = [{"image": str(path), "labels": [c for c, p in zip(model.classnames, row) if p >= args.threshold],
-                    "probabilities": {c: round(float(p), 5) for c, p in zip(model.classnames, row)}}
+        for start in range(0, len(split), args.batch_size):
+            images = [split.open_image(i) for i in range(start, min(start + args.batch_size, len(split)))]
+            probs.append(probabilities(scorer.logits(images)))
+        probs = np.concatenate(probs)
+        records = [{"image": str(path), "labels": [c for c, p in zip(classnames, row) if p >= args.threshold],
+                    "probabilities": {c: round(float(p), 5) for c, p in zip(classnames, row)}}
                    for path, row in zip(paths, probs)]
         if args.output and args.output.endswith(".json"):
             Path(args.output).write_text(json.dumps(records, indent=1))
         elif args.output:
             with open(args.output, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["image", "labels", *model.classnames])
+                writer.writerow(["image", "labels", *classnames])
                 for record, row in zip(records, probs):
                     writer.writerow([record["image"], ";".join(record["labels"]), *[f"{p:.5f}" for p in row]])
         else:
@@ -216,6 +250,9 @@ def sweep(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output-dir", default="runs/sweeps", help="the sweep folder is OUTPUT_DIR/NAME (default: runs/sweeps)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="key=value",
                         help="config overrides for every run, e.g. optim.epochs=2")
+    parser.add_argument("--ensemble-with", nargs="+", action="extend", default=[], metavar="CHECKPOINT",
+                        help="prompt checkpoints (e.g. one TaI-DPT) to ensemble with every trained run, weights "
+                             "chosen on the run's validation split; adds rows METHOD+THEIR_METHOD")
     args = parser.parse_args(argv)
 
     def main():
@@ -228,7 +265,8 @@ def sweep(argv: Optional[List[str]] = None) -> None:
             return tqdm(iterable, desc=desc, leave=outer, dynamic_ncols=True, file=sys.stderr,
                         unit="run" if outer else "it", disable=None)
 
-        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides)
+        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, args.overrides,
+                         args.ensemble_with)
         result = run_sweep(spec, progress)
         print(result.files["md"].read_text())
         print(f"{result.trained} run(s) trained, {result.reused} read back; "
