@@ -18,7 +18,7 @@ from clipml.engine.train import load_model, train, training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 from clipml.losses import build_loss, partial_ranking
-from clipml.model import ModelConfig, MultiLabelCLIP, TaIDPTConfig
+from clipml.model import ModelConfig, MultiLabelCLIP, TaIDPTConfig, TransportConfig
 from conftest import TINY_SPECS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,7 +201,7 @@ def test_config_errors(tiny_backbones):
     with pytest.raises(ConfigError, match="global_weight"):
         taidpt(backbone, global_weight=1.5)
     with pytest.raises(ConfigError, match="taidpt trains on captions"):
-        MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=4, transport={"enabled": True}))
+        MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=4, transport=TransportConfig(enabled=True)))
 
 
 def test_checkpoint_round_trip(tiny_backbones, tmp_path):
