@@ -279,7 +279,7 @@ def sweep(argv: Optional[List[str]] = None) -> None:
 def visualize_attention(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description="Overlay the spatial attention of the top-k predicted classes on an image "
-                    "(methods with spatial attention: sdm_csp, dualcoop).")
+                    "(methods with spatial attention: sdm_csp, dualcoop, taidpt).")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts")
     parser.add_argument("image", help="an image file")
     parser.add_argument("--output", help="PNG to write (default: <image name>_attention.png here)")

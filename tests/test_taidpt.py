@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clipml.backbones import TextDense, load_backbone
 from clipml.config import load_config
