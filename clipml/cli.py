@@ -58,6 +58,17 @@ def _table(rows, headers) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _print_details(named) -> None:
+    """Localisation and mAP breakdowns (METHODS §11) of evaluations that have them."""
+    from clipml.engine.evaluate import detail_table
+
+    headers, rows, note = detail_table(named)
+    if headers:
+        print("\n" + _table(rows, headers))
+        if note:
+            print(note)
+
+
 # train_prompts ---------------------------------------------------------------------------------
 def train_prompts(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
@@ -81,6 +92,7 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
                 ["test, zero-shot", *[f"{summary['zero_shot_test'].get(k, float('nan')):.2f}" for k in keys]],
                 [f"val (best epoch {summary['best_epoch'] + 1})", *[f"{summary['val'].get(k, float('nan')):.2f}" for k in keys]]]
         print(_table(rows, ["", *keys]))
+        _print_details([("test", summary["test_details"]), ("test, zero-shot", summary["zero_shot_test_details"])])
         print(f"\n{summary['trainable_parameters']} trainable parameters, {summary['seconds']} s; "
               f"prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}")
 
@@ -142,10 +154,16 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
 
 
 def _print_metrics(what, cfg, split, classnames, metrics) -> None:
-    rows = [[name, f"{100 * ap:.2f}" if ap == ap else "n/a"] for name, ap in zip(classnames, metrics["AP"])]
-    print(_table(rows, ["class", "AP"]))
+    from clipml.engine.evaluate import detail_summary
+
+    percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
+    columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
+    columns = {key: label for key, label in columns.items() if key in metrics}
+    rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+    print(_table(rows, ["class", *columns.values()]))
     print(f"\n{what} on {cfg.data.dataset}/{split.split} ({len(split)} images): mAP {100 * metrics['mAP']:.2f}, "
           f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+    _print_details([(split.split, detail_summary(metrics))])
 
 
 def _ensemble_eval(cfg, args, split) -> None:

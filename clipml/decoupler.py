@@ -16,11 +16,20 @@ class SemanticDecoupler(nn.Module):
         e_cj = P tanh(U z_j ⊙ V x_c) + b,  a_c = softmax_j(e_c),  f_c = Σ_j a_cj z_j
     """
 
-    def __init__(self, embed_dim: int, guide_dim: int, hidden_dim: int = 512, class_chunk: int = 16) -> None:
+    def __init__(self, embed_dim: int, guide_dim: int, hidden_dim: int = 512, class_chunk: int = 16,
+                 init: str = "random") -> None:
         super().__init__()
         self.U = nn.Linear(embed_dim, hidden_dim, bias=False)
         self.V = nn.Linear(guide_dim, hidden_dim, bias=False)
         self.P = nn.Linear(hidden_dim, 1)
+        if init == "uniform":
+            # P = 0: every attention map starts uniform, f_c the mean of the dense tokens (for an
+            # average-pooled tower, its own global feature), and training can only refine it;
+            # P moves first, then U and V receive gradient through it.
+            nn.init.zeros_(self.P.weight)
+            nn.init.zeros_(self.P.bias)
+        elif init != "random":
+            raise ValueError(f"decoupler init must be 'random' or 'uniform', got {init!r}")
         # The tanh term is [B, C, N, d]; classes are processed in chunks to bound its memory.
         self.class_chunk = class_chunk
 

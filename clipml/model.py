@@ -83,12 +83,18 @@ class ModelConfig:
     method: Method = "sdm_csp"
     n_ctx: int = 16
     ctx_init: Optional[str] = None  # e.g. "a photo of a": the last context slots start from these words
+    # DualCoOp's negative context: its own init words (None: N(0, ctx_std), as the paper's default).
+    # Setting it to ctx_init gives the earlier default: equal prompts, logits 0 at the start.
+    negative_ctx_init: Optional[str] = None
     ctx_std: float = 0.02
     templates: List[str] = dataclasses.field(default_factory=lambda: [DEFAULT_TEMPLATE])
     # Decoupler guidance: "handcrafted" (frozen CLIP text of the templates), "learned" (the learned
     # prompt's feature, detached) or a path to a .npy of word vectors [C, G] in class order.
     guidance: str = "handcrafted"
     decoupler_dim: int = 512
+    # "random": PyTorch's default init (the paper's); "uniform": attention starts uniform (P = 0), so
+    # sdm_csp starts from the mean of the dense tokens, for an average-pooled tower its global feature.
+    decoupler_init: Literal["random", "uniform"] = "random"
     temperature: float = 100.0
     learn_temperature: bool = False
     # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
@@ -123,7 +129,8 @@ class MultiLabelCLIP(nn.Module):
         if prompt_kind == "handcrafted":
             self.prompts = HandcraftedPrompts(backbone, classnames, config.templates)
         elif prompt_kind == "dual":
-            self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
+            self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std,
+                                       config.negative_ctx_init)
         elif prompt_kind == "double":
             self.prompts = DoubleGrainedPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
         else:
@@ -140,7 +147,8 @@ class MultiLabelCLIP(nn.Module):
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]
             if guidance is not None:
                 self.register_buffer("guidance", guidance, persistent=False)
-            self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim)
+            self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim,
+                                               init=config.decoupler_init)
         if self.head_kind == "taidpt" and not 0.0 <= config.taidpt.global_weight <= 1.0:
             raise ConfigError(f"model.taidpt.global_weight must be in [0, 1], got {config.taidpt.global_weight}")
         blend = config.blending

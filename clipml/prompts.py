@@ -134,14 +134,19 @@ class ContextPrompts(nn.Module):
 
 
 class DualPrompts(nn.Module):
-    """DualCoOp: a positive and a negative class-specific context per class."""
+    """DualCoOp: a positive and a negative class-specific context per class.
+
+    Each has its own init words (DualCoOp's POSITIVE/NEGATIVE_PROMPT_INIT; None: N(0, std), the
+    paper's default). Both from the same words give equal prompts, logits S+ - S- of exactly 0
+    and a start at chance: the negative context gets no words unless asked for.
+    """
 
     def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], n_ctx: int = 16,
-                 init: Optional[str] = None, std: float = 0.02) -> None:
+                 init: Optional[str] = None, std: float = 0.02, negative_init: Optional[str] = None) -> None:
         super().__init__()
         self.classnames = list(classnames)
         self.positive = ContextPrompts(backbone, classnames, n_ctx, True, init, std)
-        self.negative = ContextPrompts(backbone, classnames, n_ctx, True, init, std)
+        self.negative = ContextPrompts(backbone, classnames, n_ctx, True, negative_init, std)
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.positive(), self.negative()

@@ -46,6 +46,39 @@ def make_coco(root: Path, split: str = "train") -> Dict:
     return data
 
 
+def polygon(x0, y0, x1, y1):
+    """A rectangle as a COCO polygon: it rasterises to pixels x0..x1-1, y0..y1-1."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def make_coco_with_masks(root: Path, split: str = "val"):
+    """Images 7 (20x10: two people, one of them in two parts, and a dog), 3 (10x12: a crowd of
+    cars as an uncompressed RLE) and 5 (6x6: nothing), in that JSON order."""
+    names = official_names("coco2014")
+    categories = [{"id": cid, "name": name, "supercategory": "x"} for cid, name in zip(COCO_IDS, names)]
+    images = [{"id": i, "file_name": f"COCO_{split}2014_{i:012d}.jpg", "width": w, "height": h}
+              for i, w, h in ((7, 20, 10), (3, 10, 12), (5, 6, 6))]
+    # Cars in rows 4..7 of columns 3..5 of the 12 x 10 image, column-major run lengths.
+    crowd = {"counts": [40, 4, 8, 4, 8, 4, 52], "size": [12, 10]}
+    annotations = [
+        {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [polygon(2, 1, 6, 4)], "area": 11.5,
+         "bbox": [2, 1, 4, 3], "iscrowd": 0},
+        {"id": 2, "image_id": 7, "category_id": 18, "segmentation": [polygon(10, 0, 18, 10)], "area": 80.0,
+         "bbox": [10, 0, 8, 10], "iscrowd": 0},
+        {"id": 3, "image_id": 7, "category_id": 1, "segmentation": [polygon(0, 6, 2, 8), polygon(4, 8, 6, 10)],
+         "area": 8.0, "bbox": [0, 6, 6, 4], "iscrowd": 0},
+        {"id": 4, "image_id": 3, "category_id": 3, "segmentation": crowd, "area": 12.0, "bbox": [3, 4, 3, 4],
+         "iscrowd": 1},
+    ]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    path = root / "annotations" / f"instances_{split}2014.json"
+    path.write_text(json.dumps(data))
+    for image in images:
+        write_jpeg(root / f"{split}2014" / image["file_name"], size=(image["width"], image["height"]))
+    return path, data
+
+
 VOC_OBJECTS = {
     # image id -> [(class, difficult)]
     "000005": [("chair", 0), ("chair", 1), ("diningtable", 1)],

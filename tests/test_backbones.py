@@ -96,9 +96,11 @@ def test_hf_dense_tokens_equal_library_hidden_states(tiny_backbones):
     torch.testing.assert_close(dense.tokens, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_resnet_pool_is_attention_mixture_of_dense_tokens():
-    """METHODS §1: pooled = sum over heads of c_proj_h(sum_j A_h[0, j] v_j^h) + b."""
-    backbone = tiny_backbone("open_clip_rn", image_size=128)
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained-toy-rn"])
+def test_resnet_pool_is_attention_mixture_of_dense_tokens(trained):
+    """METHODS §1: pooled = sum over heads of c_proj_h(sum_j A_h[0, j] v_j^h) + b, on random
+    weights and on the lab's trained toy ResNet."""
+    backbone = load_backbone("toy-rn") if trained else tiny_backbone("open_clip_rn", image_size=128)
     pool = backbone.model.visual.attnpool
     images = images_for(backbone)
     with torch.no_grad():

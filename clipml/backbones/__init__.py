@@ -8,7 +8,8 @@ Backbone specs understood by `load_backbone`:
   tags and TorchScript files get it automatically; for a plain state-dict file converted from
   OpenAI's release, name the ``-quickgelu`` model (``open_clip:RN101-quickgelu@/path/file.pt``);
 - ``hf:openai/clip-vit-base-patch16`` or ``hf:/path/to/folder``: a transformers CLIPModel;
-- ``toy``: the tiny CLIP shipped with clipml, trained on the synthetic world;
+- ``toy`` (= ``toy-vit``) and ``toy-rn``: the lab's tiny CLIPs shipped with clipml (a ViT and a
+  ModifiedResNet with its attention pool), trained on the synthetic world's coco_like preset;
 - ``open_clip:clipml-tiny-vit``, ``open_clip:clipml-tiny-rn``, ``hf:clipml-tiny-hf``: tiny
   random-weight test models (``allow_random=True``), like timm's test models.
 """
@@ -26,8 +27,8 @@ from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parame
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TOY_WEIGHTS = ASSETS / "toy_clip.safetensors"
-TOY_MODEL = "clipml-toy-vit"
+TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "clipml-lab-rn"}
+"""Backbone specs of the shipped toy CLIPs -> their open_clip model names (weights beside them)."""
 
 __all__ = ["Dense", "FrozenCLIP", "TextDense", "load_backbone", "register_test_models", "trainable_parameters"]
 
@@ -54,17 +55,18 @@ def load_backbone(
     silently run with random weights is refused unless `allow_random` (tests only).
     """
     hf_tiny = register_test_models()
-    if spec == "toy":
-        if not TOY_WEIGHTS.is_file():
-            raise BackboneError(f"the toy CLIP weights are missing: {TOY_WEIGHTS}; run tools/build_toy_clip.py")
-        spec = f"open_clip:{TOY_MODEL}@{TOY_WEIGHTS}"
+    if spec in TOY_MODELS:
+        weights = ASSETS / f"{TOY_MODELS[spec]}.safetensors"
+        if not weights.is_file():
+            raise BackboneError(f"the toy CLIP weights are missing: {weights}; run tools/build_toy_clip.py")
+        spec = f"open_clip:{TOY_MODELS[spec]}@{weights}"
     library, _, rest = spec.partition(":")
     if library == "open_clip" and rest:
         from clipml.backbones.open_clip import OpenCLIPBackbone, create_open_clip
 
         name, _, weights = rest.partition("@")
         model, weights_id = create_open_clip(name, weights or None, allow_random)
-        if weights_id.startswith("file:") and name == TOY_MODEL:
+        if weights_id.startswith("file:") and name in TOY_MODELS.values():
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
         backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision)
     elif library == "hf" and rest:
@@ -75,7 +77,7 @@ def load_backbone(
     else:
         raise BackboneError(
             f"unknown backbone spec {spec!r}: expected 'open_clip:MODEL@TAG_OR_FILE', "
-            "'hf:HUB_ID_OR_FOLDER' or 'toy'"
+            f"'hf:HUB_ID_OR_FOLDER' or one of {', '.join(TOY_MODELS)}"
         )
     backbone = backbone.to(device)
     if getattr(backbone, "is_resnet", False) and backbone.device.type == "cuda":

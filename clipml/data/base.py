@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -102,6 +102,13 @@ class MultiLabelSplit:
     def instances(self, index: int) -> Optional[List[ObjectInstance]]:
         """The labelled objects of image `index` with their masks, or None where the split has none."""
         return None
+
+    def object_areas(self, index: int) -> Optional[List[Tuple[int, float]]]:
+        """(class index, share of the image's area) of each labelled object of image `index`, or
+        None. From the masks here; datasets that record areas (COCO) override it so the
+        object-size breakdown of mAP decodes no mask."""
+        instances = self.instances(index)
+        return None if instances is None else [(o.class_index, o.area_fraction) for o in instances]
 
     def subset(self, indices: Sequence[int], split: Optional[str] = None) -> "MultiLabelSplit":
         """A new split holding `indices` (same classes, root and image source)."""

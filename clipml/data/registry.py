@@ -45,12 +45,13 @@ def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> M
     return fn(root, split, **options)
 
 
-def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size: int = 64) -> MultiLabelSplit:
+def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size=None,
+                    preset: str = "classic") -> MultiLabelSplit:
     """The synthetic world (rendered in memory; `root` is unused). Imported here: the lab builds
     on clipml.data, not the other way round."""
     from clipml.lab.world import load_synthetic_split
 
-    return load_synthetic_split(root, split, num_images, seed, image_size)
+    return load_synthetic_split(root, split, num_images, seed, image_size, preset)
 
 
 for _name, _fn in (

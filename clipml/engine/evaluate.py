@@ -1,51 +1,143 @@
-"""Scoring a split: text encoded once per evaluation, per-class probabilities, METHODS §9 metrics."""
+"""Scoring a split: text encoded once per evaluation, per-class probabilities, METHODS §9 metrics,
+and where the split allows, the METHODS §11 localisation metrics and mAP breakdowns."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
+                              object_sizes)
 from clipml.engine import distributed
+from clipml.errors import DataError
+from clipml.localization import localize_image, summarize_localization
 from clipml.metrics import evaluate_scores
 from clipml.model import MultiLabelCLIP
 
+Progress = Optional[Callable[[Iterable, str], Iterable]]
 
-def predict(model: MultiLabelCLIP, source, progress: Optional[Callable[[Iterable, str], Iterable]] = None
-            ) -> Tuple[np.ndarray, np.ndarray]:
+
+def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], int8 labels [N, C]) in the split's image order; under data
     parallelism every rank scores its shard and all ranks get the gathered result."""
+    logits, labels, _ = _score(model, source, progress, localize=False)
+    return logits, labels
+
+
+def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
+    """predict()'s arrays, plus with `localize` (the split has object masks) the pointing-game
+    hits and mass inside per (image, class), [2, N, C] (nan: no trial), or None without any
+    trial (e.g. the model gives no attention maps). Attention leaves the device only then."""
     model.eval()
-    count, classes = len(source.split), len(model.classnames)
+    split = source.split
+    count, classes = len(split), len(model.classnames)
     batches = source.batches()
     if progress is not None:
         batches = progress(batches, "eval")
     indices, scores, labels = [np.zeros(0, dtype=np.int64)], [np.zeros((0, classes), np.float32)], \
         [np.zeros((0, classes), np.int8)]
+    hits, mass = [np.zeros((0, classes))], [np.zeros((0, classes))]
     with torch.no_grad():
         text = model.text_features()
         for dense, batch_labels, index in batches:
-            logits = model.forward_dense(dense, text).logits
+            output = model.forward_dense(dense, text)
             indices.append(index.numpy())
-            scores.append(logits.float().cpu().numpy())
+            scores.append(output.logits.float().cpu().numpy())
             labels.append(batch_labels.cpu().numpy())
+            if localize:  # nan rows without attention: every rank gathers the same arrays
+                batch_hits, batch_mass = np.full((2, len(index), classes), np.nan)
+                if output.attention is not None:
+                    for row, (attention, i) in enumerate(zip(output.attention.float().cpu().numpy(), index.tolist())):
+                        objects = split.instances(i)
+                        if objects is None:
+                            raise DataError(f"{split.dataset}/{split.split}: no object masks for image "
+                                            f"{split.items[i]!r}, though the split has instances")
+                        batch_hits[row], batch_mass[row] = localize_image(attention, dense.grid, objects)
+                hits.append(batch_hits)
+                mass.append(batch_mass)
     parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels)]
+    if localize:
+        parts += [np.concatenate(hits), np.concatenate(mass)]
     context = getattr(source, "context", None)
     if context is not None:
         parts = distributed.gather_rows(context, parts)
-    index, all_scores, all_labels = parts
+    index, all_scores, all_labels = parts[:3]
     if len(index) != count or len(np.unique(index)) != count:
         raise RuntimeError(f"evaluation scored {len(np.unique(index))} of {count} images")
     out_scores = np.zeros((count, classes), dtype=np.float32)
     out_labels = np.zeros((count, classes), dtype=np.int8)
     out_scores[index], out_labels[index] = all_scores, all_labels
-    return out_scores, out_labels
+    localization = None
+    if localize and not np.isnan(parts[3]).all():
+        localization = np.full((2, count, classes), np.nan)
+        localization[0][index], localization[1][index] = parts[3], parts[4]
+    return out_scores, out_labels, localization
 
 
-def evaluate(model: MultiLabelCLIP, source, progress=None) -> Dict[str, object]:
+def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True) -> Dict[str, object]:
     """All metrics of `model` on `source`'s split; unknown (-1) entries are ignored.
-    Rankings use the logits, thresholds the probabilities."""
-    logits, labels = predict(model, source, progress)
+    Rankings use the logits, thresholds the probabilities.
+
+    With `details`, also mAP by labels per image (`mAP_by_labels`), and on a split with
+    object masks mAP by object size (`mAP_by_size`) and, for a model with attention maps,
+    the pointing game and attention mass inside (`pointing_game`, `mass_inside`, per class
+    too; see clipml.localization and clipml.breakdown). Turn it off where only the headline
+    counts (per-epoch validation): decoding masks then costs nothing.
+    """
+    split = source.split
+    with_masks = details and split.has_instances
+    logits, labels, localization = _score(model, source, progress, localize=with_masks)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return evaluate_scores(probs, labels, scores=logits)
+    result = evaluate_scores(probs, labels, scores=logits)
+    if details:
+        result.update(map_by_label_count(logits, labels))
+    if with_masks:
+        result.update(map_by_object_size(logits, labels, object_sizes(split)))
+    if localization is not None:
+        result.update(summarize_localization(*localization))
+    return result
+
+
+DETAIL_COUNTS = {"mAP_by_labels": "images_by_labels", "mAP_by_size": "positives_by_size"}
+
+
+def detail_summary(metrics: Dict[str, object]) -> Dict[str, object]:
+    """The localisation and breakdown numbers of an `evaluate` result as summaries show them:
+    x 100, rounded, with the bucket counts; empty where `evaluate` gave none."""
+    out: Dict[str, object] = {key: round(100 * float(metrics[key]), 3)
+                              for key in ("pointing_game", "mass_inside") if key in metrics}
+    for key, counts in DETAIL_COUNTS.items():
+        if key in metrics:
+            out[key] = {name: None if value is None else round(100 * value, 3) for name, value in metrics[key].items()}
+            out[counts] = dict(metrics[counts])
+    return out
+
+
+def detail_table(named: Sequence[Tuple[str, Dict[str, object]]]) -> Tuple[List[str], List[List[str]], str]:
+    """(headers, rows, note) of `detail_summary` results, one row per (name, details), with
+    the columns any of them has; the note gives the images / positives in each bucket.
+    Empty headers when none has details."""
+    columns = [("pointing_game", None, "pointing game"), ("mass_inside", None, "mass inside")]
+    columns += [("mAP_by_labels", name, f"mAP {name} label{'' if name == '1' else 's'}") for name, _, _ in LABEL_BUCKETS]
+    columns += [("mAP_by_size", name, f"mAP {name}") for name in SIZE_BUCKETS]
+    columns = [column for column in columns if any(column[0] in details for _, details in named)]
+    if not columns:
+        return [], [], ""
+
+    def cell(details, key, bucket):
+        value = details.get(key)
+        value = value.get(bucket) if isinstance(value, dict) else value
+        return "n/a" if value is None else f"{value:.2f}"
+
+    rows = [[label, *[cell(details, key, bucket) for key, bucket, _ in columns]] for label, details in named]
+    counts = next((details for _, details in named if "images_by_labels" in details), {})
+    notes = []
+    if "images_by_labels" in counts:
+        notes.append("images per bucket: " + ", ".join(f"{k}: {v}" for k, v in counts["images_by_labels"].items()))
+    if "positives_by_size" in counts:
+        small, large = (100 * t for t in SIZE_THRESHOLDS)
+        notes.append(f"positives per size (small < {small:g} %, large >= {large:g} % of the image): "
+                     + ", ".join(f"{k}: {v}" for k, v in counts["positives_by_size"].items()))
+    return ["", *[label for _, _, label in columns]], rows, "; ".join(notes)

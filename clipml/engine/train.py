@@ -30,7 +30,7 @@ from clipml.engine.checkpoint import (
     save_prompt_checkpoint,
     save_training_state,
 )
-from clipml.engine.evaluate import evaluate
+from clipml.engine.evaluate import detail_summary, detail_table, evaluate
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig, OptimConfig
 from clipml.losses import build_loss
@@ -115,22 +115,25 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
         cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
-    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress))
-    zero_shot_test = _headline(evaluate(zero_shot, test_source, progress))
+    zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False))
+    zero_shot_test_metrics = evaluate(zero_shot, test_source, progress)
+    zero_shot_test = _headline(zero_shot_test_metrics)
     logger.info("zero-shot mAP: val %.2f, test %.2f", zero_shot_val["mAP"], zero_shot_test["mAP"])
     history = []
     best = {"epoch": -1, "val": {"mAP": -1.0}}
 
-    initial_val = _headline(evaluate(model, val_source, progress))  # the untrained model: where learning starts
+    # The untrained model: where learning starts.
+    initial_val = _headline(evaluate(model, val_source, progress, details=False))
     if model.trainable_parameters():
         history, best = _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context)
         context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
     else:
-        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress))}
+        best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False))}
 
-    test = _headline(evaluate(model, test_source, progress))
+    test_metrics = evaluate(model, test_source, progress)
+    test = _headline(test_metrics)
     summary = {
         "name": cfg.name,
         "method": cfg.model.method,
@@ -143,6 +146,9 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None)
         "initial_val": initial_val,
         "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
+        # Localisation and mAP breakdowns (METHODS §11), where the test split allows them.
+        "test_details": detail_summary(test_metrics),
+        "zero_shot_test_details": detail_summary(zero_shot_test_metrics),
         "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "seconds": round(time.time() - started, 1),
@@ -219,7 +225,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()) / loss_scale)
-            val = _headline(evaluate(model, val_source, progress))
+            val = _headline(evaluate(model, val_source, progress, details=False))
             # The loss of the whole global batch: per-rank sums add up, per-rank means average.
             epoch_loss = distributed.all_reduce(context, float(np.mean(losses)), average=loss_scale == 1)
             record = {"epoch": epoch, "loss": epoch_loss, "lr": scheduler.get_last_lr()[0], "val": val}
@@ -310,8 +316,19 @@ def _markdown(summary: Dict[str, object]) -> str:
         f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}), "
         f"{summary['trainable_parameters']} trainable parameters, best epoch {summary['best_epoch'] + 1}, "
-        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n"
+        f"{summary['seconds']} s.\n\n" + "\n".join(rows) + "\n" + _details_markdown(summary)
     )
+
+
+def _details_markdown(summary: Dict[str, object]) -> str:
+    """The test split's localisation and mAP breakdowns (METHODS §11), when it has them."""
+    headers, rows, note = detail_table([("test", summary.get("test_details", {})),
+                                        ("test, zero-shot", summary.get("zero_shot_test_details", {}))])
+    if not headers:
+        return ""
+    lines = ["| split | " + " | ".join(headers[1:]) + " |", "|---|" + "---|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n## Localisation and mAP breakdowns (test)\n\n" + "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:

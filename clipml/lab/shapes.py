@@ -266,6 +266,284 @@ def _tent(c: _Canvas, rng: np.random.Generator) -> None:
     c.line([(0.5, 0.05), (0.5, 0.0)], (40, 30, 25, 255), 0.06)
 
 
+METAL = [(190, 195, 205), (170, 175, 185), (215, 215, 220)]
+BLACK = (20, 20, 20, 255)
+
+
+def _shade(rng: np.random.Generator, color: Sequence[int], factor: float) -> Tuple[int, int, int, int]:
+    """A darker (factor < 1) or lighter version of a drawn colour, lightly jittered."""
+    return _jitter(rng, tuple(int(min(255, v * factor)) for v in color[:3]), 8)
+
+
+def _apple(c: _Canvas, rng: np.random.Generator) -> None:
+    color = _pick(rng, RED + [(120, 190, 40), (230, 200, 40)])
+    c.ellipse((0.02, 0.18, 0.62, 1.0), color)
+    c.ellipse((0.38, 0.18, 0.98, 1.0), color)
+    c.ellipse((0.3, 0.1, 0.7, 0.3), CLEAR)
+    c.line([(0.5, 0.3), (0.56, 0.02)], _pick(rng, BROWN), 0.08)
+    lean = rng.uniform(-0.04, 0.04)
+    c.poly([(0.56, 0.16), (0.72, 0.0 + lean), (0.9, 0.06), (0.74, 0.18)], _pick(rng, GREEN))
+
+
+def _orange(c: _Canvas, rng: np.random.Generator) -> None:
+    c.ellipse((0.04, 0.1, 0.96, 1.0), _pick(rng, [(250, 140, 20), (240, 120, 10), (250, 160, 40)]))
+    c.ellipse((0.46, 0.08, 0.56, 0.18), _pick(rng, [(90, 110, 30)]))
+    c.poly([(0.52, 0.12), (0.66, 0.0), (0.8, 0.04), (0.66, 0.14)], _pick(rng, GREEN))
+    for x, y in ((0.3, 0.42), (0.62, 0.5), (0.42, 0.72), (0.72, 0.76)):
+        c.ellipse((x - 0.02, y - 0.02, x + 0.02, y + 0.02), (225, 110, 10, 255))
+
+
+def _banana(c: _Canvas, rng: np.random.Generator) -> None:
+    bend = rng.uniform(0.4, 0.48)
+    top, bottom = [], []
+    for k in range(17):
+        t = k / 16
+        x = 0.06 + 0.88 * t
+        middle = 0.2 + bend * math.sin(math.pi * t)
+        half = 0.07 + 0.17 * math.sin(math.pi * t)
+        top.append((x, middle - half))
+        bottom.append((x, middle + half))
+    c.poly(top + bottom[::-1], _pick(rng, YELLOW + [(200, 220, 60)]))
+    c.line([(0.08, 0.2), (0.0, 0.06)], _pick(rng, [(110, 90, 40), (90, 110, 40)]), 0.1)
+    c.ellipse((0.9, 0.14, 0.98, 0.26), (70, 50, 30, 255))
+
+
+def _bottle(c: _Canvas, rng: np.random.Generator) -> None:
+    glass = _pick(rng, [(40, 130, 60), (120, 70, 30), (120, 170, 210), (30, 90, 50)])
+    c.draw.rounded_rectangle(c.box(0.1, 0.4, 0.9, 1.0), radius=c.line_width(0.15), fill=glass)
+    c.poly([(0.1, 0.46), (0.34, 0.24), (0.66, 0.24), (0.9, 0.46)], glass)
+    c.rect((0.34, 0.06, 0.66, 0.26), glass)
+    c.rect((0.3, 0.0, 0.7, 0.08), _pick(rng, [(200, 170, 40), (200, 40, 40), (30, 30, 30)]))
+    c.rect((0.1, 0.56 + rng.uniform(0, 0.06), 0.9, 0.8), _pick(rng, WHITE + [(240, 220, 150)]))
+
+
+def _wine_glass(c: _Canvas, rng: np.random.Generator) -> None:
+    glass = _pick(rng, [(215, 225, 235), (200, 215, 230)])
+    c.rect((0.06, 0.0, 0.94, 0.3), glass)
+    c.pie((0.06, 0.0, 0.94, 0.6), 0, 180, glass)
+    wine = _pick(rng, [(150, 20, 40), (120, 10, 50), (240, 220, 120)])
+    c.rect((0.07, rng.uniform(0.12, 0.26), 0.93, 0.3), wine)
+    c.pie((0.07, 0.0, 0.93, 0.59), 0, 180, wine)
+    c.line([(0.5, 0.56), (0.5, 0.94)], glass, 0.14)
+    c.ellipse((0.12, 0.86, 0.88, 1.0), glass)
+
+
+def _fork(c: _Canvas, rng: np.random.Generator) -> None:
+    metal = _pick(rng, METAL)
+    for x in (0.06, 0.3, 0.54, 0.78):
+        c.rect((x, 0.0, x + 0.16, 0.32), metal)
+    c.draw.rounded_rectangle(c.box(0.06, 0.28, 0.94, 0.44), radius=c.line_width(0.3), fill=metal)
+    c.poly([(0.2, 0.42), (0.8, 0.42), (0.62, 0.56), (0.38, 0.56)], metal)
+    handle = metal if rng.random() < 0.5 else _pick(rng, DARK + BROWN)
+    c.draw.rounded_rectangle(c.box(0.32, 0.54, 0.68, 1.0), radius=c.line_width(0.3), fill=handle)
+
+
+def _knife(c: _Canvas, rng: np.random.Generator) -> None:
+    c.poly([(0.18, 0.58), (0.18, 0.04), (0.45, 0.0), (0.84, 0.22), (0.84, 0.58)], _pick(rng, METAL))
+    c.rect((0.1, 0.55, 0.92, 0.62), _pick(rng, [(120, 120, 130)]))
+    c.draw.rounded_rectangle(c.box(0.14, 0.6, 0.88, 1.0), radius=c.line_width(0.3), fill=_pick(rng, DARK + BROWN))
+
+
+def _spoon(c: _Canvas, rng: np.random.Generator) -> None:
+    metal = _pick(rng, METAL + [(220, 190, 120)])
+    c.ellipse((0.02, 0.0, 0.98, 0.44), metal)
+    c.poly([(0.4, 0.4), (0.6, 0.4), (0.72, 0.9), (0.28, 0.9)], metal)
+    c.ellipse((0.26, 0.8, 0.74, 1.0), metal)
+    c.ellipse((0.24, 0.06, 0.54, 0.2), _shade(rng, metal, 1.15))
+
+
+def _book(c: _Canvas, rng: np.random.Generator) -> None:
+    cover = _pick(rng, BRIGHT + BROWN)
+    c.poly([(0.0, 0.1), (0.5, 0.2), (1.0, 0.1), (1.0, 0.94), (0.5, 1.0), (0.0, 0.94)], cover)
+    page = _pick(rng, WHITE + [(245, 235, 200)])
+    c.poly([(0.04, 0.02), (0.48, 0.12), (0.48, 0.92), (0.04, 0.84)], page)
+    c.poly([(0.52, 0.12), (0.96, 0.02), (0.96, 0.84), (0.52, 0.92)], page)
+    ink = (110, 110, 110, 255)
+    for k in range(4):
+        y = 0.26 + 0.14 * k
+        c.line([(0.1, y - 0.02), (0.42, y + 0.05)], ink, 0.04)
+        c.line([(0.58, y + 0.05), (0.9, y - 0.02)], ink, 0.04)
+
+
+def _lamp(c: _Canvas, rng: np.random.Generator) -> None:
+    c.poly([(0.24, 0.0), (0.76, 0.0), (0.98, 0.46), (0.02, 0.46)],
+           _pick(rng, [(245, 230, 180), (220, 60, 50), (60, 140, 90), (70, 110, 200)]))
+    stand = _pick(rng, [(200, 160, 60), (60, 60, 60), (170, 170, 180)])
+    c.rect((0.43, 0.44, 0.57, 0.9), stand)
+    c.ellipse((0.16, 0.84, 0.84, 1.0), stand)
+    c.line([(0.7, 0.46), (0.7, 0.62)], (60, 60, 60, 255), 0.04)
+
+
+def _chair(c: _Canvas, rng: np.random.Generator) -> None:
+    wood = _pick(rng, BROWN + [(180, 50, 40), (60, 110, 170)])
+    c.rect((0.1, 0.0, 0.3, 1.0), wood)
+    c.rect((0.1, 0.08, 0.42, 0.16), wood)
+    c.rect((0.1, 0.26, 0.42, 0.34), wood)
+    c.rect((0.1, 0.5, 0.96, 0.64), _shade(rng, wood, 1.2))
+    c.rect((0.78, 0.5, 0.94, 1.0), wood)
+    c.rect((0.3, 0.8, 0.78, 0.86), wood)
+
+
+def _bicycle(c: _Canvas, rng: np.random.Generator) -> None:
+    tyre = _pick(rng, DARK)
+    c.ring((0.0, 0.38, 0.4, 1.0), tyre, 0.15)
+    c.ring((0.6, 0.38, 1.0, 1.0), tyre, 0.15)
+    frame = _pick(rng, BRIGHT)
+    rear, crank, seat, head, front = (0.2, 0.69), (0.48, 0.69), (0.38, 0.3), (0.76, 0.3), (0.8, 0.69)
+    c.line([rear, seat, crank, rear], frame, 0.1)
+    c.line([seat, head, crank], frame, 0.1)
+    c.line([(0.74, 0.14), head, front], frame, 0.1)
+    c.line([(0.68, 0.12), (0.82, 0.12)], (40, 40, 40, 255), 0.1)
+    c.rect((0.28, 0.18, 0.46, 0.28), (40, 40, 40, 255))
+
+
+def _bus(c: _Canvas, rng: np.random.Generator) -> None:
+    body = _pick(rng, YELLOW + [(220, 40, 40), (40, 90, 200), (40, 150, 80)])
+    c.draw.rounded_rectangle(c.box(0.0, 0.02, 1.0, 0.86), radius=c.line_width(0.12), fill=body)
+    glass = (170, 220, 240, 255)
+    windows = int(rng.integers(4, 6))
+    step = 0.78 / windows
+    for k in range(windows):
+        x = 0.04 + k * step
+        c.rect((x, 0.14, x + step - 0.04, 0.46), glass)
+    c.rect((0.86, 0.14, 0.96, 0.74), glass)
+    c.rect((0.0, 0.58, 0.84, 0.62), _shade(rng, body, 0.6))
+    c.ellipse((0.1, 0.66, 0.26, 1.0), _pick(rng, DARK))
+    c.ellipse((0.66, 0.66, 0.82, 1.0), _pick(rng, DARK))
+
+
+def _train(c: _Canvas, rng: np.random.Generator) -> None:
+    body = _pick(rng, [(200, 30, 40), (40, 110, 60), (40, 60, 160), (50, 50, 55)])
+    c.rect((0.0, 0.08, 0.32, 0.78), body)
+    c.rect((0.0, 0.02, 0.36, 0.1), _shade(rng, body, 0.6))
+    c.rect((0.08, 0.18, 0.24, 0.4), (250, 220, 130, 255))
+    c.rect((0.3, 0.34, 0.92, 0.78), body)
+    c.rect((0.72, 0.08, 0.82, 0.36), _pick(rng, DARK))
+    c.rect((0.68, 0.04, 0.86, 0.12), _pick(rng, DARK))
+    c.poly([(0.9, 0.6), (1.0, 0.9), (0.86, 0.9)], _pick(rng, DARK))
+    wheel = _pick(rng, DARK)
+    for x in (0.04, 0.3, 0.56):
+        c.ellipse((x, 0.64, x + 0.22, 1.0), wheel)
+        c.ellipse((x + 0.08, 0.77, x + 0.14, 0.87), (200, 200, 200, 255))
+
+
+def _airplane(c: _Canvas, rng: np.random.Generator) -> None:
+    color = _pick(rng, WHITE + [(190, 200, 215), (60, 100, 200)])
+    sweep = rng.uniform(-0.04, 0.04)
+    c.poly([(0.42, 0.46), (0.3 + sweep, 0.0), (0.42 + sweep, 0.0), (0.66, 0.46)], color)
+    c.poly([(0.42, 0.54), (0.3 + sweep, 1.0), (0.42 + sweep, 1.0), (0.66, 0.54)], color)
+    c.poly([(0.04, 0.46), (0.0, 0.2), (0.08, 0.2), (0.18, 0.46)], color)
+    c.poly([(0.04, 0.54), (0.0, 0.8), (0.08, 0.8), (0.18, 0.54)], color)
+    c.ellipse((0.0, 0.38, 1.0, 0.62), color)
+    c.ellipse((0.84, 0.44, 0.94, 0.56), (60, 80, 110, 255))
+
+
+def _pine_tree(c: _Canvas, rng: np.random.Generator) -> None:
+    c.rect((0.42, 0.84, 0.58, 1.0), _pick(rng, BROWN))
+    green = _pick(rng, [(20, 100, 50), (30, 120, 60), (20, 80, 40)])
+    c.poly([(0.5, 0.34), (1.0, 0.88), (0.0, 0.88)], green)
+    c.poly([(0.5, 0.14), (0.88, 0.6), (0.12, 0.6)], green)
+    c.poly([(0.5, 0.0), (0.76, 0.32), (0.24, 0.32)], green)
+
+
+def _snowman(c: _Canvas, rng: np.random.Generator) -> None:
+    snow = _pick(rng, WHITE + [(225, 235, 245)])
+    c.ellipse((0.04, 0.5, 0.96, 1.0), snow)
+    c.ellipse((0.18, 0.26, 0.82, 0.62), snow)
+    c.ellipse((0.3, 0.08, 0.7, 0.34), snow)
+    hat = _pick(rng, DARK + [(160, 30, 30)])
+    c.rect((0.24, 0.08, 0.76, 0.12), hat)
+    c.rect((0.36, 0.0, 0.64, 0.1), hat)
+    c.poly([(0.5, 0.2), (0.5, 0.25), (0.68, 0.23)], (250, 130, 20, 255))
+    for y in (0.38, 0.48, 0.62, 0.74):
+        c.ellipse((0.46, y - 0.025, 0.54, y + 0.025), BLACK)
+
+
+def _butterfly(c: _Canvas, rng: np.random.Generator) -> None:
+    wing = _pick(rng, BRIGHT + YELLOW)
+    c.ellipse((0.02, 0.04, 0.5, 0.58), wing)
+    c.ellipse((0.5, 0.04, 0.98, 0.58), wing)
+    lower = _shade(rng, wing, 0.75)
+    c.ellipse((0.1, 0.48, 0.5, 0.96), lower)
+    c.ellipse((0.5, 0.48, 0.9, 0.96), lower)
+    spot = _pick(rng, WHITE + DARK)
+    c.ellipse((0.14, 0.18, 0.28, 0.32), spot)
+    c.ellipse((0.72, 0.18, 0.86, 0.32), spot)
+    c.ellipse((0.45, 0.14, 0.55, 0.9), BLACK)
+    c.line([(0.48, 0.16), (0.4, 0.0)], BLACK, 0.04)
+    c.line([(0.52, 0.16), (0.6, 0.0)], BLACK, 0.04)
+
+
+def _turtle(c: _Canvas, rng: np.random.Generator) -> None:
+    skin = _pick(rng, [(120, 170, 80), (150, 160, 90), (100, 150, 100)])
+    for x in (0.18, 0.6):
+        c.ellipse((x, 0.5, x + 0.18, 0.86), skin)
+    c.ellipse((0.74, 0.34, 1.0, 0.64), skin)
+    c.poly([(0.14, 0.52), (0.0, 0.66), (0.16, 0.62)], skin)
+    c.ellipse((0.88, 0.42, 0.93, 0.5), BLACK)
+    shell = _pick(rng, [(60, 110, 50), (110, 80, 40), (80, 100, 40)])
+    c.pie((0.1, 0.06, 0.86, 1.04), 180, 360, shell)
+    c.rect((0.1, 0.52, 0.86, 0.6), _shade(rng, shell, 0.7))
+    plate = _shade(rng, shell, 1.35)
+    for x, y in ((0.33, 0.38), (0.48, 0.24), (0.63, 0.38)):
+        c.ellipse((x - 0.07, y - 0.09, x + 0.07, y + 0.09), plate)
+
+
+RAINBOW = [(230, 40, 40), (245, 140, 20), (250, 220, 30), (50, 170, 60), (40, 100, 220), (130, 60, 190)]
+
+
+def _rainbow(c: _Canvas, rng: np.random.Generator) -> None:
+    ratio = c.w / max(c.h, 1)
+    outer = min(0.98, ratio / 2)
+    band = outer * rng.uniform(0.09, 0.105)
+    for k, color in enumerate(RAINBOW + [None]):
+        r = outer - k * band  # radius in box heights; the box is `ratio` heights wide
+        fill = CLEAR if color is None else _jitter(rng, color, 10)
+        c.pie((0.5 - r / ratio, 1.0 - r, 0.5 + r / ratio, 1.0 + r), 180, 360, fill)
+
+
+def _traffic_light(c: _Canvas, rng: np.random.Generator) -> None:
+    c.rect((0.4, 0.8, 0.6, 1.0), (70, 70, 70, 255))
+    c.draw.rounded_rectangle(c.box(0.04, 0.0, 0.96, 0.84), radius=c.line_width(0.2),
+                             fill=_pick(rng, DARK + [(60, 60, 50)]))
+    lit = int(rng.integers(3))
+    colors = [(240, 30, 30), (250, 200, 20), (40, 220, 60)]
+    for k, color in enumerate(colors):
+        y = 0.15 + 0.27 * k
+        fill = color if k == lit else tuple(v // 3 for v in color)
+        c.ellipse((0.2, y - 0.11, 0.8, y + 0.11), (*fill, 255))
+
+
+def _television(c: _Canvas, rng: np.random.Generator) -> None:
+    frame = _pick(rng, DARK + [(90, 90, 95), (140, 140, 145)])
+    c.rect((0.42, 0.8, 0.58, 0.94), frame)
+    c.draw.rounded_rectangle(c.box(0.22, 0.9, 0.78, 1.0), radius=c.line_width(0.04), fill=frame)
+    c.draw.rounded_rectangle(c.box(0.0, 0.0, 1.0, 0.82), radius=c.line_width(0.06), fill=frame)
+    c.rect((0.07, 0.08, 0.93, 0.72), _pick(rng, [(60, 120, 200), (80, 170, 210), (70, 90, 140), (90, 160, 100)]))
+    c.poly([(0.07, 0.72), (0.07, 0.5), (0.4, 0.3), (0.93, 0.62), (0.93, 0.72)], _pick(rng, [(60, 140, 70), (200, 200, 210)]))
+
+
+def _candle(c: _Canvas, rng: np.random.Generator) -> None:
+    wax = _pick(rng, WHITE + [(240, 230, 190), (220, 50, 60), (80, 120, 210)])
+    c.rect((0.2, 0.36, 0.8, 1.0), wax)
+    c.ellipse((0.6, 0.32, 0.72, 0.56), wax)
+    c.line([(0.5, 0.28), (0.5, 0.38)], BLACK, 0.1)
+    flame = _pick(rng, [(250, 150, 20), (250, 120, 10)])
+    c.ellipse((0.3, 0.1, 0.7, 0.32), flame)
+    c.poly([(0.31, 0.2), (0.5 + rng.uniform(-0.06, 0.06), 0.0), (0.69, 0.2)], flame)
+    c.ellipse((0.41, 0.18, 0.59, 0.3), (250, 230, 90, 255))
+
+
+def _pencil(c: _Canvas, rng: np.random.Generator) -> None:
+    c.rect((0.12, 0.0, 0.88, 0.1), _pick(rng, [(240, 140, 150), (230, 120, 130)]))
+    c.rect((0.1, 0.08, 0.9, 0.17), _pick(rng, METAL))
+    body = _pick(rng, YELLOW + [(40, 110, 200), (220, 50, 50), (60, 160, 70)])
+    c.rect((0.12, 0.16, 0.88, 0.76), body)
+    c.rect((0.42, 0.16, 0.58, 0.76), _shade(rng, body, 0.8))
+    c.poly([(0.12, 0.76), (0.88, 0.76), (0.5, 1.0)], _pick(rng, [(235, 200, 150), (225, 185, 130)]))
+    c.poly([(0.36, 0.91), (0.64, 0.91), (0.5, 1.0)], (40, 40, 40, 255))
+
+
 DrawFn = Callable[[_Canvas, np.random.Generator], None]
 
 # name -> (draw function, width / height aspect of the object's box)
@@ -294,6 +572,30 @@ _SHAPES: Dict[str, Tuple[DrawFn, float]] = {
     "lightning": (_lightning, 0.7),
     "mushroom": (_mushroom, 1.0),
     "tent": (_tent, 1.2),
+    "apple": (_apple, 1.0),
+    "orange": (_orange, 1.0),
+    "banana": (_banana, 1.8),
+    "bottle": (_bottle, 0.4),
+    "wine glass": (_wine_glass, 0.6),
+    "fork": (_fork, 0.3),
+    "knife": (_knife, 0.25),
+    "spoon": (_spoon, 0.3),
+    "book": (_book, 1.4),
+    "lamp": (_lamp, 0.8),
+    "chair": (_chair, 0.7),
+    "bicycle": (_bicycle, 1.6),
+    "bus": (_bus, 2.0),
+    "train": (_train, 2.0),
+    "airplane": (_airplane, 1.4),
+    "pine tree": (_pine_tree, 0.75),
+    "snowman": (_snowman, 0.65),
+    "butterfly": (_butterfly, 1.3),
+    "turtle": (_turtle, 1.5),
+    "rainbow": (_rainbow, 1.9),
+    "traffic light": (_traffic_light, 0.4),
+    "television": (_television, 1.3),
+    "candle": (_candle, 0.45),
+    "pencil": (_pencil, 0.25),
 }
 
 SHAPE_NAMES: List[str] = list(_SHAPES)

@@ -1,17 +1,20 @@
-"""The shipped toy CLIP: a tiny open_clip ViT trained contrastively on synthetic scenes.
+"""The toy CLIPs of the lab: tiny open_clip models trained contrastively on a synthetic world.
 
-It lets the whole toolkit run offline in minutes: an ordinary open_clip `CLIP`, registered
-under TOY_MODEL_NAME from the JSON config in `clipml/assets/model_configs`, trained on
-scene/caption pairs of the synthetic world's "pretrain" stream (never used for evaluation).
-Weights ship as fp16 safetensors and load back as fp32 through
-`open_clip.create_model(TOY_MODEL_NAME, pretrained=<file>)`.
+They let the whole toolkit run offline: ordinary open_clip `CLIP`s, registered from the JSON
+configs in `clipml/assets/model_configs` (like timm's test models), trained on scene/caption
+pairs of the world's "pretrain" stream (never an evaluation stream). Weights ship as fp16
+safetensors and load back as fp32 through `open_clip.create_model(name, pretrained=<file>)`.
 
-Its image tower pools by averaging the patch tokens (`pool_type: avg`), not through the class
-token: the global feature is then the mean of the dense features `ln_post(t_j) @ proj`, so
-training aligns every location with the text, as the attention pool does for CLIP's ResNets.
-With class-token pooling the dense map was nearly untrained (zero-shot mAP 30% dense vs 57%
-global); with average pooling it is 50% dense vs 53% global, and the dense methods have a map
-worth reading.
+Two towers, as in the published MLR-PL settings:
+
+- ``vit`` (`clipml-lab-vit`): a ViT whose global feature is the mean of its patch tokens
+  (`pool_type: avg`), so contrastive training aligns every location with the text, as the
+  attention pool does for CLIP's ResNets (with class-token pooling the first toy's dense map
+  stayed nearly untrained: zero-shot mAP 30 % dense vs 57 % global);
+- ``rn`` (`clipml-lab-rn`): open_clip's own ModifiedResNet with its attention pool (a tiny
+  RN101), so the dense path of METHODS §1 (the pool's value and output projections) runs on
+  trained weights. It is trained at half its input size first, then at full size with the
+  pool's positional embedding interpolated: progressive resizing, 4x cheaper early steps.
 """
 
 from __future__ import annotations
@@ -22,63 +25,99 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipml.lab.world import CAPTION_TEMPLATES, SYNTHETIC_CLASSES, Scene, SceneGenerator, caption_for
 from clipml.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-TOY_MODEL_NAME = "clipml-toy-vit"
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
-TOY_CONFIG_PATH = ASSET_DIR / "model_configs" / f"{TOY_MODEL_NAME}.json"
-TOY_WEIGHTS_PATH = ASSET_DIR / "toy_clip.safetensors"
-TOY_METADATA_PATH = ASSET_DIR / "toy_clip.json"
 
-# The mean/std open_clip applies by default (OpenAI's); the toy model is trained with them.
+
+@dataclasses.dataclass(frozen=True)
+class ToySpec:
+    """Where a toy tower's config, weights and build record live."""
+
+    model_name: str
+
+    @property
+    def config_path(self) -> Path:
+        return ASSET_DIR / "model_configs" / f"{self.model_name}.json"
+
+    @property
+    def weights_path(self) -> Path:
+        return ASSET_DIR / f"{self.model_name}.safetensors"
+
+    @property
+    def metadata_path(self) -> Path:
+        return ASSET_DIR / f"{self.model_name}.json"
+
+
+TOYS: Dict[str, ToySpec] = {"vit": ToySpec("clipml-lab-vit"), "rn": ToySpec("clipml-lab-rn")}
+"""The lab's toy towers by short name (backbone specs ``toy`` / ``toy-vit`` and ``toy-rn``)."""
+
+# The mean/std open_clip applies by default (OpenAI's); the toy models are trained with them.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 
 
-def register_toy_config(config_path: Path = TOY_CONFIG_PATH) -> str:
-    """Make open_clip know the toy model by name; returns that name (the file stem)."""
+def toy_spec(tower: str) -> ToySpec:
+    if tower not in TOYS:
+        raise ConfigError(f"unknown toy tower {tower!r}; expected one of {sorted(TOYS)}")
+    return TOYS[tower]
+
+
+def register_toy_config(tower: str = "vit") -> str:
+    """Make open_clip know a toy model by name; returns that name (the config's file stem)."""
     import open_clip
 
-    open_clip.add_model_config(config_path)
-    return config_path.stem
+    open_clip.add_model_config(toy_spec(tower).config_path)
+    return toy_spec(tower).model_name
 
 
-def load_toy_clip(weights: Path = TOY_WEIGHTS_PATH, config_path: Path = TOY_CONFIG_PATH) -> torch.nn.Module:
-    """The shipped toy CLIP in fp32, eval mode, loaded through open_clip's own path."""
+def load_toy_clip(tower: str = "vit", weights: Optional[Path] = None) -> torch.nn.Module:
+    """A shipped toy CLIP in fp32, eval mode, loaded through open_clip's own path."""
     import open_clip
 
-    name = register_toy_config(config_path)
-    model = open_clip.create_model(name, pretrained=str(weights), require_pretrained=True)
+    name = register_toy_config(tower)
+    path = weights or toy_spec(tower).weights_path
+    model = open_clip.create_model(name, pretrained=str(path), require_pretrained=True)
     return model.float().eval()
+
+
+def new_toy_model(tower: str = "vit", seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised toy CLIP (fixed seed), fp32."""
+    import open_clip
+
+    name = register_toy_config(tower)
+    torch.manual_seed(seed)
+    return open_clip.create_model(name).float()
 
 
 @dataclasses.dataclass
 class ToyClipTrainConfig:
     """Everything that determines a toy CLIP build (recorded in its metadata)."""
 
-    steps: int = 1800
-    batch_size: int = 96
+    tower: str = "vit"
+    preset: str = "coco_like"  # the world whose pretrain stream it sees
+    steps: int = 2000
+    batch_size: int = 128
     lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.1
-    warmup_steps: int = 40
-    seed: int = 0  # model init, augmentation
+    warmup_steps: int = 60
+    seed: int = 0  # model init, batch order, augmentation
     data_seed: int = 0  # scenes of the "pretrain" stream
-    partial_caption_probability: float = 0.5  # share of captions naming only some objects
-    train_context_length: int = 24  # captions are short; a shorter causal prefix is exact and cheaper
-    image_size: int = 64
+    pool_scenes: int = 100_000  # the first scenes of the stream, rendered once and cycled through
+    low_res_steps: int = 0  # the first steps at half the input size (progressive resizing)
     threads: int = 1  # torch intra-op threads (0: torch's default); 1 reproduces the shipped weights exactly
     log_every: int = 20
+    checkpoint_every: int = 100  # steps between saves of the resumable training state
 
 
 @dataclasses.dataclass
@@ -154,92 +193,115 @@ def encode_text_prefix(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
     return F.normalize(pooled, dim=-1)
 
 
-def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption naming a random non-empty subset of the scene's objects, like real alt-text.
+def image_grid_size(model: torch.nn.Module) -> int:
+    """The input size the image tower's positional embedding currently fits."""
+    visual = model.visual
+    if hasattr(visual, "attnpool"):
+        side = int(round(math.sqrt(visual.attnpool.positional_embedding.shape[0] - 1)))
+        return side * 32
+    side = int(round(math.sqrt(visual.positional_embedding.shape[0] - 1)))
+    return side * visual.conv1.kernel_size[0]
 
-    Training on such captions teaches "a photo of a boat." to match any scene that holds a
-    boat, which is what multi-label zero-shot scoring asks of the text feature.
+
+def set_input_size(model: torch.nn.Module, size: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Interpolate the image tower's positional embedding to `size` px inputs.
+
+    The embedding becomes a new Parameter (autograd cannot follow a change of shape in place);
+    an `optimizer` holding the old one gets the new one, and the old one's Adam moments, which
+    belong to the old grid, are dropped.
     """
-    names = [placed.name for placed in scene.objects]
-    keep = rng.permutation(len(names))[: int(rng.integers(1, len(names) + 1))]
-    return caption_for([names[i] for i in keep], CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))])
+    from clipml.backbones.base import resize_grid_embedding
+
+    visual = model.visual
+    owner, stride = (visual.attnpool, 32) if hasattr(visual, "attnpool") else (visual, visual.conv1.kernel_size[0])
+    if size % stride:
+        raise ConfigError(f"toy input size {size} is not a multiple of the tower's stride {stride}")
+    old = owner.positional_embedding
+    new = torch.nn.Parameter(resize_grid_embedding(old.detach(), (size // stride, size // stride)).contiguous())
+    owner.positional_embedding = new
+    if owner is visual:
+        visual.grid_size = (size // stride, size // stride)
+        visual.image_size = (size, size)
+    else:
+        visual.image_size = size
+    if optimizer is not None:
+        optimizer.state.pop(old, None)
+        for group in optimizer.param_groups:
+            group["params"] = [new if param is old else param for param in group["params"]]
 
 
-def _batch(
-    generator: SceneGenerator,
-    start: int,
-    count: int,
-    context_length: int,
-    partial_probability: float = 0.0,
-    rng: Optional[np.random.Generator] = None,
-):
-    import open_clip
-
-    scenes = [generator.scene(start + i) for i in range(count)]
-    array = np.stack([np.asarray(scene.image, dtype=np.uint8) for scene in scenes])
-    pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
-    captions = [
-        partial_caption(scene, rng) if rng is not None and rng.random() < partial_probability else scene.caption
-        for scene in scenes
-    ]
-    tokens = open_clip.tokenize(captions, context_length=context_length)
-    cut = torch.nonzero(tokens[:, -1] != 0).flatten()
-    if len(cut):
-        raise ConfigError(
-            f"train_context_length={context_length} truncates caption {captions[int(cut[0])]!r}; "
-            f"raise it (77 at most)"
-        )
-    return pixels, tokens
+def _step_batch(pool_size: int, step: int, cfg: ToyClipTrainConfig) -> np.ndarray:
+    """Pool indices of step `step`: the pool is cycled through in seeded epoch permutations, so a
+    resumed run sees exactly the batches of an uninterrupted one."""
+    first = step * cfg.batch_size
+    epoch, offset = divmod(first, pool_size)
+    order = np.random.default_rng([cfg.seed, cfg.data_seed, epoch]).permutation(pool_size)
+    if offset + cfg.batch_size > pool_size:
+        following = np.random.default_rng([cfg.seed, cfg.data_seed, epoch + 1]).permutation(pool_size)
+        order = np.concatenate([order, following])
+    return np.sort(order[offset : offset + cfg.batch_size])  # sorted: faster reads from the memory map
 
 
-def new_toy_model(seed: int = 0, config_path: Path = TOY_CONFIG_PATH) -> torch.nn.Module:
-    """A randomly initialised toy CLIP (fixed seed), fp32."""
-    import open_clip
-
-    name = register_toy_config(config_path)
-    torch.manual_seed(seed)
-    return open_clip.create_model(name).float()
+def _images(pool, index: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
+    pixels = torch.from_numpy(np.ascontiguousarray(pool.images[index])).permute(0, 3, 1, 2).float().div_(255.0)
+    pixels = _augment(pixels, generator)
+    if pixels.shape[-1] != size:
+        pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
 
 
 def train_toy_clip(
     cfg: ToyClipTrainConfig,
+    pool,
     model: Optional[torch.nn.Module] = None,
+    work_dir: Optional[Path] = None,
     progress: Optional[Callable[[int, float], None]] = None,
 ) -> ToyClipTrainResult:
-    """Contrastive training on freshly rendered pretrain-stream scenes; returns the model in eval mode.
+    """Contrastive training on a PretrainPool; returns the model in eval mode.
 
-    Scene `k` of the stream is seen exactly once (step s uses scenes s*B .. s*B+B-1), so the
-    run is reproducible from `cfg` alone. `progress(step, loss)` is called after every step.
+    With `work_dir`, the training state is saved every `checkpoint_every` steps and a run
+    started again with the same config resumes from it (the batches depend only on the step).
+    `progress(step, loss)` is called after every step.
     """
+    from clipml.lab.pool import caption_tokens
+
+    if cfg.checkpoint_every % cfg.log_every:
+        raise ConfigError(f"checkpoint_every ({cfg.checkpoint_every}) must be a multiple of log_every ({cfg.log_every})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if model is None:
-        model = new_toy_model(cfg.seed)
-    model.train()
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    scenes = SceneGenerator(cfg.data_seed, image_size=cfg.image_size, stream="pretrain")
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    augment_rng = torch.Generator().manual_seed(cfg.seed)
-    caption_rng = np.random.default_rng([cfg.seed, cfg.data_seed])
+        model = new_toy_model(cfg.tower, cfg.seed)
+    full_size = image_grid_size(model)
+    tokens = caption_tokens(pool.captions)
     losses: List[float] = []
+    first_loss, start, spent = float("nan"), 0, 0.0
+    state_path = Path(work_dir) / "state.pt" if work_dir is not None else None
+    state = torch.load(state_path, weights_only=True) if state_path is not None and state_path.is_file() else None
+    if state is not None and state["config"] != json.dumps(dataclasses.asdict(cfg), sort_keys=True):
+        raise ConfigError(f"{state_path} holds a toy build with another config; remove it to start over")
+    if cfg.low_res_steps > 0 and (state is None or state["step"] < cfg.low_res_steps):
+        set_input_size(model, full_size // 2)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, first_loss, spent = state["step"], state["losses"], state["first_loss"], state["seconds"]
+        logger.info("resuming the toy build at step %d of %d", start, cfg.steps)
+    model.train()
     window: List[float] = []
-    first_loss = float("nan")
     started = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
+        if step == cfg.low_res_steps and cfg.low_res_steps > 0:
+            set_input_size(model, full_size, optimizer)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        pixels, tokens = _batch(
-            scenes,
-            step * cfg.batch_size,
-            cfg.batch_size,
-            cfg.train_context_length,
-            cfg.partial_caption_probability,
-            caption_rng,
-        )
-        images = (_augment(pixels, augment_rng) - mean) / std
+        index = _step_batch(len(pool), step, cfg)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        images = _images(pool, index, image_grid_size(model), generator)
         image_features = model.encode_image(images, normalize=True)
-        text_features = encode_text_prefix(model, tokens)
+        text_features = encode_text_prefix(model, tokens[torch.from_numpy(index)])
         loss = clip_loss(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,100 +316,58 @@ def train_toy_clip(
             losses.append(float(np.mean(window)))
             logger.info("step %d/%d loss %.4f", step + 1, cfg.steps, losses[-1])
             window = []
+        done = step + 1
+        if state_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "losses": losses, "first_loss": first_loss,
+                        "seconds": spent + time.perf_counter() - started,
+                        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}, str(state_path) + ".tmp")
+            Path(str(state_path) + ".tmp").replace(state_path)
         if progress is not None:
             progress(step, value)
     model.eval()
-    return ToyClipTrainResult(model, losses, first_loss, losses[-1], time.perf_counter() - started)
+    return ToyClipTrainResult(model, losses, first_loss, losses[-1], spent + time.perf_counter() - started)
 
 
-@torch.no_grad()
-def zero_shot_scores(
-    model: torch.nn.Module, images: torch.Tensor, classes: Sequence[str], batch_size: int = 256
-) -> Dict[str, np.ndarray]:
-    """Per-class scores [N, C] of normalised images: global cosine and max-over-locations dense cosine.
-
-    Dense features are `ln_post(tokens) @ proj` of the patch tokens, the map the decoupler uses.
-    """
-    import open_clip
-
-    model.eval()
-    tokens = open_clip.tokenize([ZERO_SHOT_TEMPLATE.format(name) for name in classes])
-    text = model.encode_text(tokens, normalize=True)
-    visual = model.visual
-    global_scores, dense_scores = [], []
-    previous = visual.output_tokens
-    visual.output_tokens = True
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            pooled, patch_tokens = visual(images[start : start + batch_size])
-            dense = F.normalize(patch_tokens @ visual.proj, dim=-1)
-            global_scores.append(F.normalize(pooled, dim=-1) @ text.t())
-            dense_scores.append(torch.einsum("bnd,cd->bcn", dense, text).amax(-1))
-    finally:
-        visual.output_tokens = previous
-    return {"global": torch.cat(global_scores).numpy(), "dense": torch.cat(dense_scores).numpy()}
-
-
-def zero_shot_map(
-    model: torch.nn.Module, num_images: int = 1000, seed: int = 0, split: str = "test", image_size: int = 64
-) -> Dict[str, float]:
-    """Zero-shot mAP of the toy model on held-out synthetic scenes, with the chance level.
-
-    Chance is the mean positive rate: the expected AP of a random ranking.
-    """
-    from sklearn.metrics import average_precision_score
-
-    scenes = SceneGenerator(seed, image_size=image_size, stream=split)
-    rendered = [scenes.scene(i) for i in range(num_images)]
-    labels = np.stack([scene.labels for scene in rendered])
-    images = images_to_tensor([scene.image for scene in rendered])
-    scores = zero_shot_scores(model, images, SYNTHETIC_CLASSES)
-    present = labels.sum(0) > 0
-    result = {"num_images": float(num_images), "chance": float(labels[:, present].mean())}
-    for kind, values in scores.items():
-        aps = [average_precision_score(labels[:, c], values[:, c]) for c in np.flatnonzero(present)]
-        result[f"{kind}_map"] = float(np.mean(aps))
-    return result
-
-
-def save_toy_clip(model: torch.nn.Module, weights_path: Path, metadata_path: Path, metadata: Dict) -> int:
-    """Write the weights as fp16 safetensors and the metadata as JSON; returns the weights' size in bytes."""
+def save_toy_clip(model: torch.nn.Module, weights_path: Path, model_name: str) -> int:
+    """Write the weights as fp16 safetensors; returns the file's size in bytes."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(weights_path), metadata={"format": "pt", "model": TOY_MODEL_NAME})
-    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    save_file(state, str(weights_path), metadata={"format": "pt", "model": model_name})
     return weights_path.stat().st_size
 
 
 def build_toy_clip(
     cfg: ToyClipTrainConfig,
-    weights_path: Path = TOY_WEIGHTS_PATH,
-    metadata_path: Path = TOY_METADATA_PATH,
-    eval_images: int = 1000,
-    eval_seed: int = 0,
+    pool_dir: Path,
+    work_dir: Path,
+    render_workers: int = 1,
     command: str = "",
     progress: Optional[Callable[[int, float], None]] = None,
 ) -> Dict:
-    """Train, save (fp16), reload through open_clip and evaluate the reloaded model; returns the metadata.
-
-    The zero-shot numbers are measured on the shipped weights as loaded back, not on the
-    fp32 model in memory, so the record describes exactly what ships.
-    """
+    """Render (or reuse) the pretraining pool, train (resumably), write the shipped fp16 weights and
+    the training part of the build record; returns that record (`evaluate_toy` adds the rest)."""
     import open_clip
 
-    result = train_toy_clip(cfg, progress=progress)
+    from clipml.lab.pool import pretrain_pool
+
+    spec = toy_spec(cfg.tower)
+    pool = pretrain_pool(cfg.preset, cfg.data_seed, cfg.pool_scenes, pool_dir, workers=render_workers)
+    result = train_toy_clip(cfg, pool, work_dir=work_dir, progress=progress)
     metadata: Dict = {
-        "model_name": TOY_MODEL_NAME,
-        "model_config": json.loads(TOY_CONFIG_PATH.read_text()),
+        "model_name": spec.model_name,
+        "model_config": json.loads(spec.config_path.read_text()),
         "activation": "GELU (not QuickGELU)",
         "image_mean": list(IMAGE_MEAN),
         "image_std": list(IMAGE_STD),
         "weights_dtype": "float16 (load as float32)",
         "command": command,
         "train_config": dataclasses.asdict(cfg),
-        "train_data": {"stream": "pretrain", "seed": cfg.data_seed, "scenes": cfg.steps * cfg.batch_size},
+        "train_data": {"preset": cfg.preset, "stream": "pretrain", "seed": cfg.data_seed,
+                       "pool_scenes": cfg.pool_scenes, "samples_seen": cfg.steps * cfg.batch_size},
         "train_seconds": round(result.seconds, 1),
         "first_loss": result.first_loss,
         "final_loss": result.final_loss,
@@ -355,13 +375,6 @@ def build_toy_clip(
         "parameters": int(sum(p.numel() for p in result.model.parameters())),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
     }
-    metadata["weights_bytes"] = save_toy_clip(result.model, weights_path, metadata_path, metadata)
-    shipped = load_toy_clip(weights_path)
-    zero_shot = zero_shot_map(shipped, num_images=eval_images, seed=eval_seed, split="test", image_size=cfg.image_size)
-    metadata["zero_shot"] = {
-        "data": {"stream": "test", "seed": eval_seed, "images": eval_images},
-        "prompt": ZERO_SHOT_TEMPLATE,
-        **{key: round(value, 4) for key, value in zero_shot.items() if key != "num_images"},
-    }
-    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata["weights_bytes"] = save_toy_clip(result.model, spec.weights_path, spec.model_name)
+    spec.metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
