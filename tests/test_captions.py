@@ -125,6 +125,15 @@ def test_synthetic_captions_come_from_the_pretrain_stream():
     assert captions != [train.scene(i).caption for i in range(5)]
 
 
+def test_synthetic_world_synonyms_label_its_captions():
+    """The lab's world publishes the other words its captions use (clipml.lab.world.SYNONYMS)."""
+    classes = SceneGenerator(0, preset="coco_like").classes
+    labeler = CaptionLabeler(class_phrases("synthetic", classes, classes))
+    assert named("a photo of two fir trees, a mug and many bikes.", labeler, classes) == ["bicycle", "cup", "pine tree"]
+    classic = SceneGenerator(0, preset="classic").classes  # synonyms of classes it lacks are left out
+    assert named("a plane and a ship", CaptionLabeler(class_phrases("synthetic", classic, classic)), classic) == ["boat"]
+
+
 def test_synthetic_caption_options_are_forwarded(monkeypatch):
     """Generator options (e.g. a world preset) reach SceneGenerator; the dataset's own options are
     the defaults, and the caption options win."""

@@ -227,7 +227,7 @@ def test_checkpoint_round_trip(tiny_backbones, tmp_path):
 
 
 def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
-    """The toy CLIP trained on the synthetic world's pretrain captions only (no image labels):
+    """The toy CLIP trained on the COCO-like world's pretrain captions only (no image labels):
     the learned prompts must beat the untrained (random-context) start on validation images."""
     cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -240,9 +240,11 @@ def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
     losses = [record["loss"] for record in summary["history"]]
     assert losses[-1] < losses[0]
     assert summary["val"]["mAP"] > summary["initial_val"]["mAP"] + 5
-    assert summary["captions"]["with_label"] == 600 and summary["captions"]["exact_match_fraction"] == 1.0
-    assert summary["captions"]["training_captions"] == 600 + 16 * 24  # plus one prompt per template and class
-    assert (Path(cfg.run_dir()) / "prompts.safetensors").is_file()
+    captions = summary["captions"]
+    # The world's captions never name an absent class; they leave small objects out (lower recall).
+    assert captions["with_label"] == 600 and captions["precision"] == 1.0 and 0.5 < captions["recall"] < 1.0
+    classes = len(read_prompt_checkpoint(Path(cfg.run_dir()) / "prompts.safetensors")[1]["classes"])
+    assert captions["training_captions"] == 600 + 16 * classes  # plus one prompt per template and class
 
 
 def test_taidpt_needs_captions(tmp_path):

@@ -177,11 +177,19 @@ def _synonym_entries(entries: Mapping, official: Sequence[str], readable: Sequen
 def class_phrases(dataset: str, official: Sequence[str], readable: Sequence[str],
                   extra: Optional[str] = None) -> List[List[str]]:
     """Names and synonyms of every class: official and readable name, the shipped vocabulary's
-    synonyms (if the dataset has a vocabulary file) and those of the file `extra`."""
+    synonyms (if the dataset has a vocabulary file; for the synthetic world, its SYNONYMS) and
+    those of the file `extra`."""
     from clipml.data.vocab import shipped_synonyms
 
     phrases = [sorted({o, r}) for o, r in zip(official, readable)]
-    sources = [_synonym_entries(shipped_synonyms(dataset), official, readable, f"vocabulary {dataset}")]
+    if dataset == SYNTHETIC:  # the lab's world publishes the other words its captions use
+        from clipml.lab.world import SYNONYMS
+
+        known = set(official) | set(readable)
+        shipped = {name: list(words) for name, words in SYNONYMS.items() if name in known}
+    else:
+        shipped = shipped_synonyms(dataset)
+    sources = [_synonym_entries(shipped, official, readable, f"vocabulary {dataset}")]
     if extra:
         sources.append(read_synonyms(extra, official, readable))
     for source in sources:
