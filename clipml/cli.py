@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
 import clipml
 from clipml.devices import select_device
 from clipml.errors import ClipmlError
@@ -193,7 +195,11 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
                         help="template set: 'single' (a photo of a {}.), 'default' (ensemble) or a text file")
     parser.add_argument("--scoring", choices=["global", "dense"], default="global",
                         help="global: CLIP's pooled image feature; dense: per-class spatial pooling")
-    parser.add_argument("--checkpoint", help="score with a learned prompt checkpoint instead (default: zero-shot)")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="score with a learned prompt checkpoint instead; give it twice or more for an ensemble "
+                             "fit on the config's validation split, or an ensemble spec (.json) (default: zero-shot)")
+    parser.add_argument("--save-ensemble", metavar="FILE",
+                        help="write the fitted ensemble spec (.json) for predict (default: none)")
     parser.add_argument("--split", default=None,
                         help=f"a split of the dataset (its own, e.g. val or test), or '{CARVED}': the validation "
                              "part that train_prompts carves from the training split and selects epochs on "
@@ -207,7 +213,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.data import load_split, readable_names
         from clipml.data.transforms import eval_transform
         from clipml.engine.builders import build_backbone, build_splits
-        from clipml.engine.evaluate import detail_summary, evaluate
+        from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.engine.train import load_model
         from clipml.model import MultiLabelCLIP
@@ -223,10 +229,14 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
             split = load_split(cfg.data.dataset, cfg.data.root, name, **cfg.data.options)
             where = f"the dataset's own split '{name}' ({len(split)} images)"
         classnames = readable_names(split)
+        if len(args.checkpoint) > 1 or any(c.endswith(".json") for c in args.checkpoint):
+            return _ensemble_eval(cfg, args, split if args.split else None)
+        if args.save_ensemble:
+            raise ClipmlError("--save-ensemble needs two or more --checkpoint files to ensemble")
         backbone = build_backbone(cfg)
         if args.checkpoint:
-            model = load_model(args.checkpoint, classnames, backbone)
-            what = f"prompt checkpoint {args.checkpoint}"
+            model = load_model(args.checkpoint[0], classnames, backbone)
+            what = f"prompt checkpoint {args.checkpoint[0]}"
         else:
             model = MultiLabelCLIP(backbone, classnames, zero_shot_config(args.templates, args.scoring, cfg.model))
             what = f"zero-shot, {len(model.config.templates)} template(s), {args.scoring} scoring"
@@ -234,14 +244,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress, settings=cfg.eval, scores_path=args.export_scores)
-        percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
-        columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
-        columns = {key: label for key, label in columns.items() if key in metrics}
-        rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
-        print(_table(rows, ["class", *columns.values()]))
-        print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP), "
-              f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
-        _print_details([(split.split, detail_summary(metrics))])
+        _print_metrics(what, where, cfg, classnames, metrics)
         if args.export_scores:
             print(f"scores: {args.export_scores}")
 
@@ -260,11 +263,53 @@ def zero_shot_config(template_set: str, scoring: str, base=None):
     return ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=scoring, temperature=temperature)
 
 
+def _print_metrics(what, where, cfg, classnames, metrics) -> None:
+    from clipml.engine.evaluate import detail_summary
+
+    percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
+    columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
+    columns = {key: label for key, label in columns.items() if key in metrics}
+    rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+    print(_table(rows, ["class", *columns.values()]))
+    print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP), "
+          f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+    _print_details([(where, detail_summary(metrics))])
+
+
+def _ensemble_eval(cfg, args, split) -> None:
+    """zero_shot_eval with an ensemble: fit on the validation split (or read a spec), then score."""
+    from clipml.data import readable_names
+    from clipml.engine.ensemble import evaluate_ensemble
+    from clipml.ensemble import Ensemble
+
+    if len(args.checkpoint) == 1:
+        fitted = Ensemble.load(args.checkpoint[0])
+        result = evaluate_ensemble(cfg, ensemble=fitted, split=split, progress=_progress)
+        what = f"ensemble {args.checkpoint[0]}"
+    else:
+        if any(c.endswith(".json") for c in args.checkpoint):
+            raise ClipmlError("give either one ensemble spec (.json) or two or more prompt checkpoints, not both")
+        result = evaluate_ensemble(cfg, args.checkpoint, split=split, progress=_progress)
+        what = "ensemble"
+    ensemble = result.ensemble
+    rows = [[m.checkpoint, f"{m.weight:.2f}", f"{m.calibration.scale:.4g}", f"{m.calibration.bias:.4g}",
+             f"{100 * metrics['mAP']:.2f}"] for m, metrics in zip(ensemble.members, result.member_metrics)]
+    print(_table(rows, ["member", "weight", "scale", "bias", f"mAP alone ({result.split.split})"]))
+    if "mAP" in ensemble.validation:
+        print(f"weights chosen on the validation split: mAP {100 * ensemble.validation['mAP']:.2f} "
+              f"(members alone: {', '.join(f'{100 * m:.2f}' for m in ensemble.validation['member_mAP'])})\n")
+    if args.save_ensemble:
+        print(f"ensemble spec written to {ensemble.save(args.save_ensemble)}\n")
+    where = f"split '{result.split.split}' ({len(result.split)} images)"
+    _print_metrics(what, where, cfg, readable_names(result.split), result.metrics)
+
+
 # predict ---------------------------------------------------------------------------------------
 def predict(argv: Optional[List[str]] = None) -> None:
-    parser = _parser("Per-class probabilities of images from a prompt checkpoint, or zero-shot CLIP on "
-                     "a class list (--classes and --backbone, no checkpoint).")
-    parser.add_argument("--checkpoint", help="prompts.safetensors from train_prompts (default: zero-shot, see --classes)")
+    parser = _parser("Per-class probabilities of images from a prompt checkpoint or an ensemble spec, or "
+                     "zero-shot CLIP on a class list (--classes and --backbone, no checkpoint).")
+    parser.add_argument("--checkpoint", help="prompts.safetensors from train_prompts, or an ensemble spec (.json) "
+                                             "from zero_shot_eval --save-ensemble (default: zero-shot, see --classes)")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--threshold", type=float, default=None,
                         help="list classes with probability >= this, in [0, 1] (default: the per-class thresholds "
@@ -280,11 +325,9 @@ def predict(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     def main():
-        import torch
-
         from clipml.engine.checkpoint import read_prompt_checkpoint
         from clipml.engine.inference import (check_output, choose_labels, decision_rule, find_images,
-                                             logit_threshold, score_images, write_predictions)
+                                             logit_threshold, score_ensemble, score_images, write_predictions)
 
         select_device(args.device)
         if args.threshold is not None:
@@ -293,23 +336,28 @@ def predict(argv: Optional[List[str]] = None) -> None:
             raise ClipmlError(f"--top-k must be at least 1, got {args.top_k}")
         check_output(args.output)
         paths = find_images(args.inputs)
-        model = _predict_model(args)
-        metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
-        thresholds, rule = decision_rule(metadata, model.classnames, args.threshold)
+        if args.checkpoint and args.checkpoint.endswith(".json"):
+            scored, classnames = score_ensemble(args.checkpoint, paths, args.batch_size, args.device)
+            thresholds, rule = decision_rule({}, classnames, args.threshold)
+        else:
+            model = _predict_model(args)
+            classnames = model.classnames
+            metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
+            thresholds, rule = decision_rule(metadata, classnames, args.threshold)
+            scored = score_images(model, paths, args.batch_size)
+            if model.config.method == "zero_shot":
+                # Zero-shot CLIP's sigmoids saturate at its logit scale of 100: its softmax over the
+                # classes is the probability, written as a logit so that thresholds read it alike.
+                probabilities = torch.softmax(torch.from_numpy(scored.logits).double(), dim=-1).clamp(1e-12, 1 - 1e-12)
+                scored.logits = (probabilities.log() - (-probabilities).log1p()).numpy()
         print(f"labels listed at {rule}", file=sys.stderr)
-        scored = score_images(model, paths, args.batch_size)
-        if model.config.method == "zero_shot":
-            # Zero-shot CLIP's sigmoids saturate at its logit scale of 100: its softmax over the
-            # classes is the probability, written as a logit so that thresholds read it alike.
-            probabilities = torch.softmax(torch.from_numpy(scored.logits).double(), dim=-1).clamp(1e-12, 1 - 1e-12)
-            scored.logits = (probabilities.log() - (-probabilities).log1p()).numpy()
         for path, why in scored.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         if not scored.paths:
             raise ClipmlError(f"none of the {len(paths)} image file(s) could be read (reasons above)")
-        labels = choose_labels(scored.logits, thresholds, model.classnames, args.top_k)
+        labels = choose_labels(scored.logits, thresholds, classnames, args.top_k)
         if args.output:
-            write_predictions(args.output, scored, model.classnames, labels)
+            write_predictions(args.output, scored, classnames, labels)
             print(f"wrote {len(scored.paths)} predictions to {args.output}")
         else:
             for path, listed in zip(scored.paths, labels):
@@ -373,6 +421,9 @@ def sweep(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--device", help=f"{DEVICE_HELP} (default: the configs' device, auto)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="key=value",
                         help="config overrides for every run, e.g. optim.epochs=2")
+    parser.add_argument("--ensemble-with", nargs="+", action="extend", default=[], metavar="CHECKPOINT",
+                        help="prompt checkpoints (e.g. one TaI-DPT) to ensemble with every trained run, weights "
+                             "chosen on the run's validation split; adds rows METHOD+THEIR_METHOD")
     args = parser.parse_args(argv)
 
     def main():
@@ -385,7 +436,8 @@ def sweep(argv: Optional[List[str]] = None) -> None:
         overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
         if args.device:
             select_device(args.device)
-        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, overrides)
+        spec = SweepSpec(args.configs, args.proportions, args.seeds, args.name, args.output_dir, overrides,
+                         args.ensemble_with)
         result = run_sweep(spec, progress)
         print(result.files["md"].read_text())
         print(f"{result.trained} run(s) trained, {result.reused} read back; "
@@ -398,7 +450,7 @@ def sweep(argv: Optional[List[str]] = None) -> None:
 def visualize_attention(argv: Optional[List[str]] = None) -> None:
     parser = _parser(
         "Overlay the spatial attention of the top-k predicted classes on images "
-        "(methods with spatial attention: sdm_csp, dualcoop).")
+        "(methods with spatial attention: sdm_csp, dualcoop, taidpt).")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
     parser.add_argument("images", nargs="+", metavar="image", help="image files (the model loads once for all)")
     parser.add_argument("--output", help="one image: the PNG to write; several: a folder for them (default: "

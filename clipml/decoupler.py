@@ -1,5 +1,5 @@
-"""From a dense feature map to per-class scores: the semantic decoupler (METHODS §3) and the
-DualCoOp / zero-shot spatial aggregations (METHODS §4)."""
+"""From a dense feature map to per-class scores: the semantic decoupler (METHODS §3), the
+DualCoOp / zero-shot spatial aggregations (METHODS §4) and TaI-DPT's double-grained scores (§12)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,21 @@ def dense_pool_scores(dense: torch.Tensor, text: torch.Tensor, temperature: floa
     cosine = spatial_cosine(dense, text)
     attention = (pool_scale * cosine).softmax(dim=-1)
     return temperature * (attention * cosine).sum(dim=-1), attention
+
+
+def double_grained_scores(
+    pooled: torch.Tensor, dense: torch.Tensor, global_text: torch.Tensor, local_text: torch.Tensor,
+    scale: float = 4.0, spatial_scale: float = 40.0, mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TaI-DPT: (global logits, local logits, local attention) for images or texts standing in for them.
+
+    global_c = scale·cos(g, t^G_c);  a_cj = softmax_j(spatial_scale·cos(z_j, t^L_c)) over the
+    locations (or real tokens: `mask` [B, N]), local_c = Σ_j a_cj · scale·cos(z_j, t^L_c).
+    """
+    global_logits = scale * (F.normalize(pooled, dim=-1) @ F.normalize(global_text, dim=-1).T)
+    cosine = spatial_cosine(dense, local_text)  # [B, C, N]
+    weights = spatial_scale * cosine
+    if mask is not None:
+        weights = weights.masked_fill(~mask[:, None, :], float("-inf"))
+    attention = weights.softmax(dim=-1)
+    return global_logits, scale * (attention * cosine).sum(dim=-1), attention

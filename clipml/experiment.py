@@ -9,6 +9,7 @@ from typing import Any, Dict, Literal, Optional, Sequence
 import yaml
 
 from clipml.config import config_from_dict
+from clipml.data.captions import CaptionConfig
 from clipml.errors import ClipmlError, ConfigError
 from clipml.losses import REFERENCE_REDUCTION
 from clipml.model import ModelConfig
@@ -54,6 +55,8 @@ class DataConfig:
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
     cache_seed: int = 0  # seed of the augmented cached views
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
+    # Text-as-image training (model.method=taidpt): captions replace the training images.
+    captions: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.known_ratio <= 1.0:
@@ -65,12 +68,14 @@ class DataConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    name: Literal["bce", "asl"] = "asl"  # DualCoOp: asl on S+ − S− is its two-way ASL
+    name: Literal["bce", "asl", "ranking"] = "asl"  # DualCoOp: asl on S+ − S− is its two-way ASL; TaI-DPT: ranking
     gamma_pos: float = 1.0  # ASL focusing on positives (γ+)
     gamma_neg: float = 2.0  # ASL focusing on negatives (γ−): 2 in DualCoOp, 4 in the ASL paper
     clip: float = 0.05  # ASL probability margin for negatives
+    margin: float = 1.0  # ranking: a known positive should score this much above a known negative
     # null: the loss's reference reduction, resolved when the experiment config is built:
-    # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5).
+    # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5),
+    # ranking averages over images (TaI-DPT's code).
     reduction: Optional[Literal["mean", "sum"]] = None
 
 

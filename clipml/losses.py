@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from clipml.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
-REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "dual_asl": "sum"}
+REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "dual_asl": "sum", "ranking": "mean"}
 """Each loss's reduction in its reference: METHODS §5's partial BCE averages over the known
-entries; ASL's and DualCoOp's code sum. Configs that do not set one get this."""
+entries; ASL's and DualCoOp's code sum; TaI-DPT's ranking loss averages over images. Configs
+that do not set one get this."""
 
 
 def _check(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> None:
@@ -140,10 +141,33 @@ def dual_asl(
     return partial_asl(margin, targets, known, **asl_kwargs)
 
 
+def partial_ranking(
+    logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, margin: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Pairwise ranking loss over classes (TaI-DPT, METHODS §12): within each image, every known
+    positive should score at least ``margin`` above every known negative,
+
+        L_b = Σ_{i, j} y_i (1 − y_j) · max(0, margin − s_i + s_j)   over known i, j,
+
+    which also weighs soft targets. ``reduction="mean"`` averages L_b over the images of the
+    batch (as the reference code), ``"sum"`` adds them up.
+    """
+    _check(logits, targets, known)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    x, y = _safe(logits, targets, known)
+    positive = y * known
+    negative = (1 - y) * known
+    hinge = (margin - x[:, :, None] + x[:, None, :]).clamp(min=0)  # [B, i, j]
+    per_image = (positive[:, :, None] * negative[:, None, :] * hinge).sum(dim=(1, 2))
+    return per_image.sum() if reduction == "sum" else per_image.mean()
+
+
 LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
     "bce": partial_bce,
     "asl": partial_asl,
     "dual_asl": dual_asl,
+    "ranking": partial_ranking,
 }
 
 

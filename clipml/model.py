@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from clipml.backbones import Dense, FrozenCLIP
+from clipml.backbones import Dense, FrozenCLIP, TextDense
 from clipml.blending import RepresentationBlending
-from clipml.decoupler import CosineHead, SemanticDecoupler, dense_pool_scores, dualcoop_aggregate
+from clipml.decoupler import (CosineHead, SemanticDecoupler, dense_pool_scores, double_grained_scores,
+                              dualcoop_aggregate)
 from clipml.errors import ConfigError
 from clipml.transport import ConditionalTransport
-from clipml.prompts import DEFAULT_TEMPLATE, ContextPrompts, DualPrompts, HandcraftedPrompts, handcrafted_text_features
+from clipml.prompts import (DEFAULT_TEMPLATE, ContextPrompts, DoubleGrainedPrompts, DualPrompts, HandcraftedPrompts,
+                            handcrafted_text_features)
 
-Method = Literal["zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp"]
+Method = Literal["zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp", "taidpt"]
 
 # method -> (prompt learner, scoring head)
 METHODS = {
@@ -27,6 +29,7 @@ METHODS = {
     "csc_global": ("class_specific", "global"),
     "dualcoop": ("dual", "dualcoop"),
     "sdm_csp": ("class_specific", "decoupler"),
+    "taidpt": ("double", "taidpt"),  # trained on captions (texts as images), scores images
 }
 
 
@@ -66,6 +69,16 @@ class TransportConfig:
 
 
 @dataclasses.dataclass
+class TaIDPTConfig:
+    """TaI-DPT's double-grained scoring (METHODS §12); defaults are the reference code's."""
+
+    scale: float = 4.0  # both branches: scale · cosine
+    text_spatial_scale: float = 50.0  # softmax sharpness over a caption's tokens (training)
+    image_spatial_scale: float = 40.0  # softmax sharpness over an image's locations (evaluation)
+    global_weight: float = 0.5  # score = w · global + (1 − w) · local
+
+
+@dataclasses.dataclass
 class ModelConfig:
     method: Method = "sdm_csp"  # zero_shot, coop, csc_global, dualcoop or sdm_csp (README table)
     n_ctx: int = 16  # learned context vectors per prompt
@@ -90,14 +103,16 @@ class ModelConfig:
     zero_shot_scoring: Literal["global", "dense"] = "global"  # zero_shot: pooled feature or per-class dense pooling
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
+    taidpt: TaIDPTConfig = dataclasses.field(default_factory=TaIDPTConfig)
 
 
 @dataclasses.dataclass
 class Output:
     logits: torch.Tensor  # [B, C]
-    text: torch.Tensor  # [C, D] (the positive prompts for DualCoOp)
+    text: torch.Tensor  # [C, D] (the positive prompts for DualCoOp, the global ones for TaI-DPT)
     features: Optional[torch.Tensor] = None  # [B, C, D] per-class visual features (decoupler)
     attention: Optional[torch.Tensor] = None  # [B, C, N] spatial attention, rows sum to 1
+    parts: Optional[Tuple[torch.Tensor, ...]] = None  # branch logits that each get the loss (TaI-DPT)
 
 
 class MultiLabelCLIP(nn.Module):
@@ -119,13 +134,17 @@ class MultiLabelCLIP(nn.Module):
         elif prompt_kind == "dual":
             self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std,
                                        config.negative_ctx_init)
+        elif prompt_kind == "double":
+            self.prompts = DoubleGrainedPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
         else:
             self.prompts = ContextPrompts(
                 backbone, classnames, config.n_ctx, prompt_kind == "class_specific", config.ctx_init, config.ctx_std
             )
         # DualCoOp scores S+ − S−, whose negative prompt already sets each class's offset: no bias.
-        biased = prompt_kind != "handcrafted" and self.head_kind != "dualcoop"
-        self.head = CosineHead(config.temperature, config.learn_temperature, config.logit_bias if biased else None)
+        # TaI-DPT scores with its own fixed scales (model.taidpt).
+        biased = prompt_kind != "handcrafted" and self.head_kind not in ("dualcoop", "taidpt")
+        learned = config.learn_temperature and self.head_kind != "taidpt"
+        self.head = CosineHead(config.temperature, learned, config.logit_bias if biased else None)
         if self.head_kind == "decoupler":
             guidance = self._fixed_guidance()
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]
@@ -133,6 +152,8 @@ class MultiLabelCLIP(nn.Module):
                 self.register_buffer("guidance", guidance, persistent=False)
             self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim,
                                                init=config.decoupler_init)
+        if self.head_kind == "taidpt" and not 0.0 <= config.taidpt.global_weight <= 1.0:
+            raise ConfigError(f"model.taidpt.global_weight must be in [0, 1], got {config.taidpt.global_weight}")
         blend = config.blending
         if blend.contrastive_weight < 0:
             raise ConfigError(f"model.blending.contrastive_weight must be >= 0; got {blend.contrastive_weight}")
@@ -148,6 +169,8 @@ class MultiLabelCLIP(nn.Module):
         if config.transport.enabled:
             if prompt_kind == "handcrafted":
                 raise ConfigError("model.transport aligns learnable prompts; zero_shot has none")
+            if self.head_kind == "taidpt":
+                raise ConfigError("model.transport aligns image features with image labels; taidpt trains on captions")
             ct = config.transport
             self.transport = ConditionalTransport(backbone.embed_dim, ct.tau_nav, ct.rho, ct.background)
         self.to(backbone.device)
@@ -171,7 +194,8 @@ class MultiLabelCLIP(nn.Module):
         return torch.as_tensor(vectors, dtype=torch.float32)
 
     def text_features(self):
-        """Text features of the current prompts: [C, D], or (positive, negative) for DualCoOp."""
+        """Text features of the current prompts: [C, D], or (positive, negative) for DualCoOp,
+        (global, local) for TaI-DPT."""
         return self.prompts()
 
     def encode(self, images: torch.Tensor) -> Dense:
@@ -182,9 +206,13 @@ class MultiLabelCLIP(nn.Module):
         return self.forward_dense(self.encode(images), text)
 
     def forward_dense(self, dense: Dense, text=None) -> Output:
-        """Scores from dense features; `text` (from `text_features()`) can be passed to reuse it."""
+        """Scores from dense features; `text` (from `text_features()`) can be passed to reuse it.
+
+        TaI-DPT also scores texts standing in for images (`TextDense`, its training data)."""
         if text is None:
             text = self.text_features()
+        if self.head_kind == "taidpt":
+            return self._double_grained(dense, *text)
         if self.head_kind == "dualcoop":
             positive, negative = text
             logits, attention = dualcoop_aggregate(dense.tokens, positive, negative)
@@ -199,6 +227,17 @@ class MultiLabelCLIP(nn.Module):
             logits, attention = dense_pool_scores(dense.tokens, text, float(self.head.log_temperature.exp()))
             return Output(logits=logits, text=text, attention=attention)
         return Output(logits=self.head(dense.pooled, text), text=text)
+
+    def _double_grained(self, dense: Dense, global_text: torch.Tensor, local_text: torch.Tensor) -> Output:
+        settings = self.config.taidpt
+        is_text = isinstance(dense, TextDense)
+        spatial = settings.text_spatial_scale if is_text else settings.image_spatial_scale
+        global_logits, local_logits, attention = double_grained_scores(
+            dense.pooled, dense.tokens, global_text, local_text, settings.scale, spatial,
+            dense.mask if is_text else None)
+        weight = settings.global_weight
+        logits = weight * global_logits + (1 - weight) * local_logits
+        return Output(logits=logits, text=global_text, attention=attention, parts=(global_logits, local_logits))
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

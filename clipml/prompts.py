@@ -1,5 +1,6 @@
-"""Prompt learners: hand-crafted templates, shared context (CoOp), class-specific context (CSC)
-and dual positive/negative context (DualCoOp). Each returns one text feature per class."""
+"""Prompt learners: hand-crafted templates, shared context (CoOp), class-specific context (CSC),
+dual positive/negative context (DualCoOp) and double-grained global/local context (TaI-DPT).
+Each returns one text feature per class (the dual and double learners: two)."""
 
 from __future__ import annotations
 
@@ -149,3 +150,18 @@ class DualPrompts(nn.Module):
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.positive(), self.negative()
+
+
+class DoubleGrainedPrompts(nn.Module):
+    """TaI-DPT's double-grained prompts: a global context, scored against the global feature, and
+    a local one, scored against each location (or token); each shared by all classes."""
+
+    def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], n_ctx: int = 16,
+                 init: Optional[str] = None, std: float = 0.02) -> None:
+        super().__init__()
+        self.classnames = list(classnames)
+        self.global_context = ContextPrompts(backbone, classnames, n_ctx, False, init, std)
+        self.local_context = ContextPrompts(backbone, classnames, n_ctx, False, init, std)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.global_context(), self.local_context()

@@ -8,6 +8,11 @@ other run goes through ``train(resume=True)``, so an interrupted sweep continues
 The experiment seed varies over ``seeds``; the partial-label mask seed (``data.mask_seed``) stays
 the config's, so every method and every seed trains on the same mask for a given p (the masks are
 nested across p). Seeds thus measure optimisation noise, not mask-draw noise.
+
+``ensemble_with`` names fixed checkpoints (e.g. one TaI-DPT model, which uses no image labels)
+to ensemble with every trained run (clipml.ensemble: weights chosen on that run's validation
+split); each adds rows ``<method>+<its method>``. The fitted spec and its numbers are kept in the
+run folder (``ensemble-<method>.json``, ``ensemble-<method>-summary.json``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class SweepSpec:
     name: Optional[str] = None  # default: the dataset name
     output_dir: str = "runs/sweeps"
     overrides: Sequence[str] = ()  # key=value for every run, e.g. optim.epochs=2
+    ensemble_with: Sequence[str] = ()  # fixed prompt checkpoints ensembled with every trained run
 
 
 @dataclasses.dataclass
@@ -167,9 +173,51 @@ def run_sweep(spec: SweepSpec, progress: Progress = None) -> SweepResult:
                         run.seed)
             reused += 1
         summaries.append(summary)
+    if spec.ensemble_with:
+        extra_runs, extra = _ensemble_rows(runs, summaries, spec.ensemble_with, progress)
+        runs, summaries = runs + extra_runs, summaries + extra
     table = summarize(folder.name, runs, summaries, spec.overrides)
     files = write_tables(table, folder)
     return SweepResult(folder, table, files, trained, reused)
+
+
+def _ensemble_rows(runs: List[SweepRun], summaries: List[Dict[str, object]], checkpoints: Sequence[str],
+                   progress: Progress) -> Tuple[List[SweepRun], List[Dict[str, object]]]:
+    """Every trained run ensembled with every fixed checkpoint, as extra table rows."""
+    from clipml.engine.checkpoint import read_prompt_checkpoint
+    from clipml.engine.ensemble import evaluate_ensemble
+    from clipml.ensemble import Ensemble
+    from clipml.errors import CheckpointError
+
+    names = [read_prompt_checkpoint(path)[1]["method"] for path in checkpoints]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"sweep: the ensemble checkpoints {list(checkpoints)} hold the same method twice ({names})")
+    memo: dict = {}
+    extra_runs, extra = [], []
+    for path, name in zip(checkpoints, names):
+        for run, summary in zip(runs, summaries):
+            own = run.folder / "prompts.safetensors"
+            if not own.is_file():  # nothing learned (zero-shot): nothing to ensemble
+                continue
+            spec_file, result_file = run.folder / f"ensemble-{name}.json", run.folder / f"ensemble-{name}-summary.json"
+            record = None
+            if spec_file.is_file() and result_file.is_file():
+                try:
+                    fitted = Ensemble.load(spec_file)
+                    if [Path(m.checkpoint).resolve() for m in fitted.members] == [own.resolve(), Path(path).resolve()]:
+                        record = json.loads(result_file.read_text())
+                except CheckpointError:
+                    record = None  # a member changed: fit again
+            if record is None:
+                result = evaluate_ensemble(run.config, [str(own), str(path)], progress=progress, memo=memo)
+                result.ensemble.save(spec_file)
+                record = {"weights": result.ensemble.weights, "val_mAP": 100 * result.ensemble.validation["mAP"],
+                          "test_mAP": 100 * result.metrics["mAP"]}
+                result_file.write_text(json.dumps(record, indent=1))
+            extra_runs.append(dataclasses.replace(run, method=f"{run.method}+{name}"))
+            extra.append({"test": {"mAP": record["test_mAP"]}, "val": {"mAP": record["val_mAP"]},
+                          "zero_shot_test": summary["zero_shot_test"], "best_epoch": summary["best_epoch"]})
+    return extra_runs, extra
 
 
 def _stats(values: List[float]) -> Dict[str, object]:

@@ -1,5 +1,6 @@
-"""Where a model looks: the per-class spatial attention of the semantic decoupler (sdm_csp) or of
-DualCoOp's region aggregation, for the top-k predicted classes, overlaid on the image."""
+"""Where a model looks: the per-class spatial attention of the semantic decoupler (sdm_csp), of
+DualCoOp's region aggregation or of TaI-DPT's local branch, for the top-k predicted classes,
+overlaid on the image."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.model import METHODS, MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-SPATIAL_HEADS = ("decoupler", "dualcoop")  # heads whose Output carries attention [B, C, N]
+SPATIAL_HEADS = ("decoupler", "dualcoop", "taidpt")  # heads whose Output carries attention [B, C, N]
 
 
 @dataclasses.dataclass

@@ -159,7 +159,7 @@ def test_zero_shot_method_has_nothing_to_train(tmp_path):
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_configs_load(path):
     cfg = load_config(ExperimentConfig, REPO / path)
-    assert cfg.model.method in ("zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp")
+    assert cfg.model.method in ("zero_shot", "coop", "csc_global", "dualcoop", "sdm_csp", "taidpt")
 
 
 def test_toy_clip_end_to_end_improves_on_its_start(tmp_path):

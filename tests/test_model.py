@@ -29,6 +29,7 @@ def test_trainable_parameter_count_matches_formula(tiny_backbones, method):
         "csc_global": C * M * width,
         "dualcoop": 2 * C * M * width,
         "sdm_csp": C * M * width + D * d + D * d + d + 1,  # contexts + U + V (guide = D) + P
+        "taidpt": 2 * M * width,  # a global and a local context, shared by all classes
     }[method]
     assert sum(p.numel() for p in model.trainable_parameters()) == expected
     # Nothing of the backbone is trainable, and the optimizer's parameters are exactly these.

@@ -37,10 +37,10 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("visualize")
     image = synthetic_split("test", num_images=1, image_size=64).open_image(0).resize((WIDTH, HEIGHT))
     image.save(folder / "scene.png")
-    return {"image": folder / "scene.png", **{m: checkpoint(folder, m) for m in ("sdm_csp", "dualcoop", "coop")}}
+    return {"image": folder / "scene.png", **{m: checkpoint(folder, m) for m in ("sdm_csp", "dualcoop", "taidpt", "coop")}}
 
 
-@pytest.mark.parametrize("method", ["sdm_csp", "dualcoop"])
+@pytest.mark.parametrize("method", ["sdm_csp", "dualcoop", "taidpt"])
 def test_top_k_classes_and_maps(files, method):
     from clipml.engine.train import load_model
 

@@ -23,16 +23,17 @@ from typing import Dict, Optional
 
 import torch
 
-from clipml.backbones.base import Dense, FrozenCLIP, trainable_parameters
-from clipml.devices import select_device
+from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parameters
 from clipml.backbones.vit_dense import DENSE_MODES, check_mode
+from clipml.devices import select_device
 from clipml.errors import BackboneError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "clipml-lab-rn"}
 """Backbone specs of the shipped toy CLIPs -> their open_clip model names (weights beside them)."""
 
-__all__ = ["DENSE_MODES", "Dense", "FrozenCLIP", "load_backbone", "register_test_models", "trainable_parameters"]
+__all__ = ["DENSE_MODES", "Dense", "FrozenCLIP", "TextDense", "load_backbone", "register_test_models",
+           "trainable_parameters"]
 
 
 @lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,17 @@ class Dense:
     tokens: torch.Tensor  # [B, N, D], N = h * w, row-major over the grid
     pooled: torch.Tensor  # [B, D], exactly what the library's encode_image returns
     grid: Tuple[int, int]  # (h, w)
+
+
+@dataclasses.dataclass
+class TextDense(Dense):
+    """Output of `encode_text_dense`: texts standing in for images (TaI-DPT, METHODS §12).
+
+    `tokens` are the text transformer's per-token outputs after its final layer norm and the text
+    projection, `pooled` is exactly `encode_text`, `grid` is (1, L) and `mask` [B, L] marks each
+    text's real tokens (start token to end token); positions after the end token are padding."""
+
+    mask: Optional[torch.Tensor] = None
 
 
 class FrozenCLIP(nn.Module):
@@ -115,10 +126,30 @@ class FrozenCLIP(nn.Module):
         raise NotImplementedError
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenize(texts).to(self.device)
-        # The end token has the largest id; nothing after it reaches its feature (causal mask).
-        ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]
+        ids = self._text_ids(texts)
         return self.encode_embeddings(self.token_embedding(ids), ids)
+
+    def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Position of each text's end token [T]: CLIP's end token has the largest id."""
+        return ids.argmax(dim=-1)
+
+    def _text_ids(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenize(texts).to(self.device)
+        # Nothing after the last end token reaches any real token's feature (causal mask): cut there.
+        return ids[:, : int(self.end_positions(ids).max()) + 1]
+
+    def encode_text_dense(self, texts: Sequence[str]) -> TextDense:
+        """Per-token text features and the global one (= `encode_text`) in one pass of the tower."""
+        ids = self._text_ids(texts)
+        tokens, pooled = self.encode_text_tokens(self.token_embedding(ids), ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        mask = positions[None, :] <= self.end_positions(ids)[:, None]
+        return TextDense(tokens=tokens, pooled=pooled, grid=(1, ids.shape[1]), mask=mask)
+
+    def encode_text_tokens(self, embeddings: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(per-token features [T, L, D], text features [T, D]) from token embeddings, as
+        `encode_embeddings` computes the latter."""
+        raise NotImplementedError
 
 
 def check_image_size(image_size: int, stride: int, what: str) -> Tuple[int, int]:

@@ -157,20 +157,35 @@ class HFCLIPBackbone(FrozenCLIP):
         return self.model.text_model.embeddings.token_embedding(ids.to(self.device))
 
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            x = self._text_pool(self._text_states(embeddings, ids), ids)
+        return x.float()
+
+    def encode_text_tokens(self, embeddings: torch.Tensor, ids: torch.Tensor):
+        with self.autocast():
+            states = self._text_states(embeddings, ids)
+            pooled = self._text_pool(states, ids)
+            tokens = self.model.text_projection(states)
+        return tokens.float(), pooled.float()
+
+    def _text_pool(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The end token's state, projected: the text feature."""
+        return self.model.text_projection(states[torch.arange(states.shape[0], device=states.device),
+                                                 self.end_positions(ids)])
+
+    def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.eos_token_id == 2:  # legacy configs: the end token has the largest id
+            return ids.argmax(dim=-1)
+        return (ids == self.eos_token_id).int().argmax(dim=-1)
+
+    def _text_states(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The text encoder's output after its final layer norm, [T, L, W]."""
         text = self.model.text_model
         length = ids.shape[1]
         if length > self.context_length:
             raise BackboneError(f"prompts of {length} tokens exceed the context length {self.context_length}")
-        with self.autocast():
-            x = text.embeddings(inputs_embeds=embeddings)
-            # An explicit additive mask is causal under every attention implementation;
-            # SDPA without it (and without is_causal) silently attends both ways.
-            mask = causal_mask(length, x.device, x.dtype).expand(x.shape[0], 1, length, length)
-            x = text.final_layer_norm(text.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state)
-            if self.eos_token_id == 2:  # legacy configs: the end token has the largest id
-                position = ids.argmax(dim=-1)
-            else:
-                position = (ids == self.eos_token_id).int().argmax(dim=-1)
-            x = x[torch.arange(x.shape[0], device=x.device), position]
-            x = self.model.text_projection(x)
-        return x.float()
+        x = text.embeddings(inputs_embeds=embeddings)
+        # An explicit additive mask is causal under every attention implementation;
+        # SDPA without it (and without is_causal) silently attends both ways.
+        mask = causal_mask(length, x.device, x.dtype).expand(x.shape[0], 1, length, length)
+        return text.final_layer_norm(text.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state)

@@ -268,25 +268,42 @@ class OpenCLIPBackbone(FrozenCLIP):
         return self.text_tower.token_embedding(ids.to(self.device))
 
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        from open_clip.transformer import text_global_pool
+        with self.autocast():
+            x = self._project_text(self._text_pool(self._text_states(embeddings, ids), ids))
+        return x.float()
 
+    def encode_text_tokens(self, embeddings: torch.Tensor, ids: torch.Tensor):
+        with self.autocast():
+            states = self._text_states(embeddings, ids)
+            pooled = self._project_text(self._text_pool(states, ids))
+            tokens = self._project_text(states)
+        return tokens.float(), pooled.float()
+
+    def _text_states(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The text transformer's output after its final layer norm, [T, L, W]."""
         tower = self.text_tower
         length = ids.shape[1]
         if length > self.context_length:
             raise BackboneError(f"prompts of {length} tokens exceed the context length {self.context_length}")
-        with self.autocast():
-            cast = tower.transformer.get_cast_dtype()
-            x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
-            mask = tower.attn_mask
-            mask = mask[:length, :length] if mask is not None else None
-            if getattr(tower, "use_pad_mask", False):
-                pad = tower._build_additive_mask(ids, length, x.dtype)
-                mask = pad if mask is None else mask.unsqueeze(0) + pad
-            x = tower.ln_final(tower.transformer(x, attn_mask=mask))
-            pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
-            eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
-            x = text_global_pool(x, ids, pool_type=pool_type, eos_token_id=eos)
-            projection = tower.text_projection
-            if projection is not None:
-                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-        return x.float()
+        cast = tower.transformer.get_cast_dtype()
+        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+        mask = tower.attn_mask
+        mask = mask[:length, :length] if mask is not None else None
+        if getattr(tower, "use_pad_mask", False):
+            pad = tower._build_additive_mask(ids, length, x.dtype)
+            mask = pad if mask is None else mask.unsqueeze(0) + pad
+        return tower.ln_final(tower.transformer(x, attn_mask=mask))
+
+    def _text_pool(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        from open_clip.transformer import text_global_pool
+
+        tower = self.text_tower
+        pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
+        eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
+        return text_global_pool(states, ids, pool_type=pool_type, eos_token_id=eos)
+
+    def _project_text(self, x: torch.Tensor) -> torch.Tensor:
+        projection = self.text_tower.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection

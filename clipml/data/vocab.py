@@ -1,13 +1,15 @@
 """Class vocabularies and prompt templates shipped as package data (`clipml/assets/prompts/`).
 
 A vocabulary file lists a dataset's classes in the dataset's order, each as its official name
-or `official: readable`; the readable names are what CLIP reads.
+or `official: readable`; the readable names are what CLIP reads. An optional `synonyms:` section
+maps a class (official or readable name) to other words for it, which label captions
+(clipml.data.captions).
 """
 
 from __future__ import annotations
 
 from importlib import resources
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import yaml
 
@@ -40,6 +42,17 @@ def vocabulary(dataset: str) -> List[Tuple[str, str]]:
             official = readable = entry
         pairs.append((str(official), str(readable)))
     return pairs
+
+
+def shipped_synonyms(dataset: str) -> Dict[str, List[str]]:
+    """The `synonyms:` section of a dataset's vocabulary file ({} when it has none or no file)."""
+    if dataset not in available_vocabularies():
+        return {}
+    asset = _asset(f"{dataset}.yaml")
+    entries = yaml.safe_load(asset.read_text(encoding="utf-8")).get("synonyms") or {}
+    if not isinstance(entries, dict):
+        raise DataError(f"vocabulary {dataset}: 'synonyms' must map class names to lists of words")
+    return entries
 
 
 def class_names(dataset: str) -> List[str]:

@@ -21,7 +21,9 @@ from clipml.prompts import ContextPrompts
 logger = logging.getLogger(__name__)
 
 CONTEXT_PREFIX = {"prompts": "prompts.ctx", "prompts.positive": "prompts.positive.ctx",
-                  "prompts.negative": "prompts.negative.ctx"}
+                  "prompts.negative": "prompts.negative.ctx",
+                  "prompts.global_context": "prompts.global_context.ctx",
+                  "prompts.local_context": "prompts.local_context.ctx"}
 IDENTITY_KEYS = ("library", "model", "weights", "embed_dim")
 
 

@@ -86,6 +86,29 @@ def score_images(model: MultiLabelCLIP, paths: Sequence[Path], batch_size: int =
     return ScoredImages(kept, np.concatenate(logits), skipped)
 
 
+def score_ensemble(spec: str, paths: Sequence[Path], batch_size: int = 32, device: str = "cpu"
+                   ) -> Tuple[ScoredImages, List[str]]:
+    """score_images for an ensemble spec (.json from zero_shot_eval --save-ensemble): its
+    calibrated combined logits, and its class names."""
+    from clipml.engine.ensemble import ImageScorer
+
+    scorer = ImageScorer(spec, device=device)
+    kept: List[Path] = []
+    skipped: List[Tuple[Path, str]] = []
+    logits = [np.zeros((0, len(scorer.classnames)), np.float32)]
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(read_image(path))
+                kept.append(path)
+            except DataError as error:
+                skipped.append((path, str(error)))
+        if images:
+            logits.append(np.asarray(scorer.logits(images), dtype=np.float32))
+    return ScoredImages(kept, np.concatenate(logits), skipped), scorer.classnames
+
+
 def logit_threshold(probability: float) -> float:
     """The logit at which sigmoid reaches `probability` in [0, 1] (±inf at the ends)."""
     if not 0.0 <= probability <= 1.0:

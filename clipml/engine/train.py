@@ -21,6 +21,7 @@ from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.engine import distributed
 from clipml.engine.builders import build_backbone, build_sources, build_splits, select_device
+from clipml.engine.captions import build_caption_source
 from clipml.engine.checkpoint import (
     load_into,
     load_training_state,
@@ -123,6 +124,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     for source in sources:
         source.context = context
     train_source, val_source, test_source = sources
+    if cfg.model.method == "taidpt":  # texts as images: captions replace the training images
+        train_source = build_caption_source(cfg, backbone, train_split, context)
     torch.manual_seed(cfg.seed)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
     config_dict = config_to_dict(cfg)
@@ -186,6 +189,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "seconds": round(seconds, 1),
         "seconds_this_call": round(call_seconds, 1),
     }
+    if cfg.model.method == "taidpt":
+        summary["captions"] = train_source.report
     if context.is_main:
         if model.trainable_parameters():
             save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test},
@@ -253,6 +258,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     loss_settings = {"reduction": cfg.loss.reduction}
     if cfg.loss.name == "asl":
         loss_settings.update(gamma_pos=cfg.loss.gamma_pos, gamma_neg=cfg.loss.gamma_neg, clip=cfg.loss.clip)
+    if cfg.loss.name == "ranking":
+        loss_settings.update(margin=cfg.loss.margin)
     loss_fn = build_loss(cfg.loss.name, **loss_settings)
 
     start_epoch, history, best, prior_seconds = 0, [], {"epoch": 0, "val": {"mAP": -1.0}}, 0.0
@@ -343,7 +350,10 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, b
     """Partial-label loss of one batch, plus the DSRB terms (when ``blending``) and the CT term when enabled."""
     targets, known = (labels == 1).float(), labels != -1
     output = model.forward_dense(dense)
-    loss = loss_fn(output.logits, targets, known)
+    if output.parts is None:
+        loss = loss_fn(output.logits, targets, known)
+    else:  # a head with several branches (TaI-DPT): the loss on each
+        loss = sum(loss_fn(part, targets, known) for part in output.parts)
     if blending:
         settings = model.config.blending
         if settings.instance:

@@ -1,0 +1,144 @@
+"""Ensembles of trained checkpoints (clipml.ensemble) on a dataset and on image files: members
+are scored with their own backbones, calibrated and weighted on the validation split carved
+from the training split (never the test split), then scored on any split."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.config import config_from_dict
+from clipml.data import readable_names
+from clipml.data.base import MultiLabelSplit
+from clipml.data.transforms import eval_transform
+from clipml.engine.builders import build_sources, build_splits, select_device
+from clipml.engine.checkpoint import read_prompt_checkpoint
+from clipml.engine.evaluate import predict
+from clipml.engine.features import ImageFeatureSource
+from clipml.engine.train import load_model
+from clipml.ensemble import Calibration, Ensemble, EnsembleMember, file_digest, fit_ensemble
+from clipml.experiment import ExperimentConfig
+from clipml.metrics import evaluate_scores
+from clipml.model import MultiLabelCLIP
+
+logger = logging.getLogger(__name__)
+Progress = Optional[Callable[[Iterable, str], Iterable]]
+Memo = Dict[Tuple[str, str], np.ndarray]
+
+
+def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]], device: str) -> List[MultiLabelCLIP]:
+    """One model per checkpoint, each on the backbone it was learned on (shared where equal)."""
+    backbones: Dict[tuple, FrozenCLIP] = {}
+    models = []
+    for path in checkpoints:
+        _, metadata = read_prompt_checkpoint(path)
+        saved = config_from_dict(ExperimentConfig, metadata["config"], source=str(path)).backbone
+        key = (saved.spec, metadata["backbone"]["image_size"], saved.precision, saved.allow_random)
+        if key not in backbones:
+            backbones[key] = load_backbone(saved.spec, key[1], device, saved.precision, saved.allow_random)
+        models.append(load_model(str(path), classnames, backbones[key]))
+    return models
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+@dataclasses.dataclass
+class EnsembleEvaluation:
+    ensemble: Ensemble
+    metrics: Dict[str, object]  # of the ensemble on the evaluated split (clipml.metrics.evaluate_scores)
+    member_metrics: List[Dict[str, object]]  # of each member alone on that split
+    split: MultiLabelSplit
+
+
+def _split_logits(model: MultiLabelCLIP, digest: str, source, memo: Optional[Memo], progress: Progress) -> np.ndarray:
+    """A member's logits on the source's split, in the split's image order."""
+    key = (digest, source.split.fingerprint())
+    if memo is None or key not in memo:
+        logits, _ = predict(model, source, progress)
+        if memo is None:
+            return logits
+        memo[key] = logits
+    return memo[key]
+
+
+def evaluate_ensemble(cfg: ExperimentConfig, checkpoints: Sequence[str] = (), ensemble: Optional[Ensemble] = None,
+                      split: Optional[MultiLabelSplit] = None, step: float = 0.05, progress: Progress = None,
+                      memo: Optional[Memo] = None) -> EnsembleEvaluation:
+    """Fit an ensemble of `checkpoints` on the validation split of `cfg`'s data (or take the
+    fitted `ensemble`), then score `split` (default: `cfg`'s test split) with it.
+
+    `memo` keeps member logits by (checkpoint digest, image list), so a sweep scores a fixed
+    member (e.g. one TaI-DPT checkpoint) once for all its runs.
+    """
+    device = select_device(cfg.device)
+    train, val, test = build_splits(cfg)
+    target = test if split is None else split
+    classnames = readable_names(target)
+    paths = [m.checkpoint for m in ensemble.members] if ensemble is not None else [str(p) for p in checkpoints]
+    models = load_members(paths, classnames, device)
+    val_logits, eval_logits = [], []
+    for path, model in zip(paths, models):
+        digest = file_digest(path)
+        _, val_source, test_source = build_sources(cfg, model.backbone, train, val, test)
+        if split is not None:
+            backbone = model.backbone
+            transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+            test_source = ImageFeatureSource(split, backbone, transform, cfg.data.eval_batch_size, cfg.data.workers)
+        if ensemble is None:
+            val_logits.append(_split_logits(model, digest, val_source, memo, progress))
+        eval_logits.append(_split_logits(model, digest, test_source, memo, progress))
+    if ensemble is None:
+        ensemble = fit_ensemble(val_logits, val.labels, paths, classnames, step)
+        logger.info("ensemble weights %s chosen on %d validation images: val mAP %.2f (members %s)",
+                    [round(w, 3) for w in ensemble.weights], len(val), 100 * ensemble.validation["mAP"],
+                    ", ".join(f"{100 * m:.2f}" for m in ensemble.validation["member_mAP"]))
+    combined = ensemble.combine(eval_logits)
+    labels = target.labels
+    return EnsembleEvaluation(
+        ensemble,
+        evaluate_scores(probabilities(combined), labels, scores=combined),
+        [evaluate_scores(probabilities(logits), labels, scores=logits) for logits in eval_logits],
+        target,
+    )
+
+
+class ImageScorer:
+    """Per-class logits of images from one prompt checkpoint or a fitted ensemble spec (.json):
+    one code path, a single checkpoint being an ensemble of one with weight 1 and no calibration."""
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        if str(path).endswith(".json"):
+            self.ensemble = Ensemble.load(path)
+        else:
+            self.ensemble = Ensemble([EnsembleMember(str(path), 1.0, Calibration())], [])
+        paths = [member.checkpoint for member in self.ensemble.members]
+        self.models = load_members(paths, self.ensemble.classes or None, device)
+        self.classnames = self.models[0].classnames
+        self.transforms = [eval_transform(m.backbone.image_size, m.backbone.mean, m.backbone.std) for m in self.models]
+        self._text = [None] * len(self.models)
+
+    @property
+    def device(self) -> torch.device:
+        return self.models[0].backbone.device
+
+    def logits(self, images: Sequence) -> np.ndarray:
+        """Logits [B, C] of PIL images (a calibrated log-odds for an ensemble)."""
+        per_member = []
+        with torch.no_grad():
+            for k, (model, transform) in enumerate(zip(self.models, self.transforms)):
+                model.eval()
+                if self._text[k] is None:
+                    self._text[k] = model.text_features()
+                batch = torch.stack([transform(image) for image in images]).to(model.backbone.device)
+                per_member.append(model(batch, self._text[k]).logits.float().cpu().numpy())
+        return self.ensemble.combine(per_member)
+
+
+__all__ = ["EnsembleEvaluation", "ImageScorer", "evaluate_ensemble", "load_members", "probabilities"]
