@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def test_predict_lists_labels_at_the_validation_thresholds(trained_checkpoint, t
     predict(["--checkpoint", str(trained_checkpoint), str(images[0]), "--threshold", "0", "--top-k", "2"])
     line = capsys.readouterr().out.strip()
     listed = line.split(": ", 1)[1].split(", ")
-    assert len(listed) == 2 and all(item.endswith(")") and " (0." in item or " (1." in item for item in listed)
+    assert len(listed) == 2 and all(re.fullmatch(r".+ \([01]\.\d{3}\)", item) for item in listed)  # "dog (0.912)"
     # a checkpoint from before thresholds were stored: 0.5, with a notice
     del metadata["thresholds"]
     old = tmp_path / "old.safetensors"
