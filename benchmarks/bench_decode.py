@@ -8,6 +8,7 @@ Rows (full passes over one folder of photo-sized JPEGs, see jpegs.py):
   reduced JPEG decoding (`Image.draft`, DCT scaling) where the target is at most half the source;
   each decoder's pixels against PIL's (max and mean absolute difference, grey levels);
 - the loader alone (`make_loader`, --workers processes): target >= 0.8 of the bare decode loop;
+  and the loader as it was before (PIL decode, images stacked by torch's default collate);
 - the bare tower (`encode_dense` on ready, normalised tensors) and the cache extraction
   (`build_feature_cache` into a fresh folder, --workers processes), images/s, at --tower-sizes;
 - on CUDA only: torchvision's batched GPU decode (`decode_jpeg(list, device="cuda")`) plus the
@@ -31,6 +32,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
@@ -49,6 +51,19 @@ def pil_draft(split: MultiLabelSplit, index: int, size: int) -> Image.Image:
     with Image.open(split.image_path(index)) as image:
         image.draft("RGB", (size, size))
         return image.convert("RGB")
+
+
+class PilImages(Dataset):
+    """The loader's items before the torchvision decoder: PIL decode, then the transform."""
+
+    def __init__(self, split: MultiLabelSplit, transform) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.split.open_image(index))
 
 
 def decoders(split: MultiLabelSplit, size: int) -> Dict[str, Callable[[int], object]]:
@@ -136,6 +151,8 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
     for name, decode in found.items():
         rows[row_name(name)] = (lambda d=decode: [transform(d(i)) for i in range(count)])
     rows[f"loader alone ({workers} workers)"] = loader
+    rows[f"loader as before: PIL decode, default collate ({workers} workers)"] = lambda: list(DataLoader(
+        PilImages(split, transform), batch, num_workers=workers, collate_fn=default_collate))
     if towers:
         rows["bare tower on ready tensors"] = tower
         rows[f"cache extraction ({workers} workers)"] = extraction
@@ -195,8 +212,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the main process (1: stable timings on a shared machine)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # random-weight notices
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
