@@ -9,9 +9,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
-                        warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
-    """Median seconds of each function over `repeats` rounds, after `warmup` calls of each.
+def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
+                      warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+    """Seconds of each function in each of `repeats` rounds, after `warmup` calls of each.
 
     `clock=time.process_time` measures this process's CPU seconds instead of wall seconds: on a
     loaded CPU-only machine with one torch thread, other jobs then do not count.
@@ -29,6 +29,13 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times[name].append(clock() - start)
+    return times
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
+                        warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """Median seconds of each function over `repeats` rounds, after `warmup` calls of each."""
+    times = interleaved_times(fns, repeats, device, warmup, clock)
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
