@@ -5,7 +5,7 @@ as the trainer runs it), next to its parts and to an image training step, in one
 Rows: caption encoding alone (`encode_text_dense`, no grad); the full TaI-DPT step; DualCoOp's
 step on a batch of cached image features (no image tower: what a cached sweep pays); the frozen
 image tower on the same number of images (what an uncached image step pays on top). Captions are
-the synthetic world's pretrain captions. Examples:
+the synthetic world's pretrain captions (`--preset`). Examples:
 
     python benchmarks/bench_text_training.py                                  # the toy CLIP, toy world
     python benchmarks/bench_text_training.py --device cuda --spec open_clip:RN50 --image-size 224 --classes 80
@@ -30,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="toy")
     parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--classes", type=int, default=24)
+    parser.add_argument("--preset", default="coco_like", help="the synthetic world whose captions are trained on")
+    parser.add_argument("--classes", type=int, default=48)
     parser.add_argument("--batch", type=int, default=256, help="captions (and images) per step")
     parser.add_argument("--n-ctx", type=int, default=4)
     parser.add_argument("--device", default="cpu")
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=args.spec != "toy")
-    captions, _, world = synthetic_captions(args.batch)
+    captions, _, world = synthetic_captions(args.batch, preset=args.preset)
     classnames = (world + [f"class number {i}" for i in range(args.classes)])[: args.classes]
     labels = torch.randint(0, 2, (args.batch, args.classes), dtype=torch.int8,
                            generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -81,7 +82,7 @@ def main() -> None:
     seconds = interleaved_medians(rows, args.repeats, args.device)
     reference = seconds["TaI-DPT step (encode + loss + backward + step)"]
     length = encode_captions().tokens.shape[1]
-    print(f"{backbone.identity['model']} @ {backbone.image_size}, C={args.classes}, batch {args.batch} "
+    print(f"{backbone.identity['model']} @ {backbone.image_size}, {args.preset} captions, C={args.classes}, batch {args.batch} "
           f"(captions of up to {length} tokens), n_ctx={args.n_ctx}, device={args.device}, "
           f"torch threads={torch.get_num_threads()}, {args.repeats} interleaved rounds\n")
     print("| step | s per batch | items/s | time / TaI-DPT step |")
