@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import shutil
 import tempfile
 import time
@@ -105,12 +106,25 @@ def gpu_decode_pass(paths: List[str], size: int, batch: int, device: str) -> tor
     return images
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (loader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def median(values: List[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: int, repeats: int,
             per_image: bool = True, towers: bool = True) -> Dict[str, object]:
-    """Seconds per pass of every row (median and best of the interleaved rounds), the loader's
-    rate after its first batch (worker start-up excluded), the pixel differences, and the peak
-    device memory of the tower and of the extraction (CUDA; None elsewhere). `per_image=False`
-    leaves out the one-process decoder rows, `towers=False` the tower and extraction rows."""
+    """Median seconds and CPU seconds per pass of every row over the interleaved rounds, the
+    loader's rate after its first batch (worker start-up excluded), the pixel differences, and the
+    peak device memory of the tower and of the extraction (CUDA; None elsewhere). `per_image=False`
+    leaves out the one-process decoder rows, `towers=False` the tower and extraction rows.
+
+    CPU seconds (process time plus the workers') tell what a row costs whatever share of the cores
+    a shared machine gave it: images per CPU second compare decoders and loaders fairly there."""
     device = str(backbone.device)
     size, count = backbone.image_size, len(split)
     transform = eval_transform(size, backbone.mean, backbone.std, normalize=False)
@@ -167,42 +181,51 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
             diff = (on_device - reference).abs()
             differences[GPU_ROW] = {"max": int(diff.max()), "mean": float(diff.float().mean())}
             rows[GPU_ROW] = lambda: gpu_decode_pass(paths, size, batch, device)
-    times = interleaved_times(rows, repeats, device)
-    seconds = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
-    return {"seconds": seconds, "best": {name: min(ts) for name, ts in times.items()}, "differences": differences, "images": count, "gpu_error": gpu_error,
-            "loader_steady": sorted(steady)[len(steady) // 2] if steady else None,
+    cpu: Dict[str, List[float]] = {name: [] for name in rows}
+
+    def accounted(name: str, fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            start = cpu_seconds()
+            fn()
+            cpu[name].append(cpu_seconds() - start)
+        return run
+
+    times = interleaved_times({name: accounted(name, fn) for name, fn in rows.items()}, repeats, device)
+    return {"seconds": {name: median(ts) for name, ts in times.items()},
+            "cpu": {name: median(values[-repeats:]) for name, values in cpu.items()},
+            "differences": differences, "images": count, "gpu_error": gpu_error,
+            "loader_steady": median(steady) if steady else None,
             "peak_tower": peak_memory(tower, device) if towers else None,
             "peak_extraction": peak_memory(extraction, device) if towers else None}
 
 
 def report(result: Dict[str, object], workers: int) -> str:
-    count = result["images"]
-    rate = {name: count / s for name, s in result["seconds"].items()}
-    best = {name: count / s for name, s in result["best"].items()}
-    lines = ["| what | s per pass | images/s | / bare decode | / bare tower | best images/s | best / bare decode "
-             "| best / bare tower | pixels vs PIL: max, mean |", "|---|---|---|---|---|---|---|---|---|"]
-    towers = "bare tower on ready tensors" in rate
-    for name, s in result["seconds"].items():
+    count, seconds, cpu = result["images"], result["seconds"], result["cpu"]
+    rate = {name: count / s for name, s in seconds.items()}
+    per_cpu = {name: count / max(c, 1e-9) for name, c in cpu.items()}
+    bare, tower = "bare PIL decode loop", "bare tower on ready tensors"
+    towers = tower in rate
+    lines = ["| what | s per pass | images/s | / bare decode | / bare tower | CPU s per pass | cores used "
+             "| images per CPU s | per CPU s / bare decode | pixels vs PIL: max, mean |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in seconds:
         pixels = result["differences"].get(name)
         shown = f"{pixels['max']}, {pixels['mean']:.3f}" if pixels else ""
-        lines.append(f"| {name} | {s:.3f} | {rate[name]:.1f} | {rate[name] / rate['bare PIL decode loop']:.2f} | "
-                     + (f"{rate[name] / rate['bare tower on ready tensors']:.2f}" if towers else "")
-                     + f" | {best[name]:.1f} | {best[name] / best['bare PIL decode loop']:.2f} | "
-                     + (f"{best[name] / best['bare tower on ready tensors']:.2f}" if towers else "") + f" | {shown} |")
+        versus_tower = f"{rate[name] / rate[tower]:.2f}" if towers else ""
+        lines.append(f"| {name} | {seconds[name]:.3f} | {rate[name]:.1f} | {rate[name] / rate[bare]:.2f} | "
+                     f"{versus_tower} | {cpu[name]:.3f} | {cpu[name] / seconds[name]:.2f} | {per_cpu[name]:.1f} | "
+                     f"{per_cpu[name] / per_cpu[bare]:.2f} | {shown} |")
     if result.get("gpu_error"):
         lines.append(f"\nGPU batched decode unavailable: {result['gpu_error']}")
-    lines.append("")
-    loader, steady = f"loader alone ({workers} workers)", result["loader_steady"]
-    extraction, tower = f"cache extraction ({workers} workers)", "bare tower on ready tensors"
-    for label, r in (("median", rate), ("best", best)):
-        line = f"{label}: loader / bare decode loop {r[loader] / r['bare PIL decode loop']:.2f} (target >= 0.8)"
-        if towers:
-            line += (f"; cache extraction / bare tower {r[extraction] / r[tower]:.2f}, / min(loader, tower) "
-                     f"{r[extraction] / min(r[loader], r[tower]):.2f}")
-        lines.append(line)
-    if steady:
-        lines.append(f"loader after its first batch (worker start-up excluded, median): {steady:.1f} images/s, "
-                     f"{steady / rate['bare PIL decode loop']:.2f} of the bare decode loop")
+    loader, extraction = f"loader alone ({workers} workers)", f"cache extraction ({workers} workers)"
+    lines.append(f"\nloader / bare decode loop: {rate[loader] / rate[bare]:.2f} in images/s (target >= 0.8), "
+                 f"{per_cpu[loader] / per_cpu[bare]:.2f} in images per CPU second")
+    if result["loader_steady"]:
+        lines.append(f"loader after its first batch (worker start-up excluded): {result['loader_steady']:.1f} "
+                     f"images/s, {result['loader_steady'] / rate[bare]:.2f} of the bare decode loop")
+    if towers:
+        lines.append(f"cache extraction / bare tower: {rate[extraction] / rate[tower]:.2f}; / min(loader, tower): "
+                     f"{rate[extraction] / min(rate[loader], rate[tower]):.2f}")
     return "\n".join(lines)
 
 
