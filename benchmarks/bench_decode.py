@@ -174,7 +174,7 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, batch: int, workers: i
     if device.startswith("cuda"):
         try:
             on_device = gpu_decode_pass(paths[:batch], size, batch, device).cpu().int()
-        except RuntimeError as error:  # a torchvision without nvJPEG: say so, measure the rest
+        except Exception as error:  # e.g. a torchvision without nvJPEG: say so, measure the rest
             gpu_error = str(error).strip().splitlines()[0]
         else:
             reference = torch.stack([transform(read_image(split, i)) for i in range(len(on_device))]).int()
