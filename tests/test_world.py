@@ -255,7 +255,7 @@ def test_salient_captions_name_large_objects_more_often_and_use_counts():
     from clipml.lab.world import LAB_CLASSES, SYNONYMS, plural
 
     generator = SceneGenerator(0, stream="pretrain", preset="coco_like")
-    named = {"small": [], "large": []}
+    named = {"small": [], "medium": [], "large": []}
     counted = 0
     for index in range(300):
         scene = generator.scene(index)
@@ -264,8 +264,7 @@ def test_salient_captions_name_large_objects_more_often_and_use_counts():
             words = (name, plural(name), *SYNONYMS.get(name, ()), *map(plural, SYNONYMS.get(name, ())))
             said = any(re.search(rf"\b{re.escape(w)}\b", caption) for w in words)
             area = max(placed.visible_pixels for placed in scene.objects if placed.name == name) / 96**2
-            named["small" if area < 0.02 else "large" if area > 0.1 else "medium"] = \
-                named.get("small" if area < 0.02 else "large" if area > 0.1 else "medium", []) + [said]
+            named["small" if area < 0.02 else "large" if area > 0.1 else "medium"].append(said)
         counted += bool(re.search(r"\b(two|three|four|five|many) ", caption))
         largest = max(scene.objects, key=lambda placed: placed.visible_pixels).name
         spoken = (largest, plural(largest), *SYNONYMS.get(largest, ()), *map(plural, SYNONYMS.get(largest, ())))
