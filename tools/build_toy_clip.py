@@ -12,13 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clipml.lab.toyclip import ToyClipTrainConfig, build_toy_clip, toy_spec
-
-RECIPES = {
-    "vit": {"steps": 2400},
-    "rn": {"steps": 2250, "low_res_steps": 2000},
-}
-"""Per-tower defaults that differ from ToyClipTrainConfig's (the shipped builds)."""
+from clipml.lab.toyclip import RECIPES, ToyClipTrainConfig, build_toy_clip, toy_spec
 
 
 def main(argv=None) -> int:

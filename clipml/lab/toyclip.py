@@ -120,6 +120,13 @@ class ToyClipTrainConfig:
     checkpoint_every: int = 100  # steps between saves of the resumable training state
 
 
+RECIPES: Dict[str, Dict[str, int]] = {
+    "vit": {"steps": 2400},
+    "rn": {"steps": 2250, "low_res_steps": 2000},
+}
+"""Per-tower settings of the shipped builds that differ from ToyClipTrainConfig's defaults."""
+
+
 @dataclasses.dataclass
 class ToyClipTrainResult:
     """The trained model and how its training went."""
@@ -129,15 +136,6 @@ class ToyClipTrainResult:
     first_loss: float
     final_loss: float
     seconds: float
-
-
-def images_to_tensor(images: Sequence, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD) -> torch.Tensor:
-    """PIL RGB images (all one size) -> normalised float tensor [B, 3, H, W]."""
-    array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
-    pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
 
 
 def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
