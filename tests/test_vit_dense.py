@@ -9,7 +9,6 @@ import typing
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipml.backbones import DENSE_MODES, load_backbone, register_test_models

@@ -57,33 +57,43 @@ class ScoredImages:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
 
 
+def _score_files(paths: Sequence[Path], batch_size: int, classes: int, decode: Callable,
+                 logits_of: Callable, progress: Progress = None) -> ScoredImages:
+    """Logits of every decodable image, a batch at a time; an undecodable one (corrupt, truncated,
+    not an image) is skipped and listed with the reason, so one bad file does not cost the others."""
+    kept: List[Path] = []
+    skipped: List[Tuple[Path, str]] = []
+    logits = [np.zeros((0, classes), np.float32)]
+    starts = range(0, len(paths), batch_size)
+    for start in (progress(starts, "predict") if progress is not None else starts):
+        images = []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(decode(read_image(path)))
+                kept.append(path)
+            except DataError as error:
+                skipped.append((path, str(error)))
+        if images:
+            logits.append(np.asarray(logits_of(images), dtype=np.float32))
+    return ScoredImages(kept, np.concatenate(logits), skipped)
+
+
 def score_images(model: MultiLabelCLIP, paths: Sequence[Path], batch_size: int = 32,
                  progress: Progress = None) -> ScoredImages:
-    """Logits of every decodable image; an undecodable one (corrupt, truncated, not an image)
-    is skipped and listed with the reason, so one bad file does not cost the others."""
+    """Logits of every decodable image (see `_score_files`)."""
     backbone = model.backbone
     # uint8 to the device, normalised there: a quarter of the bytes of float32 over the bus.
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
     normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
-    kept: List[Path] = []
-    skipped: List[Tuple[Path, str]] = []
-    logits = [np.zeros((0, len(model.classnames)), np.float32)]
-    starts = range(0, len(paths), batch_size)
     model.eval()
     with torch.no_grad():
         text = model.text_features()
-        for start in (progress(starts, "predict") if progress is not None else starts):
-            images = []
-            for path in paths[start:start + batch_size]:
-                try:
-                    images.append(transform(read_image(path)))
-                    kept.append(path)
-                except DataError as error:
-                    skipped.append((path, str(error)))
-            if images:
-                batch = normalize(torch.stack(images).to(backbone.device))
-                logits.append(model(batch, text).logits.float().cpu().numpy())
-    return ScoredImages(kept, np.concatenate(logits), skipped)
+
+        def logits_of(images):
+            batch = normalize(torch.stack(images).to(backbone.device))
+            return model(batch, text).logits.float().cpu().numpy()
+
+        return _score_files(paths, batch_size, len(model.classnames), transform, logits_of, progress)
 
 
 def score_ensemble(spec: str, paths: Sequence[Path], batch_size: int = 32, device: str = "cpu"
@@ -93,20 +103,8 @@ def score_ensemble(spec: str, paths: Sequence[Path], batch_size: int = 32, devic
     from clipml.engine.ensemble import ImageScorer
 
     scorer = ImageScorer(spec, device=device)
-    kept: List[Path] = []
-    skipped: List[Tuple[Path, str]] = []
-    logits = [np.zeros((0, len(scorer.classnames)), np.float32)]
-    for start in range(0, len(paths), batch_size):
-        images = []
-        for path in paths[start:start + batch_size]:
-            try:
-                images.append(read_image(path))
-                kept.append(path)
-            except DataError as error:
-                skipped.append((path, str(error)))
-        if images:
-            logits.append(np.asarray(scorer.logits(images), dtype=np.float32))
-    return ScoredImages(kept, np.concatenate(logits), skipped), scorer.classnames
+    scored = _score_files(paths, batch_size, len(scorer.classnames), lambda image: image, scorer.logits)
+    return scored, scorer.classnames
 
 
 def logit_threshold(probability: float) -> float:
