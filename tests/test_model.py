@@ -228,3 +228,26 @@ def test_uniform_decoupler_init_starts_from_the_mean_token_and_still_learns(tiny
     assert model.forward_dense(dense).attention.std() > 0
     default = make_model(backbone, "sdm_csp")
     assert default.forward_dense(dense).attention.std() > 0  # the paper's random init is kept by default
+
+
+def test_decoupler_lr_scale_gives_the_decoupler_its_own_rate(tiny_backbones):
+    from clipml.engine.train import build_optimizer, cosine_with_warmup
+    from clipml.experiment import OptimConfig
+
+    model = make_model(tiny_backbones["open_clip_vit"], "sdm_csp", learn_temperature=True)
+    decoupler = {id(p) for p in model.decoupler.parameters()}
+    optimizer = build_optimizer(OptimConfig(name="adamw", lr=0.01, decoupler_lr_scale=0.1), model)
+    rates = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    assert set(rates) == {id(p) for p in model.trainable_parameters()}
+    for parameter in model.trainable_parameters():
+        lr, decay = rates[id(parameter)]
+        assert lr == pytest.approx(0.001 if id(parameter) in decoupler else 0.01)
+        assert decay == (0.0 if parameter.dim() == 0 else 5e-4)
+    # The schedule scales each group from its own peak (first warm-up step: half of it).
+    cosine_with_warmup(optimizer, warmup_steps=2, total_steps=10)
+    assert sorted({round(g["lr"], 6) for g in optimizer.param_groups}) == [0.0005, 0.005]
+    # One rate for all keeps the two groups an older run's saved optimizer state expects.
+    plain = build_optimizer(OptimConfig(name="adamw", lr=0.01), model)
+    assert [len(g["params"]) for g in plain.param_groups] == [len(model.trainable_parameters()) - 1, 1]
+    with pytest.raises(ConfigError, match="decoupler_lr_scale"):
+        build_optimizer(OptimConfig(decoupler_lr_scale=0.0), model)

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,15 +45,24 @@ BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "lo
 
 def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters; scalars (temperatures, blend weights) get no
-    weight decay."""
-    decay, no_decay = [], []
+    weight decay, and the semantic decoupler runs at lr × decoupler_lr_scale."""
+    if cfg.decoupler_lr_scale <= 0:
+        raise ConfigError(f"optim.decoupler_lr_scale must be > 0, got {cfg.decoupler_lr_scale}")
+    decoupler = getattr(model, "decoupler", None)
+    # With one rate for all, the groups (and so saved optimizer states) stay as they always were.
+    scaled = decoupler is not None and cfg.decoupler_lr_scale != 1.0
+    in_decoupler = {id(p) for p in decoupler.parameters()} if scaled else set()
+    groups: Dict[Tuple[bool, bool], List[torch.nn.Parameter]] = {}
     for parameter in model.trainable_parameters():
-        (no_decay if parameter.dim() == 0 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
+        groups.setdefault((parameter.dim() == 0, id(parameter) in in_decoupler), []).append(parameter)
+    param_groups = [
+        {"params": params, "weight_decay": 0.0 if scalar else cfg.weight_decay,
+         "lr": cfg.lr * (cfg.decoupler_lr_scale if coupled else 1.0)}
+        for (scalar, coupled), params in sorted(groups.items())
+    ]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
