@@ -106,6 +106,27 @@ def test_decoupler_class_chunks_do_not_change_results():
         torch.testing.assert_close(a, b)
 
 
+def test_decoupler_default_chunks_by_size_on_cpu(monkeypatch):
+    import clipml.decoupler as decoupler
+
+    torch.manual_seed(1)
+    whole = SemanticDecoupler(8, 5, hidden_dim=4, class_chunk=100)
+    automatic = SemanticDecoupler(8, 5, hidden_dim=4)
+    automatic.load_state_dict(whole.state_dict())
+    dense, guidance = torch.randn(2, 7, 8, requires_grad=True), torch.randn(10, 5)
+    monkeypatch.setattr(decoupler, "CPU_CHUNK_ELEMENTS", 3 * 2 * 7 * 4)  # three classes of [B=2, N=7, d=4]
+    assert automatic._chunk(torch.zeros(2, 7, 4)) == 3
+    monkeypatch.setattr(decoupler, "CPU_CHUNK_ELEMENTS", 1)  # never under one class
+    assert automatic._chunk(torch.zeros(2, 7, 4)) == 1
+    expected = whole(dense, guidance)
+    grad_whole = torch.autograd.grad(expected[0].square().sum(), dense)[0]
+    got = automatic(dense, guidance)
+    grad_auto = torch.autograd.grad(got[0].square().sum(), dense)[0]
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grad_whole, grad_auto)
+
+
 def test_zero_shot_equals_clip_cosine(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     model = make_model(backbone, "zero_shot")
