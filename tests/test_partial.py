@@ -82,7 +82,7 @@ def test_mask_file_written_then_reused(tmp_path, monkeypatch):
     split = make_split(300, 8)
     first = partial_split(split, 0.3, seed=7, mask_dir=tmp_path)
     path = mask_path(tmp_path, split, 0.3, 7)
-    assert path.name == "toy_train_p0.3_seed7.npz" and path.exists()
+    assert path.name == f"toy_train_{split.fingerprint()[:8]}_p0.3_seed7.npz" and path.exists()
     np.testing.assert_array_equal(load_mask(path, split, 0.3, 7), first.known)
 
     def refuse(*args, **kwargs):
@@ -98,14 +98,20 @@ def test_mask_file_written_then_reused(tmp_path, monkeypatch):
 def test_mask_file_detects_other_image_or_class_order(tmp_path):
     split = make_split(300, 8)
     partial_split(split, 0.3, seed=0, mask_dir=tmp_path)
+    path = mask_path(tmp_path, split, 0.3, 0)
     reordered = split.subset(np.random.RandomState(0).permutation(len(split)))
     with pytest.raises(DataError, match="different images, image order or classes"):
-        partial_split(reordered, 0.3, seed=0, mask_dir=tmp_path)
+        load_mask(path, reordered)
     classes_swapped = MultiLabelSplit(
         "toy", "train", split.classes[::-1], split.items, split.labels[:, ::-1]
     )
     with pytest.raises(DataError, match="fingerprint"):
-        partial_split(classes_swapped, 0.3, seed=0, mask_dir=tmp_path)
+        load_mask(path, classes_swapped)
+    # Another version of the split (e.g. another synthetic world) gets a file of its own.
+    assert mask_path(tmp_path, reordered, 0.3, 0) != path
+    partial_split(reordered, 0.3, seed=0, mask_dir=tmp_path)
+    assert mask_path(tmp_path, reordered, 0.3, 0).exists()
+    np.testing.assert_array_equal(load_mask(path, split), simulate_known(split.labels, 0.3, 0))
 
 
 def test_corrupt_mask_file(tmp_path):

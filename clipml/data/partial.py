@@ -50,9 +50,12 @@ def simulate_known(labels: np.ndarray, p: float, seed: int) -> np.ndarray:
 
 
 def mask_path(mask_dir: Union[str, Path], split: MultiLabelSplit, p: float, seed: int) -> Path:
-    """Where the mask for (dataset, split, p, seed) lives inside `mask_dir`."""
+    """Where the mask for (dataset, split, p, seed) lives inside `mask_dir`. The name carries the
+    split's fingerprint (first 8 digits): two versions of a split (another image list, another
+    synthetic world or size) share one folder without clashing."""
     safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)  # noqa: E731
-    return Path(mask_dir) / f"{safe(split.dataset)}_{safe(split.split)}_p{_check_p(p):g}_seed{int(seed)}.npz"
+    return Path(mask_dir) / (f"{safe(split.dataset)}_{safe(split.split)}_{split.fingerprint()[:8]}"
+                             f"_p{_check_p(p):g}_seed{int(seed)}.npz")
 
 
 def save_mask(path: Union[str, Path], known: np.ndarray, split: MultiLabelSplit, p: float, seed: int) -> Path:
