@@ -176,7 +176,17 @@ def test_guidance_options(tiny_backbones, tmp_path):
     images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
     assert model(images).logits.shape == (2, len(CLASSES))
     learned = make_model(backbone, "sdm_csp", guidance="learned")
-    assert learned(images).attention.shape == (2, len(CLASSES), 16)
+    output = learned(images)
+    assert output.attention.shape == (2, len(CLASSES), 16)
+    # Learned guidance follows each class's own prompt, detached: the attention moves with the
+    # class's context, but no gradient reaches the prompts through the attention.
+    (output.attention * torch.randn_like(output.attention)).sum().backward()
+    assert learned.prompts.ctx.grad is None or learned.prompts.ctx.grad.abs().sum() == 0
+    assert learned.decoupler.V.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        learned.prompts.ctx[1].add_(torch.randn_like(learned.prompts.ctx[1]))
+        moved = (learned(images).attention - output.attention).abs().amax(dim=(0, 2))
+    assert moved[1] > 1e-6 and torch.all(moved[[0, 2, 3]] == 0)
     np.save(vectors, np.zeros((len(CLASSES) + 1, 12), dtype=np.float32))
     with pytest.raises(ConfigError, match="expected word vectors of shape"):
         make_model(backbone, "sdm_csp", guidance=str(vectors))
