@@ -1,8 +1,8 @@
 """Alignment of learned prompts with the dense map (seed 002's claim for conditional transport):
 the pointing game and mass inside of each class's cosine map softmax_j(20 · cos(z_j, t_c)) on
 the test split, for the text features t_c of trained runs (DualCoOp: its positive prompts;
-TaI-DPT: its local ones) and of the hand-written zero-shot prompt. Reads the test feature cache
-the runs were evaluated on.
+TaI-DPT: its local ones) and of the hand-written zero-shot prompt. Reads the test split's features
+the way the runs were evaluated (their feature cache when they used one).
 
     python benchmarks/prompt_alignment.py runs/sweeps/lab_coco_vit/{sdm_csp,sdm_csp_ct}/p0.1/s*
 """
@@ -19,11 +19,9 @@ import torch
 import yaml
 
 from clipml.config import config_from_dict
-from clipml.data import load_split, readable_names
+from clipml.data import readable_names
 from clipml.decoupler import dense_pool_scores
-from clipml.engine.builders import build_backbone
-from clipml.engine.cache import build_feature_cache
-from clipml.engine.features import CachedFeatureSource
+from clipml.engine.builders import build_backbone, build_sources, build_splits
 from clipml.engine.train import load_model
 from clipml.experiment import ExperimentConfig
 from clipml.localization import localize_image, summarize_localization
@@ -55,12 +53,9 @@ def main() -> None:
         cfg = config_from_dict(ExperimentConfig, yaml.safe_load((run / "config.yaml").read_text()))
         key = repr((cfg.backbone, cfg.data.dataset, cfg.data.test_split, sorted(cfg.data.options.items())))
         if key not in sources:
-            test = load_split(cfg.data.dataset, cfg.data.root, cfg.data.test_split, **cfg.data.options)
             backbone = build_backbone(cfg)
-            cache = build_feature_cache(test, backbone, cfg.data.cache_dir, 1, augment=cfg.data.augment,
-                                        seed=cfg.data.cache_seed, batch_size=cfg.data.eval_batch_size)
-            source = CachedFeatureSource(test, cache, cfg.data.eval_batch_size, backbone.device)
-            zero_shot = MultiLabelCLIP(backbone, readable_names(test), ModelConfig(method="zero_shot"))
+            source = build_sources(cfg, backbone, *build_splits(cfg))[2]  # the test split, as the run scored it
+            zero_shot = MultiLabelCLIP(backbone, readable_names(source.split), ModelConfig(method="zero_shot"))
             sources[key] = (backbone, source)
             rows["zero-shot prompt", run.parent.parent.parent.name].append(cosine_map_localisation(zero_shot, source))
         backbone, source = sources[key]

@@ -19,8 +19,7 @@ import yaml
 
 from clipml.config import config_from_dict
 from clipml.data import load_split, readable_names
-from clipml.engine.builders import build_backbone, build_splits
-from clipml.engine.cache import build_feature_cache, union_split
+from clipml.engine.builders import build_backbone, build_cached_sources, build_splits
 from clipml.engine.features import CachedFeatureSource
 from clipml.engine.evaluate import predict
 from clipml.engine.train import load_model
@@ -32,15 +31,14 @@ def unknown_entry_scores(run: Path) -> Dict[str, float]:
     """mAP (%) over the unknown training entries (per class, classes with a positive among them)
     and over the known ones, plus the run's own test mAP."""
     cfg = config_from_dict(ExperimentConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    train, val, _ = build_splits(cfg)
+    train, val, test = build_splits(cfg)
     truth_split = load_split(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **cfg.data.options)
     row = {item: i for i, item in enumerate(truth_split.items)}
     truth = truth_split.labels[[row[item] for item in train.items]]
     backbone = build_backbone(cfg)
-    cache = build_feature_cache(union_split(train, val), backbone, cfg.data.cache_dir, cfg.data.cache_views,
-                                augment=cfg.data.augment, seed=cfg.data.cache_seed,
-                                batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers)
-    source = CachedFeatureSource(train, cache, cfg.data.eval_batch_size, backbone.device)
+    # The validation source reads the shared train/val cache at view 0 (the evaluation transform).
+    shared = build_cached_sources(cfg, backbone, train, val, test)[1].cache
+    source = CachedFeatureSource(train, shared, cfg.data.eval_batch_size, backbone.device)
     model = load_model(str(run / "prompts.safetensors"), readable_names(train), backbone)
     logits, partial = predict(model, source)
     result = {}
