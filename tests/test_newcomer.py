@@ -61,6 +61,14 @@ def interrupt_at(wanted):
     return progress
 
 
+def state_after_interrupt(cfg):
+    """Train `cfg` until Ctrl-C at the start of its second epoch; (state file, its contents)."""
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=interrupt_at("epoch 2/2"))
+    state_path = Path(cfg.run_dir()) / "state.pt"
+    return state_path, load_training_state(state_path)
+
+
 def run_cli(tool, args, capsys):
     """(exit code, stdout, stderr) of one tool call."""
     code = 0
@@ -304,10 +312,7 @@ def test_epochs_are_counted_from_one_everywhere(trained):
 
 def test_a_state_saved_with_zero_based_epochs_resumes_counted_from_one(tmp_path):
     cfg = tiny_config(tmp_path, "old")
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=interrupt_at("epoch 2/2"))
-    state_path = Path(cfg.run_dir()) / "state.pt"
-    state = load_training_state(state_path)
+    state_path, state = state_after_interrupt(cfg)
     state["epoch"] = state.pop("epochs_done") - 1  # as the state files before this change
     state["history"] = json.dumps([dict(r, epoch=r["epoch"] - 1) for r in json.loads(state["history"])])
     state["best"] = json.dumps(dict(json.loads(state["best"]), epoch=0))
@@ -329,10 +334,7 @@ def test_rerunning_keeps_the_recorded_training_time(tmp_path):
 
 def test_a_resumed_run_adds_the_new_time(tmp_path):
     cfg = tiny_config(tmp_path, "resumed")
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=interrupt_at("epoch 2/2"))
-    state_path = Path(cfg.run_dir()) / "state.pt"
-    state = load_training_state(state_path)
+    state_path, state = state_after_interrupt(cfg)
     assert state["seconds"] > 0
     save_training_state(state_path, dict(state, seconds=1000.0))
     summary = train(cfg)
