@@ -157,6 +157,23 @@ def test_interrupted_build_resumes_with_identical_content(tmp_path, backbone, sp
     resumed.verify(full=True)
 
 
+def test_a_build_logs_its_progress_and_a_resumed_one_counts_from_where_it_was(tmp_path, backbone, split, caplog):
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1, on_chunk=stop_after_two)
+    with caplog.at_level("INFO", logger="clipml.engine.cache"):
+        build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1)
+    progress = [r.getMessage() for r in caplog.records if "chunks," in r.getMessage()]
+    assert [line.split(": ")[1].split(" chunks")[0] for line in progress] == [f"{done} of 9" for done in range(3, 10)]
+    assert progress[-1].endswith("0 s left") and "images/s" in progress[0]
+
+
 def test_corrupt_truncated_or_unreadable_cache_is_detected(tmp_path, backbone, split):
     cache = build_feature_cache(split, backbone, tmp_path, batch_size=8, chunk_batches=1)
     path = cache.path

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -355,8 +356,10 @@ def build_feature_cache(
 
     View 0 uses the evaluation transform, views 1..views-1 the training policy `augment`.
     A chunk is `chunk_batches` batches of `batch_size` images of one view; `on_chunk(done, total)`
-    is called after each chunk is committed to disk. With a `context` of several ranks, every rank
-    must call this: each encodes its share of the chunks into the one cache, which all then open.
+    is called after each chunk is committed to disk (default: rank 0 logs the progress, about
+    twenty lines per build, since a COCO-sized build takes an hour). With a `context` of several
+    ranks, every rank must call this: each encodes its share of the chunks into the one cache,
+    which all then open.
     """
     if views < 1:
         raise ConfigError(f"data.cache_views must be at least 1, got {views}")
@@ -370,6 +373,8 @@ def build_feature_cache(
         return FeatureCache(final, split, key)
 
     partial = final.with_name(final.name + ".partial")
+    if on_chunk is None and context.is_main:
+        on_chunk = _ChunkLog(final.name, batch_size * chunk_batches)
     if context.is_main:
         _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
     context.barrier()  # the folder, its arrays and meta.json exist; no rank writes progress yet
@@ -380,6 +385,25 @@ def build_feature_cache(
         logger.info("feature cache %s built (%d views of %d images)", final, views, len(split))
     context.barrier()
     return FeatureCache(final, split, key)
+
+
+class _ChunkLog:
+    """The default `on_chunk` of a cache build: logs chunks done, images per second and the time
+    left, about every 5 % of the build and at its end."""
+
+    def __init__(self, name: str, chunk_images: int, lines: int = 20) -> None:
+        self.name, self.chunk_images, self.lines = name, chunk_images, lines
+        self.start, self.first = time.monotonic(), None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first is None:  # a resumed build: rate and time left count this run's chunks only
+            self.first = done - 1
+        if done != total and done % max(1, total // self.lines):
+            return
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        per_chunk = seconds / (done - self.first)
+        logger.info("feature cache %s: %d of %d chunks, %.0f images/s, %.0f s left", self.name, done, total,
+                    self.chunk_images / per_chunk, per_chunk * (total - done))
 
 
 def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, augment: str, seed: int,
