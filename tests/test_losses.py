@@ -182,6 +182,36 @@ def test_soft_target_is_linear_blend_of_hard_targets():
     assert soft.item() == pytest.approx(0.3 * pos.item() + 0.7 * neg.item(), rel=1e-12)
 
 
+def _stationary_probability(gradient, lo=-8.0, hi=8.0):
+    """The probability where a one-entry loss's gradient in the logit changes sign (bisection)."""
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gradient(mid) < 0 else (lo, mid)
+    return sig((lo + hi) / 2)
+
+
+def _autograd_gradient(fn, y, **kw):
+    def gradient(x):
+        logit = torch.tensor([[x]], requires_grad=True)
+        fn(logit, torch.tensor([[y]]), torch.ones(1, 1, dtype=torch.bool), **kw).backward()
+        return logit.grad.item()
+    return gradient
+
+
+@pytest.mark.parametrize("gamma_neg, expected", [(2.0, 0.599), (4.0, 0.687)])
+def test_a_soft_target_is_bces_optimum_but_asl_settles_above_it(gamma_neg, expected):
+    """DSRB's blended entries carry soft targets; the README's numbers for where each loss puts them."""
+    assert _stationary_probability(_autograd_gradient(partial_bce, 0.5)) == pytest.approx(0.5, abs=1e-9)
+    asl = _stationary_probability(_autograd_gradient(partial_asl, 0.5, gamma_neg=gamma_neg))
+
+    def hand(x, y=0.5, clip=0.05):  # d/dx of the formula, focusing weights held constant
+        q = sig(x)
+        return -y * (1 - q) * (1 - q) + (1 - y) * max(q - clip, 0) ** gamma_neg * q * (1 - q) / min(1 - q + clip, 1)
+
+    assert asl == pytest.approx(_stationary_probability(hand), abs=1e-9)
+    assert round(asl, 3) == expected
+
+
 def _reference_asl(x, y, gp, gn, clip, detach):
     """ASL written independently, with the focusing weights detached or not."""
     p = torch.sigmoid(x)
