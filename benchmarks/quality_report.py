@@ -92,22 +92,27 @@ def plot(folders: List[Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(folders), figsize=(5.2 * len(folders), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(folders), figsize=(5.2 * len(folders), 4.8), squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors: Dict[str, str] = {}  # one colour per method in every panel; an ensemble takes its member's, dashed
+    handles: Dict[str, object] = {}
     for ax, folder in zip(axes[0], folders):
         sweep = json.loads((folder / "sweep.json").read_text())
         ps = sweep["proportions"]
         for method, row in sweep["methods"].items():
+            color = colors.setdefault(method.split("+")[0], palette[len(colors) % len(palette)])
             means = [row["cells"][f"{p:g}"]["mean"] for p in ps]
             stds = [row["cells"][f"{p:g}"]["std"] or 0.0 for p in ps]
-            line, = ax.plot(ps, means, marker="o", ms=3, label=method, ls="--" if "+" in method else "-")
-            ax.fill_between(ps, np.subtract(means, stds), np.add(means, stds), color=line.get_color(), alpha=0.15)
+            line, = ax.plot(ps, means, marker="o", ms=3, color=color, ls="--" if "+" in method else "-")
+            ax.fill_between(ps, np.subtract(means, stds), np.add(means, stds), color=color, alpha=0.15)
+            handles.setdefault(method, line)
         zero = next(iter(sweep["methods"].values()))["zero_shot_test_mAP"]
-        ax.axhline(zero, color="k", lw=0.8, ls=":", label="zero-shot")
+        handles["zero-shot"] = ax.axhline(zero, color="k", lw=0.8, ls=":")
         ax.set_title(sweep["name"])
         ax.set_xlabel("known-label proportion p")
         ax.set_ylabel("test mAP (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8), fontsize=7)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
 
 
