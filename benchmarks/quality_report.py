@@ -101,13 +101,14 @@ def plot(folders: List[Path], path: Path) -> None:
         ps = sweep["proportions"]
         for method, row in sweep["methods"].items():
             color = colors.setdefault(method.split("+")[0], palette[len(colors) % len(palette)])
+            marker = "os^D"[(list(colors).index(method.split("+")[0]) // len(palette)) % 4]  # past the palette
             means = [row["cells"][f"{p:g}"]["mean"] for p in ps]
             stds = [row["cells"][f"{p:g}"]["std"] or 0.0 for p in ps]
-            line, = ax.plot(ps, means, marker="o", ms=3, color=color, ls="--" if "+" in method else "-")
+            line, = ax.plot(ps, means, marker=marker, ms=3, color=color, ls="--" if "+" in method else "-")
             ax.fill_between(ps, np.subtract(means, stds), np.add(means, stds), color=color, alpha=0.15)
             handles.setdefault(method, line)
         zero = next(iter(sweep["methods"].values()))["zero_shot_test_mAP"]
-        handles["zero-shot"] = ax.axhline(zero, color="k", lw=0.8, ls=":")
+        handles["zero-shot (reference line)"] = ax.axhline(zero, color="k", lw=0.8, ls=":")
         ax.set_title(sweep["name"])
         ax.set_xlabel("known-label proportion p")
         ax.set_ylabel("test mAP (%)")

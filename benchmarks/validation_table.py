@@ -1,6 +1,7 @@
 """Validation mAP of finished runs, for choosing a recipe on validation alone: per run folder the
 best validation mAP, its epoch and the first epoch's; with --rows, one row per method and a column
-per (sweep, p) so two settings (e.g. two losses) sit side by side. Test numbers are not read.
+per (sweep, p), each cell the mean over the seeds given (n), so two settings (e.g. two losses) sit
+side by side. Test numbers are not read.
 
     python benchmarks/validation_table.py runs/sweeps/lab_coco_rn{,_loss_bce}/{csc_global,sdm_csp}/p{0.1,0.5}/s0 --rows
 """
@@ -13,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from clipml.errors import DataError
+from clipml.errors import ClipmlError, DataError
 
 
 def validation_curve(run: Path) -> List[float]:
@@ -21,7 +22,10 @@ def validation_curve(run: Path) -> List[float]:
     log = run / "log.jsonl"
     if not log.is_file():
         raise DataError(f"{log}: not found; is {run} a finished run folder?")
-    curve = [json.loads(line)["val"]["mAP"] for line in log.read_text().splitlines() if line.strip()]
+    try:
+        curve = [json.loads(line)["val"]["mAP"] for line in log.read_text().splitlines() if line.strip()]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{log}: expected one JSON object with val.mAP per line ({error!r})") from error
     if not curve:
         raise DataError(f"{log}: no epoch logged")
     return curve
@@ -29,10 +33,19 @@ def validation_curve(run: Path) -> List[float]:
 
 def _parts(run: Path) -> Tuple[str, str, str, str]:
     """(sweep, method, p, seed) of a sweep's run folder SWEEP/METHOD/pP/sS."""
+    if not (run.parent.name.startswith("p") and run.name.startswith("s")):
+        raise DataError(f"{run}: --rows needs sweep run folders SWEEP/METHOD/pP/sS")
     return run.parent.parent.parent.name, run.parent.parent.name, run.parent.name[1:], run.name
 
 
 def main() -> None:
+    try:
+        _main()
+    except ClipmlError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (log.jsonl)")
     parser.add_argument("--rows", action="store_true", help="one row per method, a column per (sweep, p)")
@@ -55,7 +68,9 @@ def main() -> None:
     print("|---|" + "---|" * len(columns))
     for method, by_column in cells.items():
         values = [by_column.get(column) for column in columns]
-        print(f"| {method} | " + " | ".join("–" if not v else f"{sum(v) / len(v):.2f}" for v in values) + " |")
+        # n: the seeds averaged, so unequal counts show
+        print(f"| {method} | " + " | ".join("–" if not v else f"{sum(v) / len(v):.2f} (n={len(v)})" for v in values)
+              + " |")
 
 
 if __name__ == "__main__":

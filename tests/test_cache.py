@@ -12,7 +12,9 @@ from clipml.backbones import load_backbone
 from clipml.data import carve_validation
 from clipml.lab.world import SYNTHETIC_CLASSES, synthetic_split
 from clipml.data.transforms import eval_transform
-from clipml.engine.cache import TOKENS, FeatureCache, build_feature_cache, cache_key, key_digest, union_split
+from clipml.engine import cache as cache_module
+from clipml.engine.cache import (TOKENS, FeatureCache, _ChunkLog, build_feature_cache, cache_key, key_digest,
+                                 union_split)
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
 from clipml.engine.train import train
 from clipml.errors import ConfigError, DataError
@@ -157,7 +159,19 @@ def test_interrupted_build_resumes_with_identical_content(tmp_path, backbone, sp
     resumed.verify(full=True)
 
 
-def test_a_build_logs_its_progress_and_a_resumed_one_counts_from_where_it_was(tmp_path, backbone, split, caplog):
+class _Clock:
+    """A stand-in for the `time` module whose clock advances one second per reading."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_a_build_logs_its_progress_and_a_resumed_one_counts_from_where_it_was(tmp_path, backbone, split, caplog,
+                                                                                monkeypatch):
     class Interrupt(Exception):
         pass
 
@@ -167,11 +181,22 @@ def test_a_build_logs_its_progress_and_a_resumed_one_counts_from_where_it_was(tm
 
     with pytest.raises(Interrupt):
         build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1, on_chunk=stop_after_two)
+    monkeypatch.setattr(cache_module, "time", _Clock())  # one reading at the start, one per logged chunk
     with caplog.at_level("INFO", logger="clipml.engine.cache"):
         build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1)
-    progress = [r.getMessage() for r in caplog.records if "chunks," in r.getMessage()]
-    assert [line.split(": ")[1].split(" chunks")[0] for line in progress] == [f"{done} of 9" for done in range(3, 10)]
-    assert progress[-1].endswith("0 s left") and "images/s" in progress[0]
+    progress = [r.getMessage().split(": ", 1)[1] for r in caplog.records if "chunks," in r.getMessage()]
+    # 7 chunks of 8 images left after the resume, one logged second each: 8 images/s, 7 - k s left.
+    assert progress == [f"{2 + k} of 9 chunks, 8 images/s, {7 - k} s left" for k in range(1, 8)]
+
+
+@pytest.mark.parametrize("share, logged", [(100, list(range(5, 101, 5))), (30, list(range(2, 31, 2))), (3, [1, 2, 3])])
+def test_the_progress_log_writes_about_twenty_lines_and_always_the_last(share, logged, caplog, monkeypatch):
+    monkeypatch.setattr(cache_module, "time", _Clock())
+    log = _ChunkLog("c", chunk_images=64, done_before=0, share=share)
+    with caplog.at_level("INFO", logger="clipml.engine.cache"):
+        for done in range(1, share + 1):
+            log(done, share)
+    assert [int(r.getMessage().split(": ")[1].split(" of ")[0]) for r in caplog.records] == logged
 
 
 def test_corrupt_truncated_or_unreadable_cache_is_detected(tmp_path, backbone, split):

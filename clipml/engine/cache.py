@@ -373,8 +373,6 @@ def build_feature_cache(
         return FeatureCache(final, split, key)
 
     partial = final.with_name(final.name + ".partial")
-    if on_chunk is None and context.is_main:
-        on_chunk = _ChunkLog(final.name, batch_size * chunk_batches)
     if context.is_main:
         _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
     context.barrier()  # the folder, its arrays and meta.json exist; no rank writes progress yet
@@ -388,22 +386,31 @@ def build_feature_cache(
 
 
 class _ChunkLog:
-    """The default `on_chunk` of a cache build: logs chunks done, images per second and the time
-    left, about every 5 % of the build and at its end."""
+    """The default `on_chunk` of a cache build, on rank 0: logs the chunks done, images per second
+    and the time left, about `lines` times over this process's share and at its end. A resumed
+    build counts rate and time from where it resumed; under several ranks the share is rank 0's
+    and the others run alongside it."""
 
-    def __init__(self, name: str, chunk_images: int, lines: int = 20) -> None:
-        self.name, self.chunk_images, self.lines = name, chunk_images, lines
-        self.start, self.first = time.monotonic(), None
+    def __init__(self, name: str, chunk_images: int, done_before: int, share: int, world: int = 1,
+                 lines: int = 20) -> None:
+        self.name, self.chunk_images, self.world = name, chunk_images, world
+        self.done_before, self.share = done_before, share
+        self.step = max(1, -(-share // lines))
+        self.start = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
-        if self.first is None:  # a resumed build: rate and time left count this run's chunks only
-            self.first = done - 1
-        if done != total and done % max(1, total // self.lines):
+        mine = done - self.done_before
+        if mine != self.share and mine % self.step:
             return
-        seconds = max(time.monotonic() - self.start, 1e-9)
-        per_chunk = seconds / (done - self.first)
-        logger.info("feature cache %s: %d of %d chunks, %.0f images/s, %.0f s left", self.name, done, total,
-                    self.chunk_images / per_chunk, per_chunk * (total - done))
+        per_chunk = max(time.monotonic() - self.start, 1e-9) / mine
+        rate, left = self.chunk_images / per_chunk, per_chunk * (self.share - mine)
+        if self.world == 1:
+            logger.info("feature cache %s: %d of %d chunks, %.0f images/s, %.0f s left",
+                        self.name, done, total, rate, left)
+        else:
+            logger.info("feature cache %s: rank 0 has encoded %d of its %d chunks (%d ranks share %d), "
+                        "%.0f images/s per rank, %.0f s left", self.name, mine, self.share, self.world, total,
+                        rate, left)
 
 
 def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, augment: str, seed: int,
@@ -422,6 +429,8 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
     else:
         record, record_file = {"checksums": [], "done": 0}, partial / PROGRESS.format(context.rank)
     mine = [unit for unit in range(context.rank, units, context.world) if not _is_done(meta, unit)]
+    if on_chunk is None and context.is_main and mine:
+        on_chunk = _ChunkLog(partial.name[:-len(".partial")], chunk, meta["done"], len(mine), context.world)
     if context.is_main and meta["done"]:
         logger.info("resuming feature cache %s at %d of %d chunks", partial, meta["done"], units)
     size, mean, std = backbone.image_size, backbone.mean, backbone.std
