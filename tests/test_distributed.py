@@ -175,3 +175,47 @@ def test_two_processes_share_the_cache_extraction_and_resume(tmp_path):
     folders = [path.name for path in (tmp_path / "features").iterdir()]
     assert len(folders) == 2 and not any(name.endswith(".partial") for name in folders)
     assert (tmp_path / "runs" / "cached" / "summary.json").is_file()
+
+
+def _error_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    """Two user errors that only rank 0 can see; each rank records what it raised."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from clipml.engine.train import train
+    from clipml.errors import ClipmlError, DataError
+
+    seen = []
+    context = setup("cpu")
+
+    def only_rank_0_fails():
+        if context.is_main:
+            raise DataError("mask file damaged")
+        return "read"
+
+    for attempt in (lambda: context.main_first(only_rank_0_fails),
+                    lambda: train(tiny_config(Path(tmp), "name=clash", *SETTINGS), resume=True)):
+        try:
+            attempt()
+            seen.append(None)
+        except ClipmlError as error:
+            seen.append([type(error).__name__, str(error)])
+    context.barrier()  # the group still works after a shared error
+    (Path(tmp) / f"errors-{rank}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_a_user_error_on_rank_0_stops_every_rank_with_its_message(tmp_path):
+    """Without sharing, rank 1 would wait in its next collective and die with a broken connection."""
+    from clipml.config import save_config
+
+    run = tmp_path / "runs" / "clash"
+    run.mkdir(parents=True)
+    save_config(tiny_config(tmp_path, "name=clash", *SETTINGS, "optim.epochs=5"), run / "config.yaml")
+    (run / "summary.json").write_text("{}")  # a trained run of another config: only rank 0 checks
+    mp.spawn(_error_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    main, other = (json.loads((tmp_path / f"errors-{rank}.json").read_text()) for rank in range(2))
+    assert main[0] == ["DataError", "mask file damaged"]
+    assert other[0] == ["DataError", "stopped with rank 0: mask file damaged"]
+    assert main[1][0] == other[1][0] == "ConfigError" and "holds a run with another config" in main[1][1]
+    assert other[1][1] == f"stopped with rank 0: {main[1][1]}"

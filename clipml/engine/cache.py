@@ -373,9 +373,9 @@ def build_feature_cache(
         return FeatureCache(final, split, key)
 
     partial = final.with_name(final.name + ".partial")
-    if context.is_main:
-        _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches)
-    context.barrier()  # the folder, its arrays and meta.json exist; no rank writes progress yet
+    # Every rank waits until the folder, its arrays and meta.json exist (no rank writes progress
+    # yet); a stale partial folder of another key stops every rank with rank 0's error.
+    context.on_main(lambda: _start_or_resume(partial, key, split, backbone, views, batch_size * chunk_batches))
     _extract_share(partial, split, backbone, augment, seed, batch_size, workers, on_chunk, context)
     context.barrier()  # every rank has committed its share
     if context.is_main:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipml.errors import ClipmlError
+
 T = TypeVar("T")
 
 
@@ -37,13 +39,30 @@ class DistContext:
             dist.barrier()
 
     def main_first(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0, then on the others: for work that writes shared files (masks)."""
-        if self.is_main:
-            result = fn()
-            self.barrier()
-            return result
-        self.barrier()
+        """Run `fn` on rank 0, then on the others: for work that writes shared files (masks).
+        A user error on rank 0 stops every rank with it (see `on_main`)."""
+        self.on_main(fn)
         return fn()
+
+    def on_main(self, fn: Callable[[], T]) -> Optional[T]:
+        """Run `fn` on rank 0 only (None elsewhere) and wait for it on every rank. A ClipmlError it
+        raises is raised on every rank, so the others stop with the same message instead of a
+        broken-connection traceback from their next collective."""
+        if not self.active:
+            return fn()
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except ClipmlError as raised:
+                error = raised
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0, device=torch.device("cpu"))
+        if shared[0] is not None:
+            if self.is_main:
+                raise shared[0]
+            raise type(shared[0])(f"stopped with rank 0: {shared[0]}")
+        return result
 
 
 def setup(device: str) -> DistContext:

@@ -113,11 +113,14 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None,
 def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
            scores_path: Optional[str]) -> Dict[str, object]:
     context = distributed.setup(select_device(cfg.device))
-    if context.is_main:
+
+    def claim_run_folder() -> None:
         if resume:
             _check_resumable(run, cfg)
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
+
+    context.on_main(claim_run_folder)
     started = time.time()
     previous = _previous_summary(run) if resume else None
 
