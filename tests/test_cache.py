@@ -135,16 +135,22 @@ def test_a_cache_of_one_dense_mode_is_never_read_for_another(tmp_path, backbone,
         FeatureCache(tokens_cache.path, split, cache_key(split, value, 1, "resized_crop", 0))
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def interrupted_build(split, backbone, folder, chunks):
+    """Start a 3-view cache of 8-image chunks under `folder` and stop it after `chunks` chunks."""
+    def stop(done, total):
+        if done == chunks:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        build_feature_cache(split, backbone, folder, views=3, batch_size=8, chunk_batches=1, on_chunk=stop)
+
+
 def test_interrupted_build_resumes_with_identical_content(tmp_path, backbone, split, three_views):
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_four(done, total):
-        if done == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1, on_chunk=stop_after_four)
+    interrupted_build(split, backbone, tmp_path, chunks=4)
     (partial,) = Path(tmp_path).iterdir()
     assert partial.name.endswith(".partial")
     assert json.loads((partial / "meta.json").read_text())["done"] == 4
@@ -172,15 +178,7 @@ class _Clock:
 
 def test_a_build_logs_its_progress_and_a_resumed_one_counts_from_where_it_was(tmp_path, backbone, split, caplog,
                                                                                 monkeypatch):
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(done, total):
-        if done == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1, on_chunk=stop_after_two)
+    interrupted_build(split, backbone, tmp_path, chunks=2)
     monkeypatch.setattr(cache_module, "time", _Clock())  # one reading at the start, one per logged chunk
     with caplog.at_level("INFO", logger="clipml.engine.cache"):
         build_feature_cache(split, backbone, tmp_path, views=3, batch_size=8, chunk_batches=1)
