@@ -93,17 +93,22 @@ def spatial_cosine(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 def dualcoop_aggregate(
     dense: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-    scale: float = 20.0, spatial_scale: float = 5.0,
+    scale: float = 20.0, spatial_scale: float = 5.0, extra: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """DualCoOp's class-specific region aggregation; returns logits S+ − S− and attention.
+    """DualCoOp's class-specific region aggregation; returns logits S+ − S− and attention [B, C, N].
 
     a_cj = softmax_j(scale·cos(z_j, t+_c)), S±_c = spatial_scale Σ_j a_cj · scale·cos(z_j, t±_c).
+    `extra` [B, D] (the attention pool's mean token, as DualCoOp's code) joins the N locations in
+    the softmax and the sums; the returned attention is then its location part, renormalised.
     """
-    pos = scale * spatial_cosine(dense, positive)
-    neg = scale * spatial_cosine(dense, negative)
+    tokens = dense if extra is None else torch.cat([extra[:, None, :], dense], dim=1)
+    pos = scale * spatial_cosine(tokens, positive)
+    neg = scale * spatial_cosine(tokens, negative)
     attention = pos.softmax(dim=-1)
     pos_score = spatial_scale * (attention * pos).sum(dim=-1)
     neg_score = spatial_scale * (attention * neg).sum(dim=-1)
+    if extra is not None:
+        attention = attention[..., 1:] / attention[..., 1:].sum(dim=-1, keepdim=True)
     return pos_score - neg_score, attention
 
 

@@ -77,6 +77,16 @@ class LossConfig:
     # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5),
     # ranking averages over images (TaI-DPT's code).
     reduction: Optional[Literal["mean", "sum"]] = None
+    # Factor on the whole training loss (DualCoOp's --loss_w); under SGD it scales every update
+    # but weight decay's, like a learning rate on the loss gradient alone.
+    weight: float = 1.0
+    eps: float = 1e-8  # asl: floor of the probabilities inside the logs (DualCoOp's code: 1e-6)
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"loss.weight must be > 0, got {self.weight}")
+        if not 0 <= self.eps < 1:
+            raise ConfigError(f"loss.eps must be in [0, 1), got {self.eps}")
 
 
 @dataclasses.dataclass
@@ -97,11 +107,21 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4  # not applied to scalars (temperatures, blend weights)
     epochs: int = 50  # epochs are counted from 1 in every output
-    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay (fractions allowed)
+    warmup_epochs: float = 1.0  # warm-up before the cosine decay (per_step: fractions allowed)
+    # per_step: linear warm-up, then cosine, updated every step. dassl: Dassl's build_lr_scheduler
+    # (DualCoOp's and TaI-DPT's code): warmup_lr during the warm-up epochs, then cosine over
+    # `epochs` starting from lr, changed once per epoch.
+    schedule: Literal["per_step", "dassl"] = "per_step"
+    warmup_lr: float = 1e-5  # dassl: the constant rate of the warm-up epochs (Dassl's WARMUP_CONS_LR)
     grad_clip: Optional[float] = None  # max gradient norm
     # The semantic decoupler's learning rate is lr times this (1: one rate for all, as the papers).
     # On the lab it fits the known labels faster than the prompts do (benchmarks/results/quality.md).
     decoupler_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule == "dassl" and self.warmup_epochs != int(self.warmup_epochs):
+            raise ConfigError(f"optim.schedule=dassl counts warm-up in whole epochs; got optim.warmup_epochs="
+                              f"{self.warmup_epochs}")
 
 
 @dataclasses.dataclass

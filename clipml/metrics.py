@@ -106,6 +106,8 @@ def mean_average_precision(scores, labels, kind: str = "envelope") -> float:
 def _f1_family(predicted: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     """CP/CR/CF1 (per-class means over classes with a positive) and OP/OR/OF1 (pooled counts).
 
+    CF1 is 2·CP·CR/(CP + CR), the ML-GCN/SSGRL/SARB formula; CF1_mean is the mean of the
+    per-class F1s over the same classes, what DualCoOp's evaluation code reports as CF1.
     A class with no predicted positive has precision 0 (as in the reference code).
     """
     valid, truth = labels != -1, labels == 1
@@ -120,7 +122,8 @@ def _f1_family(predicted: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     op = float(correct.sum() / max(predicted_n.sum(), 1))
     orec = float(correct.sum() / truth_n.sum())
     f1 = lambda p, r: 2 * p * r / (p + r) if p + r > 0 else 0.0  # noqa: E731
-    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orec, "OF1": f1(op, orec)}
+    cf1_mean = float(np.mean(2 * correct[has_pos] / (predicted_n[has_pos] + truth_n[has_pos])))
+    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "CF1_mean": cf1_mean, "OP": op, "OR": orec, "OF1": f1(op, orec)}
 
 
 def threshold_metrics(probs, labels, threshold: float = 0.5) -> Dict[str, float]:

@@ -79,6 +79,19 @@ class TaIDPTConfig:
 
 
 @dataclasses.dataclass
+class DualCoOpConfig:
+    """DualCoOp's prompts and region aggregation (METHODS §4); defaults are clipml's choices."""
+
+    # Own contexts per class (the reference's --csc); false: one positive and one negative
+    # context shared by all classes, which the reference README suggests at very small p.
+    class_specific: bool = True
+    # Also aggregate over the attention pool's mean token (its value path, c_proj(v_proj(.))),
+    # as the reference code's dense map does (HW + 1 tokens); ResNet backbones only. false: the
+    # HW locations only, so S+/S- and the attention map are purely spatial.
+    mean_token: bool = False
+
+
+@dataclasses.dataclass
 class ModelConfig:
     method: Method = "sdm_csp"  # zero_shot, coop, csc_global, dualcoop or sdm_csp (README table)
     n_ctx: int = 16  # learned context vectors per prompt
@@ -104,6 +117,7 @@ class ModelConfig:
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
     taidpt: TaIDPTConfig = dataclasses.field(default_factory=TaIDPTConfig)
+    dualcoop: DualCoOpConfig = dataclasses.field(default_factory=DualCoOpConfig)
 
 
 @dataclasses.dataclass
@@ -133,7 +147,7 @@ class MultiLabelCLIP(nn.Module):
             self.prompts = HandcraftedPrompts(backbone, classnames, config.templates)
         elif prompt_kind == "dual":
             self.prompts = DualPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std,
-                                       config.negative_ctx_init)
+                                       config.negative_ctx_init, config.dualcoop.class_specific)
         elif prompt_kind == "double":
             self.prompts = DoubleGrainedPrompts(backbone, classnames, config.n_ctx, config.ctx_init, config.ctx_std)
         else:
@@ -152,6 +166,9 @@ class MultiLabelCLIP(nn.Module):
                 self.register_buffer("guidance", guidance, persistent=False)
             self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim,
                                                init=config.decoupler_init)
+        if self.head_kind == "dualcoop" and config.dualcoop.mean_token and not backbone.has_attention_pool:
+            raise ConfigError("model.dualcoop.mean_token needs a ModifiedResNet backbone (CLIP's attention pool "
+                              "has the mean token); this backbone has none: set it to false")
         if self.head_kind == "taidpt" and not 0.0 <= config.taidpt.global_weight <= 1.0:
             raise ConfigError(f"model.taidpt.global_weight must be in [0, 1], got {config.taidpt.global_weight}")
         blend = config.blending
@@ -215,7 +232,8 @@ class MultiLabelCLIP(nn.Module):
             return self._double_grained(dense, *text)
         if self.head_kind == "dualcoop":
             positive, negative = text
-            logits, attention = dualcoop_aggregate(dense.tokens, positive, negative)
+            extra = self.backbone.attention_pool_mean_token(dense.tokens) if self.config.dualcoop.mean_token else None
+            logits, attention = dualcoop_aggregate(dense.tokens, positive, negative, extra=extra)
             return Output(logits=logits, text=positive, attention=attention)
         if self.head_kind == "decoupler":
             guidance = getattr(self, "guidance", None)

@@ -134,7 +134,8 @@ class ContextPrompts(nn.Module):
 
 
 class DualPrompts(nn.Module):
-    """DualCoOp: a positive and a negative class-specific context per class.
+    """DualCoOp: a positive and a negative context, per class (`class_specific`, the reference's
+    --csc) or each shared by all classes.
 
     Each has its own init words (DualCoOp's POSITIVE/NEGATIVE_PROMPT_INIT; None: N(0, std), the
     paper's default). Both from the same words give equal prompts, logits S+ - S- of exactly 0
@@ -142,11 +143,12 @@ class DualPrompts(nn.Module):
     """
 
     def __init__(self, backbone: FrozenCLIP, classnames: Sequence[str], n_ctx: int = 16,
-                 init: Optional[str] = None, std: float = 0.02, negative_init: Optional[str] = None) -> None:
+                 init: Optional[str] = None, std: float = 0.02, negative_init: Optional[str] = None,
+                 class_specific: bool = True) -> None:
         super().__init__()
         self.classnames = list(classnames)
-        self.positive = ContextPrompts(backbone, classnames, n_ctx, True, init, std)
-        self.negative = ContextPrompts(backbone, classnames, n_ctx, True, negative_init, std)
+        self.positive = ContextPrompts(backbone, classnames, n_ctx, class_specific, init, std)
+        self.negative = ContextPrompts(backbone, classnames, n_ctx, class_specific, negative_init, std)
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.positive(), self.negative()

@@ -111,6 +111,17 @@ class FrozenCLIP(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_dense(images).pooled
 
+    @property
+    def has_attention_pool(self) -> bool:
+        """Whether the image tower ends in CLIP's attention pool (ModifiedResNet), whose input
+        sequence starts with a mean token (`attention_pool_mean_token`)."""
+        return False
+
+    def attention_pool_mean_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The attention pool's mean token through the same value and output projections as the
+        dense `tokens` [B, N, D] of `encode_dense`: [B, D] (DualCoOp's code aggregates over it too)."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention pool")
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError
 

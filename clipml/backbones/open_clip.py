@@ -260,6 +260,24 @@ class OpenCLIPBackbone(FrozenCLIP):
         # Every location through the value and output projections only (METHODS §1).
         return pool.c_proj(values[:, 1:]), pooled
 
+    @property
+    def has_attention_pool(self) -> bool:
+        return self.is_resnet
+
+    def attention_pool_mean_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pool's mean token through v_proj and c_proj, from the dense tokens alone.
+
+        Those projections are affine and the mean token's input is the mean of the locations'
+        inputs, so it equals the mean of the tokens plus c_proj.W v_proj.W (pos_0 - mean_j pos_j):
+        no image is needed, and features read from a cache serve as well as fresh ones.
+        """
+        if not self.is_resnet:
+            return super().attention_pool_mean_token(tokens)
+        pool = self.model.visual.attnpool
+        pos = pool.positional_embedding.float()
+        offset = pool.c_proj.weight.float() @ (pool.v_proj.weight.float() @ (pos[0] - pos[1:].mean(dim=0)))
+        return tokens.mean(dim=1) + offset.to(tokens.dtype)
+
     # Text ----------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(texts))

@@ -3,7 +3,9 @@
 Classes are the 80 categories in official order (sorted category id). Images keep the order
 of the JSON `images` array, the order the SST/SARB/DSRB code masks in, so the reference
 partial-label masks are reproduced. Crowd annotations count as positives (as in that code);
-an image without any annotation is all-negative. The MLR-PL papers test on val2014, so
+an image without any annotation is all-negative. `image_list="annotated"` keeps only images
+with an annotation, in the order of their first annotation (pycocotools' `imgToAnns` keys):
+the images DualCoOp's code trains and tests on. The MLR-PL papers test on val2014, so
 `split="test"` is accepted as an alias of "val".
 
 A split carries its images' objects (`instances`, `object_areas`) for the localisation
@@ -26,12 +28,13 @@ import numpy as np
 
 from clipml.data._files import check_unique, finish_split, resolve_missing
 from clipml.data.base import MultiLabelSplit, ObjectInstance
-from clipml.errors import DataError
+from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 DATASET = "coco2014"
 SPLITS = {"train": "train", "val": "val", "test": "val"}
+IMAGE_LISTS = ("all", "annotated")
 
 
 @functools.lru_cache(maxsize=1)  # an evaluation reads one split's objects at a time
@@ -121,12 +124,17 @@ def load_coco2014(
     image_dir: Optional[str] = None,
     check_images: bool = True,
     on_missing_image: str = "error",
+    image_list: str = "all",
 ) -> MultiLabelSplit:
     """Load one COCO 2014 split as image paths (`train2014/...`) and a full label matrix.
 
     `check_images` stats every image file (about a second for the 83k train images on a
-    local disk); turn it off on slow network file systems.
+    local disk); turn it off on slow network file systems. `image_list`: "all" images of the
+    JSON, or the "annotated" ones in first-annotation order (see the module docstring).
     """
+    if image_list not in IMAGE_LISTS:
+        raise ConfigError(f"{DATASET}: data.options.image_list must be one of {list(IMAGE_LISTS)}, "
+                          f"got {image_list!r}")
     if split not in SPLITS:
         raise DataError(f"{DATASET}: unknown split {split!r}; expected one of {sorted(SPLITS)}")
     split = SPLITS[split]
@@ -168,6 +176,7 @@ def load_coco2014(
     row = {image_id: i for i, image_id in enumerate(image_ids)}
 
     labels = np.zeros((len(images), len(cat_ids)), dtype=np.int8)
+    annotated: Dict[int, None] = {}  # image ids in first-annotation order
     for number, ann in enumerate(sections["annotations"], start=1):
         image_id = _entry_field(ann, "image_id", where, "annotations", number)
         category_id = _entry_field(ann, "category_id", where, "annotations", number)
@@ -178,7 +187,11 @@ def load_coco2014(
                 f"{where}: annotation {ann.get('id')} has category id {category_id}, which is not in 'categories'"
             )
         labels[row[image_id], column[category_id]] = 1
+        annotated.setdefault(image_id)
 
+    if image_list == "annotated":
+        keep = [row[image_id] for image_id in annotated]
+        image_ids, files, labels = [image_ids[i] for i in keep], [files[i] for i in keep], labels[keep]
     items = [f"{image_dir}/{name}" if image_dir else name for name in files]
     item_ids = dict(zip(items, image_ids))
     items, labels, skipped = resolve_missing(

@@ -194,6 +194,8 @@ def evaluation_notes(settings: EvalConfig, classes: int) -> Dict[str, str]:
         "top3": top,
         "thresholds": "CF1/OF1 at probability 0.5; _tuned at per-class thresholds chosen on the validation split "
                       "(max F1; classes without a validation positive: the max-OF1 threshold)",
+        "CF1": "CF1 = 2 CP CR / (CP + CR) (ML-GCN/SARB/DSRB code); CF1_mean = mean of the per-class F1s "
+               "(DualCoOp's code)",
     }
 
 

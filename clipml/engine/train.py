@@ -33,7 +33,7 @@ from clipml.engine.checkpoint import (
 from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
 from clipml.engine.features import CountedPass
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
-from clipml.experiment import ExperimentConfig, OptimConfig, same_experiment
+from clipml.experiment import ExperimentConfig, LossConfig, OptimConfig, same_experiment
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 
@@ -73,6 +73,40 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def dassl_cosine(optimizer, warmup_epochs: int, epochs: int, warmup_lr: float,
+                 steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Dassl's build_lr_scheduler (cosine, constant warm-up, recounted), stepped every step here:
+    epoch e < W runs at `warmup_lr`, epoch e >= W at lr·(1 + cos(π (e − W) / epochs)) / 2, one
+    rate for the whole epoch (DualCoOp and TaI-DPT step it once per epoch)."""
+
+    def group_factor(base_lr: float):
+        def factor(step: int) -> float:
+            epoch = step // steps_per_epoch
+            if epoch < warmup_epochs:
+                return warmup_lr / base_lr
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+        return factor
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_factor(g["lr"]) for g in optimizer.param_groups])
+
+
+def build_scheduler(cfg: OptimConfig, optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of `cfg.schedule`, stepped after every optimizer step."""
+    if cfg.schedule == "dassl":
+        return dassl_cosine(optimizer, int(cfg.warmup_epochs), cfg.epochs, cfg.warmup_lr, steps_per_epoch)
+    return cosine_with_warmup(optimizer, int(round(cfg.warmup_epochs * steps_per_epoch)), cfg.epochs * steps_per_epoch)
+
+
+def build_training_loss(cfg: LossConfig):
+    """The partial-label loss of `cfg` with its settings bound (loss.weight is applied by the loop)."""
+    settings = {"reduction": cfg.reduction}
+    if cfg.name == "asl":
+        settings.update(gamma_pos=cfg.gamma_pos, gamma_neg=cfg.gamma_neg, clip=cfg.clip, eps=cfg.eps)
+    if cfg.name == "ranking":
+        settings.update(margin=cfg.margin)
+    return build_loss(cfg.name, **settings)
 
 
 def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
@@ -181,7 +215,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "dataset": cfg.data.dataset,
         "known_ratio": cfg.data.known_ratio,
         "backbone": backbone.identity,
-        "loss": f"{cfg.loss.name} ({cfg.loss.reduction} over known entries)",
+        "loss": f"{cfg.loss.name} ({cfg.loss.reduction} over known entries)"
+                + (f" x {cfg.loss.weight:g}" if cfg.loss.weight != 1 else ""),
         "evaluation": evaluation_notes(cfg.eval, len(classnames)),
         "splits": splits,
         "best_epoch": best["epoch"],
@@ -265,14 +300,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     optim = cfg.optim
     optimizer = build_optimizer(optim, model)
     steps_per_epoch = len(train_source)
-    scheduler = cosine_with_warmup(optimizer, int(round(optim.warmup_epochs * steps_per_epoch)),
-                                   optim.epochs * steps_per_epoch)
-    loss_settings = {"reduction": cfg.loss.reduction}
-    if cfg.loss.name == "asl":
-        loss_settings.update(gamma_pos=cfg.loss.gamma_pos, gamma_neg=cfg.loss.gamma_neg, clip=cfg.loss.clip)
-    if cfg.loss.name == "ranking":
-        loss_settings.update(margin=cfg.loss.margin)
-    loss_fn = build_loss(cfg.loss.name, **loss_settings)
+    scheduler = build_scheduler(optim, optimizer, steps_per_epoch)
+    loss_fn = build_training_loss(cfg.loss)
 
     start_epoch, history, best, prior_seconds = 0, [], {"epoch": 0, "val": {"mAP": -1.0}}, 0.0
     if resume and (run / STATE).is_file():
@@ -293,6 +322,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         step = DistributedDataParallel(step, find_unused_parameters=hasattr(model, "blending"))
     # DDP averages gradients over ranks; a summed loss must add them up instead.
     loss_scale = context.world if cfg.loss.reduction == "sum" else 1
+    weight = cfg.loss.weight  # the objective is weight × loss; logged as such
     log = open(run / LOG, "w") if context.is_main else None  # rewritten from the state: no stale lines
     for record in history if log is not None else []:
         log.write(json.dumps(record) + "\n")
@@ -308,7 +338,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for dense, labels, _ in batches:
-                loss = step(dense, labels, blending, generator) * loss_scale
+                loss = step(dense, labels, blending, generator) * (loss_scale * weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
@@ -454,4 +484,5 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     return model
 
 
-__all__ = ["train", "load_model", "build_optimizer", "cosine_with_warmup", "ModelConfig"]
+__all__ = ["train", "load_model", "build_optimizer", "build_scheduler", "build_training_loss", "cosine_with_warmup", "dassl_cosine",
+           "ModelConfig"]
