@@ -553,6 +553,7 @@ def mask_checks(report, ref: Path, work: Path, args, exp, golden) -> None:
     cat = ours_voc.classes.index("cat")
     ref_cat = res["voc_classes"].index("cat")
     ref_codes = sorted({int(t[ref_cat]) for t in res["voc_targets"][1::2]})
+    golden["ref_voc_difficult_only"] = np.array(ref_codes)
     report.check(f"parity: VOC difficult-only label, reference rule vs {args.voc_config} (data.options "
                  f"{voc_options}): DualCoOp voc2007 target for the odd images' difficult cat = {ref_codes} "
                  f"(0 = negative, in training and test); clipml -> {sorted(set(ours_voc.labels[1::2, cat].tolist()))}",
