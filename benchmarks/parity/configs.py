@@ -135,10 +135,13 @@ def main() -> int:
                 "backbone": cfg.backbone.spec, "image_size": cfg.backbone.image_size, "batch": cfg.data.batch_size,
                 "optimizer": f"{cfg.optim.name} (momentum {cfg.optim.momentum}, wd {cfg.optim.weight_decay})",
                 "lr": cfg.optim.lr, "epochs": cfg.optim.epochs,
-                "schedule": f"cosine per step, linear warm-up {cfg.optim.warmup_epochs} epoch",
+                "schedule": f"cosine per epoch, warm-up {cfg.optim.warmup_epochs:g} epoch constant {cfg.optim.warmup_lr:g}"
+                            if cfg.optim.schedule == "dassl" else
+                            f"cosine per step, linear warm-up {cfg.optim.warmup_epochs} epoch",
                 "n_ctx": cfg.model.n_ctx,
                 "loss": f"{cfg.loss.name} gamma+ {cfg.loss.gamma_pos} gamma- {cfg.loss.gamma_neg} clip {cfg.loss.clip} "
-                        f"{cfg.loss.reduction} (eps 1e-8), no loss weight" if cfg.loss.name == "asl" else
+                        f"{cfg.loss.reduction} (eps {cfg.loss.eps:g}), x loss.weight {cfg.loss.weight:g}"
+                        if cfg.loss.name == "asl" else
                         f"{cfg.loss.name} margin {cfg.loss.margin} {cfg.loss.reduction}",
                 "masks": f"mask_seed {cfg.data.mask_seed} (np RandomState), p={cfg.data.known_ratio}",
                 "augment": cfg.data.augment, "ap": cfg.eval.ap,
@@ -170,9 +173,11 @@ def main() -> int:
                 report.check(f"{path}: batch {cfg.data.batch_size} = {refv['batch']}", cfg.data.batch_size == refv["batch"])
                 report.check(f"{path}: ASL gammas ({cfg.loss.gamma_pos}, {cfg.loss.gamma_neg}) = (1, 2), sum",
                              (cfg.loss.gamma_pos, cfg.loss.gamma_neg, cfg.loss.reduction) == (1.0, 2.0, "sum"))
-                report.check(f"{path}: effective loss scale 1 = reference loss_w (README example "
-                             f"{loss_w_example.group(1)} at pp {loss_w_example.group(2)}; 'larger loss_w for smaller pp')",
-                             float(loss_w_example.group(1)) == 1.0)
+                report.check(f"{path}: loss.weight {cfg.loss.weight:g} = reference loss_w (README example "
+                             f"{loss_w_example.group(1)} at pp {loss_w_example.group(2)}; 'larger loss_w for smaller pp', "
+                             f"other values unpublished)", cfg.loss.weight == float(loss_w_example.group(1)))
+                report.check(f"{path}: ASL eps {cfg.loss.eps:g} = 1e-6, optim.schedule {cfg.optim.schedule} = dassl",
+                             (cfg.loss.eps, cfg.optim.schedule) == (1e-6, "dassl"))
                 report.check(f"{path}: eval.ap {cfg.eval.ap} = raw", cfg.eval.ap == "raw")
                 if dataset == "voc2007":
                     report.check(f"{path}: difficult rule {cfg.data.options.get('difficult')} = reference (negative)",
