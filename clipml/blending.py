@@ -35,6 +35,7 @@ from clipml.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 NUM_QUADRANTS = 4
+EMPTY_CELL_RULES = ("skip", "class_mean")
 Blend = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -53,6 +54,24 @@ def quadrant(attention: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     row = torch.div(peak, w, rounding_mode="floor")
     col = peak - row * w
     return 2 * (row >= h // 2).long() + (col >= w // 2).long()
+
+
+PEAK_RULES = ("attention", "feature")
+
+
+def peak_scores(attention: torch.Tensor, tokens: torch.Tensor, rule: str) -> torch.Tensor:
+    """The per-location scores whose maximum places a class in a quadrant (PPRB, both passes).
+
+    ``"attention"``: the attention ``a_cj`` itself. ``"feature"``: ``a_cj · Σ_d z_jd``, location
+    j's share of ``Σ_d f_c``, which is what the reference code takes the peak of
+    (Σ over channels of coefficient × feature map); it can peak where the attention is low when
+    ``Σ_d z_j`` is negative. ``attention [B, C, N]``, ``tokens [B, N, D]`` -> ``[B, C, N]``.
+    """
+    if rule == "attention":
+        return attention
+    if rule == "feature":
+        return attention * tokens.sum(dim=-1).unsqueeze(1).to(attention.dtype)
+    raise ConfigError(f"model.blending.peak must be one of {PEAK_RULES}; got {rule!r}")
 
 
 def _known_positive(targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -99,23 +118,32 @@ def _pair_mean(values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     return (values * pairs).sum() / pairs.sum().clamp(min=1)
 
 
-def category_contrastive(f: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+CONTRASTIVE_FORMS = ("hinge", "mined")
+
+
+def category_contrastive(f: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, form: str = "hinge",
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Category-wise contrastive term between the images of a batch (METHODS §6, optional).
 
-    For every class c and two different images i, j, with ``s = cos(f[i, c], f[j, c])``:
+    For every class c and two different images i, j, with ``s = cos(f[i, c], f[j, c])``, and
+    unknown entries forming no pair:
 
-    - pull ``1 − s`` when c is a known positive in both images;
-    - push ``max(0, s)`` when c is a known positive in one image and a known negative in the other.
+    ``form="hinge"`` (default): pull ``1 − s`` when c is a known positive in both images, push
+    ``max(0, s)`` when it is a known positive in one and a known negative in the other; returns
+    ``mean(pull) + mean(push)``, each over its own pairs (all classes pooled, each unordered pair
+    once), a kind without any pair adding exactly 0. The push is a hinge at orthogonality: a
+    positive and a negative feature need only stop pointing the same way, and pushing them
+    towards opposite directions cannot be met by three or more features at once.
 
-    Returns ``mean(pull) + mean(push)``, each mean over its own pairs of the whole batch (all
-    classes pooled, each unordered pair once); a kind without any pair adds exactly 0. Unknown
-    entries form no pair. The push is a hinge at orthogonality rather than ``(1 + s) / 2``: a
-    positive and a negative feature need only stop pointing the same way, and pushing them towards
-    opposite directions cannot be met by three or more features at once.
+    ``form="mined"``: the reference code's ContrastiveLoss, see :func:`_mined_contrastive`.
     """
     if f.dim() != 3:
         raise ValueError(f"f must be [B, C, D]; got {tuple(f.shape)}")
     _check_inputs(f, targets, known, f.shape[1], f.shape[2])
+    if form == "mined":
+        return _mined_contrastive(f, targets, known, generator)
+    if form != "hinge":
+        raise ConfigError(f"model.blending.contrastive_form must be one of {CONTRASTIVE_FORMS}; got {form!r}")
     unit = F.normalize(f, dim=-1).transpose(0, 1)  # [C, B, D]
     cos = unit @ unit.transpose(1, 2)  # [C, B, B]: cos[c, i, j]
     positive = _known_positive(targets, known).T  # [C, B]
@@ -124,6 +152,43 @@ def category_contrastive(f: torch.Tensor, targets: torch.Tensor, known: torch.Te
     both = positive.unsqueeze(2) & positive.unsqueeze(1) & other  # ordered: the mean is that of unordered pairs
     mixed = positive.unsqueeze(2) & negative.unsqueeze(1)  # (positive i, negative j): each pair once
     return _pair_mean(1 - cos, both) + _pair_mean(cos.clamp(min=0), mixed)
+
+
+def _mine(values: torch.Tensor, count: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A random ``2·count`` of ``values`` plus its ``count`` largest (these may appear twice)."""
+    if values.numel() == 0:
+        return values
+    if generator is None:
+        order = torch.randperm(values.numel())
+    else:
+        order = torch.randperm(values.numel(), generator=generator, device=generator.device)
+    drawn = values[order[: 2 * count].to(values.device)]
+    return torch.cat([drawn, values.sort(descending=True).values[:count]])
+
+
+def _mined_contrastive(f: torch.Tensor, targets: torch.Tensor, known: torch.Tensor,
+                       generator: Optional[torch.Generator]) -> torch.Tensor:
+    """The reference's ContrastiveLoss: one mean over ``1 − s`` of the P positive–positive pairs,
+    ``1 + s`` of positive–negative pairs and ``1 + s`` of negative–negative pairs, where (when
+    P > 0) each of the two push kinds is cut to a random 2P of its pairs plus its P hardest.
+
+    Pairs are the unordered image pairs (i < j, row-major) times the classes, in the reference's
+    order, and the random draws come in its order too (negative–negative first, each a
+    ``randperm`` of that kind's pairs), so a generator seeded like the reference's global one
+    gives the same value. A batch without any pair gives 0 (the reference: NaN).
+    """
+    i, j = torch.triu_indices(f.shape[0], f.shape[0], 1, device=f.device)
+    cos = F.cosine_similarity(f[i], f[j], dim=-1, eps=1e-9)  # [pairs, C]
+    positive = _known_positive(targets, known)
+    negative = known & ~positive
+    pull = (1 - cos)[positive[i] & positive[j]]
+    push_mixed = (1 + cos)[(positive[i] & negative[j]) | (negative[i] & positive[j])]
+    push_negative = (1 + cos)[negative[i] & negative[j]]
+    if pull.numel():
+        push_negative = _mine(push_negative, pull.numel(), generator)
+        push_mixed = _mine(push_mixed, pull.numel(), generator)
+    terms = torch.cat([pull, push_mixed, push_negative])
+    return terms.mean() if terms.numel() else cos.sum() * 0
 
 
 class RepresentationBlending(nn.Module):
@@ -252,6 +317,13 @@ class PrototypeBank:
     uniform sample of the whole pass whatever the loader order (first-come would keep only
     the first images of an unshuffled loader) and is reproducible. Storage is
     ``C·4·max_samples·D`` floats on the device of the first features seen. Use one bank per pass.
+
+    Two rules reproduce the reference code when asked (``model.blending``): ``zero_row=True``
+    averages a cell over a zero row plus its n samples (``sum / (n + 1)``, the reference's
+    placeholder row; a bug that shrinks sparse cells towards 0), and ``empty_cells="class_mean"``
+    gives a cell without a sample the mean of all the class's kept samples and makes it valid,
+    so PPRB draws it like any other (``"skip"``: the cell stays invalid and is never drawn).
+    A class without any sample has no prototype under either rule.
     """
 
     def __init__(
@@ -262,8 +334,14 @@ class PrototypeBank:
         max_samples: int = 100,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
+        zero_row: bool = False,
+        empty_cells: str = "skip",
     ) -> None:
         _check_counts(num_classes, feat_dim, num_prototypes, max_samples)
+        if empty_cells not in EMPTY_CELL_RULES:
+            raise ConfigError(f"model.blending.empty_cells must be one of {EMPTY_CELL_RULES}; got {empty_cells!r}")
+        self.zero_row = zero_row
+        self.empty_cells = empty_cells
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"class_names must have {num_classes} entries; got {len(class_names)}")
         self.num_classes = num_classes
@@ -324,10 +402,11 @@ class PrototypeBank:
         self._features[uniq[in_rows], slots] = feats[new_index]
 
     def finalize(self, blending: RepresentationBlending) -> Dict[str, object]:
-        """Write means into ``blending.prototypes``; cells with no sample become invalid.
+        """Write means into ``blending.prototypes`` and their validity into ``prototype_valid``.
 
         Returns ``seen`` and ``kept`` (LongTensor [C, 4]: known positives offered / averaged),
-        ``valid_cells`` and ``classes_without_positive`` (indices); the latter are logged.
+        ``valid_cells``, ``class_mean_cells`` (cells given their class's mean) and
+        ``classes_without_positive`` (indices); the latter are logged.
         """
         if (blending.num_classes, blending.feat_dim) != (self.num_classes, self.feat_dim):
             raise ValueError(
@@ -336,13 +415,24 @@ class PrototypeBank:
             )
         blending._require("prototype")
         shape = (self.num_classes, NUM_QUADRANTS)
-        kept = torch.isfinite(self._keys).sum(dim=1)
+        kept = torch.isfinite(self._keys).sum(dim=1).view(shape)
         if self._features is None:
-            means = torch.zeros(shape + (self.feat_dim,))
+            sums = torch.zeros(shape + (self.feat_dim,))
         else:
-            means = self._features.sum(dim=1) / kept.clamp(min=1).unsqueeze(1)
-        blending.prototypes.copy_(means.view(shape + (self.feat_dim,)))
-        blending.prototype_valid.copy_((kept > 0).view(shape))
+            sums = self._features.sum(dim=1).view(shape + (self.feat_dim,))
+        kept = kept.to(sums.device)
+        divisor = kept + 1 if self.zero_row else kept.clamp(min=1)
+        means = sums / divisor.unsqueeze(-1)
+        valid = kept > 0
+        filled = torch.zeros_like(valid)
+        if self.empty_cells == "class_mean":
+            per_class = kept.sum(dim=1)
+            class_mean = sums.sum(dim=1) / per_class.clamp(min=1).unsqueeze(-1)  # the samples' own mean, no zero row
+            filled = ~valid & (per_class > 0).unsqueeze(1)
+            means = torch.where(filled.unsqueeze(-1), class_mean.unsqueeze(1), means)
+            valid = valid | filled
+        blending.prototypes.copy_(means)
+        blending.prototype_valid.copy_(valid)
         seen = self._seen.view(shape).cpu()
         missing = (seen.sum(dim=1) == 0).nonzero().flatten().tolist()
         if missing:
@@ -353,7 +443,8 @@ class PrototypeBank:
             )
         return {
             "seen": seen,
-            "kept": kept.view(shape).cpu(),
-            "valid_cells": int((kept > 0).sum()),
+            "kept": kept.cpu(),
+            "valid_cells": int(valid.sum()),
+            "class_mean_cells": int(filled.sum()),
             "classes_without_positive": missing,
         }

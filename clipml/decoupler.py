@@ -17,13 +17,19 @@ class SemanticDecoupler(nn.Module):
     """Semantic-guided spatial attention: one visual feature per class, in the joint space.
 
         e_cj = P tanh(U z_j ⊙ V x_c) + b,  a_c = softmax_j(e_c),  f_c = Σ_j a_cj z_j
+
+    ``extra_linear=True`` inserts a d×d linear layer ``H`` (with bias) between tanh and P,
+    ``e_cj = P H tanh(…)``, as HCP-MLR-PL's SemanticDecoupling (its fc3). Two linear maps in a
+    row compute the same family of functions as one; they train differently (initialisation,
+    SGD dynamics), so the option exists to reproduce that code, not to add capacity.
     """
 
     def __init__(self, embed_dim: int, guide_dim: int, hidden_dim: int = 512, class_chunk: Optional[int] = None,
-                 init: str = "random") -> None:
+                 init: str = "random", extra_linear: bool = False) -> None:
         super().__init__()
         self.U = nn.Linear(embed_dim, hidden_dim, bias=False)
         self.V = nn.Linear(guide_dim, hidden_dim, bias=False)
+        self.H = nn.Linear(hidden_dim, hidden_dim) if extra_linear else None
         self.P = nn.Linear(hidden_dim, 1)
         if init == "uniform":
             # P = 0: every attention map starts uniform, f_c the mean of the dense tokens (for an
@@ -53,6 +59,8 @@ class SemanticDecoupler(nn.Module):
         for start in range(0, w.shape[0], step):
             chunk = w[start : start + step]
             hidden = torch.tanh(u.unsqueeze(1) * chunk[None, :, None, :])  # [B, c, N, d]
+            if self.H is not None:
+                hidden = self.H(hidden)
             scores.append(self.P(hidden).squeeze(-1))
         attention = torch.cat(scores, dim=1).softmax(dim=-1)
         return torch.einsum("bcn,bnd->bcd", attention, dense), attention

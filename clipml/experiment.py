@@ -77,6 +77,10 @@ class LossConfig:
     # asl sums over known entries (ASL's and DualCoOp's code), bce averages over them (METHODS §5),
     # ranking averages over images (TaI-DPT's code).
     reduction: Optional[Literal["mean", "sum"]] = None
+    # ASL on soft targets (DSRB's blended entries; hard targets are unaffected): "per_term" gives
+    # y·log p and (1−y)·log(1−p_m) each its own focusing weight; "mixed" puts one weight
+    # (1−p_t)^(γ+·y + γ−·(1−y)) on the mixed term, as ASL's code computes for a soft y.
+    soft_focusing: Literal["per_term", "mixed"] = "per_term"
     # Factor on the whole training loss (DualCoOp's --loss_w); under SGD it scales every update
     # but weight decay's, like a learning rate on the loss gradient alone.
     weight: float = 1.0

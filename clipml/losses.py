@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from clipml.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
+SOFT_FOCUSING = ("per_term", "mixed")
 REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "dual_asl": "sum", "ranking": "mean"}
 """Each loss's reduction in its reference: METHODS §5's partial BCE averages over the known
 entries; ASL's and DualCoOp's code sum; TaI-DPT's ranking loss averages over images. Configs
@@ -80,21 +81,28 @@ def partial_asl(
     clip: float = 0.05,
     eps: float = 1e-8,
     reduction: str = "mean",
+    soft_focusing: str = "per_term",
 ) -> torch.Tensor:
     """Asymmetric loss (Ridnik et al. 2021) over the known entries.
 
     Per entry, with ``p = sigmoid(logit)`` and the shifted probability ``p_m = max(p - clip, 0)``:
     ``-[y (1-p)^gamma_pos log p + (1-y) p_m^gamma_neg log(1-p_m)]``. The focusing weights
-    ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` carry no gradient (METHODS.md; DualCoOp's copy
-    of ASL computes them under ``torch.set_grad_enabled(False)``, while the ASL repository's
-    ``AsymmetricLoss`` has those lines commented out). A soft target y uses the
-    same formula, each term with its own weight. As in the reference, the log-probabilities
-    are floored at ``log(eps)`` (``eps=0``: no floor); they are computed with log-sigmoid, so
-    the floor is the only approximation.
+    carry no gradient (METHODS.md), as in the reference code: ASL's ``AsymmetricLoss`` (and
+    DualCoOp's copy of it) computes them under ``torch.set_grad_enabled(False)``, its default
+    ``disable_torch_grad_focal_loss=True``.
+
+    The two forms differ only for a soft target ``0 < y < 1`` (DSRB's blended entries):
+    ``soft_focusing="per_term"`` gives each term its own weight, as above; ``"mixed"`` is what
+    the ASL code computes for a soft y, one weight ``(1 - p_t)^(gamma_pos y + gamma_neg (1-y))``
+    with ``p_t = y p + (1-y)(1-p_m)`` on the whole mixed term. As in the reference, the
+    log-probabilities are floored at ``log(eps)`` (``eps=0``: no floor); they are computed with
+    log-sigmoid, so the floor is the only approximation.
     """
     _check(logits, targets, known)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if soft_focusing not in SOFT_FOCUSING:
+        raise ValueError(f"soft_focusing must be one of {SOFT_FOCUSING}; got {soft_focusing!r}")
     if not 0 <= clip < 1:
         raise ValueError(f"clip must be in [0, 1); got {clip}")
     x, y = _safe(logits, targets, known)
@@ -109,8 +117,14 @@ def partial_asl(
         log_p, log_not_pm = log_p.clamp(min=floor), log_not_pm.clamp(min=floor)
     with torch.no_grad():
         p = torch.sigmoid(x)
-        w_pos = (1 - p).pow(gamma_pos)
-        w_neg = (p - clip).clamp(min=0).pow(gamma_neg)
+        p_m = (p - clip).clamp(min=0)
+        if soft_focusing == "mixed":
+            p_t = y * p + (1 - y) * (1 - p_m)
+            weight = (1 - p_t).pow(gamma_pos * y + gamma_neg * (1 - y))
+            w_pos = w_neg = weight
+        else:
+            w_pos = (1 - p).pow(gamma_pos)
+            w_neg = p_m.pow(gamma_neg)
     per_entry = -(y * w_pos * log_p + (1 - y) * w_neg * log_not_pm)
     return _reduce(per_entry, known, reduction)
 
@@ -188,4 +202,6 @@ def build_loss(name: str, **kwargs: Any) -> Callable[..., torch.Tensor]:
     reduction = kwargs.get("reduction", "mean")
     if reduction not in REDUCTIONS:
         raise ConfigError(f"loss reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if kwargs.get("soft_focusing", "per_term") not in SOFT_FOCUSING:
+        raise ConfigError(f"loss.soft_focusing must be one of {SOFT_FOCUSING}; got {kwargs['soft_focusing']!r}")
     return functools.partial(fn, **kwargs)

@@ -50,6 +50,22 @@ class BlendingConfig:
     alpha_init: float = 0.5  # initial IPRB weight α (learned, in [0, 1])
     beta_init: float = 0.5  # initial PPRB weight β (learned, in [0, 1])
     target_grad: bool = False  # let the soft target 1 - α carry gradient (the reference code does)
+    # Where PPRB (blend and prototype pass) finds a class's peak quadrant: "attention" (argmax of a_c)
+    # or "feature" (argmax of a_cj · Σ_d z_jd, the reference code's Σ_d coefficient × feature map).
+    peak: Literal["attention", "feature"] = "attention"
+    # Average each prototype over a zero row plus its n samples (sum / (n + 1)), as the reference
+    # code's placeholder row does; false: the mean of the n samples.
+    prototype_zero_row: bool = False
+    # A (class, quadrant) cell without a sample: "skip" (never drawn) or "class_mean" (the mean of the
+    # class's samples, drawn like any other cell, as the reference code).
+    empty_cells: Literal["skip", "class_mean"] = "skip"
+    # "hinge": mean(1 − cos) over positive–positive pairs + mean(max(0, cos)) over positive–negative;
+    # "mined": the reference's one mean over 1 − cos (pos–pos), 1 + cos (pos–neg, neg–neg), the push
+    # pairs cut to a random 2P plus the P hardest (P = number of pos–pos pairs).
+    contrastive_form: Literal["hinge", "mined"] = "hinge"
+    # When the contrastive term is on: "with_blending" (from start_epoch) or "from_start" (from the
+    # first epoch, its weight ramped linearly over that epoch's batches, as the reference code).
+    contrastive_schedule: Literal["with_blending", "from_start"] = "with_blending"
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +124,9 @@ class ModelConfig:
     # "random": PyTorch's default init (the paper's); "uniform": attention starts uniform (P = 0), so
     # sdm_csp starts from the mean of the dense tokens, for an average-pooled tower its global feature.
     decoupler_init: Literal["random", "uniform"] = "random"
+    # A d×d linear layer (with bias) between the decoupler's tanh and its output layer, as
+    # HCP-MLR-PL's SemanticDecoupling (fc3); false: the seed paper's P: d -> 1 directly (METHODS §3).
+    decoupler_extra_linear: bool = False
     temperature: float = 100.0  # scale of the cosine logits
     learn_temperature: bool = False  # train the temperature too
     # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
@@ -165,7 +184,7 @@ class MultiLabelCLIP(nn.Module):
             if guidance is not None:
                 self.register_buffer("guidance", guidance, persistent=False)
             self.decoupler = SemanticDecoupler(backbone.embed_dim, guide_dim, config.decoupler_dim,
-                                               init=config.decoupler_init)
+                                               init=config.decoupler_init, extra_linear=config.decoupler_extra_linear)
         if self.head_kind == "dualcoop" and config.dualcoop.mean_token and not backbone.has_attention_pool:
             raise ConfigError("model.dualcoop.mean_token needs a ModifiedResNet backbone (CLIP's attention pool "
                               "has the mean token); this backbone has none: set it to false")

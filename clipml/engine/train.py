@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from clipml.blending import PrototypeBank, category_contrastive
+from clipml.blending import PrototypeBank, category_contrastive, peak_scores
 from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.engine import distributed
@@ -103,7 +103,8 @@ def build_training_loss(cfg: LossConfig):
     """The partial-label loss of `cfg` with its settings bound (loss.weight is applied by the loop)."""
     settings = {"reduction": cfg.reduction}
     if cfg.name == "asl":
-        settings.update(gamma_pos=cfg.gamma_pos, gamma_neg=cfg.gamma_neg, clip=cfg.clip, eps=cfg.eps)
+        settings.update(gamma_pos=cfg.gamma_pos, gamma_neg=cfg.gamma_neg, clip=cfg.clip, eps=cfg.eps,
+                        soft_focusing=cfg.soft_focusing)
     if cfg.name == "ranking":
         settings.update(margin=cfg.margin)
     return build_loss(cfg.name, **settings)
@@ -290,8 +291,8 @@ class TrainingStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, dense, labels: torch.Tensor, blending: bool, generator=None) -> torch.Tensor:
-        return training_loss(self.model, self.loss_fn, dense, labels, blending, generator)
+    def forward(self, dense, labels: torch.Tensor, blending: bool, generator=None, contrastive=None) -> torch.Tensor:
+        return training_loss(self.model, self.loss_fn, dense, labels, blending, generator, contrastive)
 
 
 def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed):
@@ -337,8 +338,9 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             if blending and _prototype_pass_due(model.config.blending, epoch):
                 refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            for dense, labels, _ in batches:
-                loss = step(dense, labels, blending, generator) * (loss_scale * weight)
+            for index, (dense, labels, _) in enumerate(batches):
+                contrastive = _contrastive_factor(model.config.blending, epoch, index, len(train_source))
+                loss = step(dense, labels, blending, generator, contrastive) * (loss_scale * weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
@@ -387,26 +389,46 @@ def _prototype_pass_due(blend, epoch: int) -> bool:
     return blend.prototype and (epoch - blend.start_epoch) % max(1, blend.prototype_every) == 0
 
 
+def _contrastive_factor(blend, epoch: int, batch: int, batches: int) -> float:
+    """Share of ``contrastive_weight`` applied to batch ``batch`` of ``batches`` in ``epoch`` (0-based).
+
+    "with_blending": all of it from ``start_epoch`` on. "from_start": from the first epoch, that
+    epoch ramped linearly (batch i of n gets i / n, the first batch none), as the reference code.
+    """
+    if not blend.contrastive_weight:
+        return 0.0
+    if blend.contrastive_schedule == "from_start":
+        return 1.0 if epoch >= 1 else batch / max(1, batches)
+    return 1.0 if epoch >= blend.start_epoch else 0.0
+
+
 def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, blending: bool,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Partial-label loss of one batch, plus the DSRB terms (when ``blending``) and the CT term when enabled."""
+                  generator: Optional[torch.Generator] = None, contrastive: Optional[float] = None) -> torch.Tensor:
+    """Partial-label loss of one batch, plus the DSRB terms and the CT term when enabled.
+
+    ``blending`` switches the blended branches on; ``contrastive`` is the share of the contrastive
+    term's weight for this batch (None: all of it when ``blending``, else none).
+    """
     targets, known = (labels == 1).float(), labels != -1
     output = model.forward_dense(dense)
     if output.parts is None:
         loss = loss_fn(output.logits, targets, known)
     else:  # a head with several branches (TaI-DPT): the loss on each
         loss = sum(loss_fn(part, targets, known) for part in output.parts)
+    settings = model.config.blending
     if blending:
-        settings = model.config.blending
         if settings.instance:
             features, soft, mask = model.blending.instance_blend(output.features, targets, known)
             loss = loss + settings.lambda_instance * loss_fn(model.head(features, output.text), soft, mask)
         if settings.prototype:
-            features, soft, mask = model.blending.prototype_blend(output.features, targets, known,
-                                                                  output.attention, dense.grid, generator)
+            peaks = peak_scores(output.attention, dense.tokens, settings.peak)
+            features, soft, mask = model.blending.prototype_blend(output.features, targets, known, peaks, dense.grid,
+                                                                  generator)
             loss = loss + settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask)
-        if settings.contrastive_weight:
-            loss = loss + settings.contrastive_weight * category_contrastive(output.features, targets, known)
+    share = (1.0 if blending else 0.0) if contrastive is None else contrastive
+    if settings.contrastive_weight and share:
+        loss = loss + share * settings.contrastive_weight * category_contrastive(
+            output.features, targets, known, settings.contrastive_form, generator)
     if hasattr(model, "transport"):
         loss = loss + model.config.transport.weight * model.transport(dense.tokens, output.text, targets, known)
     return loss
@@ -414,14 +436,16 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, b
 
 def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, object]:
     """One no-grad pass over the training data to recompute the PPRB prototypes."""
-    blend = model.blending
+    blend, settings = model.blending, model.config.blending
     bank = PrototypeBank(len(model.classnames), blend.feat_dim, max_samples=blend.max_samples, seed=seed,
-                         class_names=model.classnames)
+                         class_names=model.classnames, zero_row=settings.prototype_zero_row,
+                         empty_cells=settings.empty_cells)
     with torch.no_grad():
         text = model.text_features()
         for dense, labels, _ in source.batches(seed=seed, sharded=False):  # every rank: the same prototypes
             output = model.forward_dense(dense, text)
-            bank.update(output.features, output.attention, dense.grid, (labels == 1).float(), labels != -1)
+            bank.update(output.features, peak_scores(output.attention, dense.tokens, settings.peak), dense.grid,
+                        (labels == 1).float(), labels != -1)
     stats = bank.finalize(blend)
     logger.info("prototypes recomputed: %d of %d (class, quadrant) cells filled",
                 stats["valid_cells"], 4 * len(model.classnames))
