@@ -2,7 +2,14 @@
 HCP-MLR-PL code (HCPLab-SYSU/HCP-MLR-PL: SST/SARB/HST/DSRB).
 
 Run from the clipml checkout root:
-    python <this folder>/hcp.py --ref <HCP-MLR-PL checkout or fetched git dir>
+    python <this folder>/hcp.py --ref <HCP-MLR-PL checkout or fetched git dir> \
+        [--config configs/coco2014/sdm_csp_dsrb.yaml] [--write-golden tests/golden/hcp_dsrb.npz]
+
+clipml runs under the DSRB options of --config (the published-setting config by default):
+`parity:` lines must hold there; `deviation (documented ...)` lines are differences the config
+keeps on purpose, each next to a `parity:` line showing that the option removes it.
+--write-golden stores the reference's outputs on the small fixed inputs used here (read by
+tests/test_parity_hcp.py, which needs no reference code).
 
 Reference side (imported from --ref): model/DSRB.py (`DSRB.mixupInstance_featuremap`,
 `mixupPrototype_featuremap`, `computePrototype_featuremap`, called as unbound methods on a bare
@@ -31,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as pc  # noqa: E402
 
 NEEDED = ["model/DSRB.py", "model/", "loss/", "utils/metrics.py", "utils/__init__.py", "datasets/", "config.py",
-          "scripts/"]
+          "scripts/", "DSRB.py"]
 
 
 @contextlib.contextmanager
@@ -55,10 +62,18 @@ def to_ref_targets(targets, known):
 
 def main() -> int:
     parser = pc.base_parser(__doc__)
+    parser.add_argument("--config", default="configs/coco2014/sdm_csp_dsrb.yaml",
+                        help="clipml config whose model.blending / decoupler options are compared")
+    parser.add_argument("--write-golden", default=None, metavar="PATH",
+                        help="write the reference's outputs on the fixed inputs here (.npz)")
     args = parser.parse_args()
+    from clipml.experiment import load_experiment
+    args.cfg = load_experiment(args.config)
+    args.golden = {}
     work = pc.setup(args)
     ref = pc.materialize_ref(args.ref, NEEDED, work)
-    report = pc.Report("HCP-MLR-PL (SST/SARB/DSRB code) vs clipml blending / decoupler / masks / metrics")
+    report = pc.Report(f"HCP-MLR-PL (SST/SARB/DSRB code) vs clipml blending / decoupler / masks / metrics "
+                       f"under {args.config}")
     pc.purge_modules("model", "loss", "utils", "datasets", "config")
     sys.path.insert(0, str(ref))
     ref_dsrb = importlib.import_module("model.DSRB")
@@ -75,7 +90,17 @@ def main() -> int:
     losses(report, ref_loss, args)
     blending(report, ref_dsrb, ref_loss, args)
     prototypes(report, ref_dsrb, args)
+    schedule(report, ref, args)
+    if args.write_golden:
+        write_golden(args.write_golden, args.golden)
     return report.summary()
+
+
+def write_golden(path: str, golden) -> None:
+    arrays = {k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v) for k, v in golden.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    print(f"info: wrote {len(arrays)} reference arrays to {path} ({Path(path).stat().st_size} bytes)")
 
 
 def reference_status(report, ref_dsrb) -> None:
@@ -183,9 +208,10 @@ def metrics(report, ref_metrics, args) -> None:
                  ref_metrics.Compute_mAP_VOC2012(pred.copy(), c), M.mean_average_precision(logits, truth, "envelope"),
                  atol=1e-12, rtol=1e-12)
     tied = np.round(logits, 0)
-    report.close("parity: envelope mAP with tied scores (reference: np.argsort order; clipml: ties grouped)",
+    report.close("deviation (documented in clipml.metrics: tied scores form one threshold): envelope mAP with tied "
+                 "scores (reference: the order np.argsort leaves tied images in)",
                  ref_metrics.Compute_mAP_VOC2012(np.concatenate([tied, truth], 1), c),
-                 M.mean_average_precision(tied, truth, "envelope"), atol=1e-6, rtol=0)
+                 M.mean_average_precision(tied, truth, "envelope"), atol=1e-6, rtol=0, expect=False)
     truth_gap = truth.copy()
     truth_gap[:, -1] = 0
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -219,28 +245,49 @@ def decoupler(report, ref_sd, args) -> None:
     torch.manual_seed(args.seed + 11)
     B, D, G, d, C, S = 2, 24, 10, 16, 5, 4
     ref = ref_sd.SemanticDecoupling(C, D, G, intermediaDim=d).eval()
-    ours = SemanticDecoupler(D, G, d)
-    with torch.no_grad():
-        ours.U.weight.copy_(ref.fc1.weight)
-        ours.V.weight.copy_(ref.fc2.weight)
-        # the reference applies fc3 (d -> d, bias) and then fc4 (d -> 1): collapse the two linear maps
-        ours.P.weight.copy_(ref.fc4.weight @ ref.fc3.weight)
-        ours.P.bias.copy_(ref.fc4.weight @ ref.fc3.bias + ref.fc4.bias)
     fmap = torch.randn(B, D, S, S)
     words = torch.randn(C, G)
     with torch.no_grad():
         feat, _, coef = ref(fmap, words)  # coef [B, S, S, C]
-        dense = fmap.flatten(2).transpose(1, 2)  # [B, N, D] row-major
-        f, attn = ours(dense, words)
-    report.close("parity: decoupler class features, clipml P = reference fc4 . fc3 (collapsed)", feat, f, atol=1e-5,
-                 rtol=1e-5)
-    report.close("parity: decoupler attention maps", coef.permute(0, 3, 1, 2).reshape(B, C, -1), attn, atol=1e-6,
-                 rtol=1e-5)
+    dense = fmap.flatten(2).transpose(1, 2)  # [B, N, D] row-major
+    attention_ref = coef.permute(0, 3, 1, 2).reshape(B, C, -1)
+    args.golden.update({f"decoupler_{k}": v for k, v in (
+        ("fc1", ref.fc1.weight), ("fc2", ref.fc2.weight), ("fc3_w", ref.fc3.weight), ("fc3_b", ref.fc3.bias),
+        ("fc4_w", ref.fc4.weight), ("fc4_b", ref.fc4.bias), ("dense", dense), ("words", words), ("features", feat),
+        ("attention", attention_ref))})
+
+    extra = SemanticDecoupler(D, G, d, extra_linear=True)
+    with torch.no_grad():
+        extra.U.weight.copy_(ref.fc1.weight)
+        extra.V.weight.copy_(ref.fc2.weight)
+        extra.H.weight.copy_(ref.fc3.weight)
+        extra.H.bias.copy_(ref.fc3.bias)
+        extra.P.weight.copy_(ref.fc4.weight)
+        extra.P.bias.copy_(ref.fc4.bias)
+        f, attn = extra(dense, words)
+    report.close("parity: decoupler class features, model.decoupler_extra_linear=true (H = fc3, P = fc4)", feat, f,
+                 atol=1e-5, rtol=1e-5)
+    report.close("parity: decoupler attention maps, model.decoupler_extra_linear=true", attention_ref, attn,
+                 atol=1e-6, rtol=1e-5)
     n_ref = sum(p.numel() for p in ref.parameters())
-    n_ours = sum(p.numel() for p in ours.parameters())
-    report.check(f"info: parametrisation: the reference's SemanticDecoupling has fc3 (d x d + d) between tanh and the "
-                 f"output layer, clipml's P maps d -> 1 directly ({n_ref} vs {n_ours} parameters at d={d}); same function "
-                 f"class, different initialisation and SGD dynamics", True)
+    n_extra = sum(p.numel() for p in extra.parameters())
+    report.check(f"parity: parameter count with the extra layer: reference {n_ref}, clipml {n_extra}", n_ref == n_extra)
+
+    ours = SemanticDecoupler(D, G, d)
+    with torch.no_grad():
+        ours.U.weight.copy_(ref.fc1.weight)
+        ours.V.weight.copy_(ref.fc2.weight)
+        # fc3 (d -> d, bias) then fc4 (d -> 1): two linear maps collapse into clipml's P
+        ours.P.weight.copy_(ref.fc4.weight @ ref.fc3.weight)
+        ours.P.bias.copy_(ref.fc4.weight @ ref.fc3.bias + ref.fc4.bias)
+        f, attn = ours(dense, words)
+    report.close("diagnostic: without the extra layer, clipml P = reference fc4 . fc3 (collapsed) gives the same "
+                 "features (same function class)", feat, f, atol=1e-5, rtol=1e-5)
+    used = args.cfg.model.decoupler_extra_linear
+    report.check(f"deviation (documented: the decoupler follows the seed paper, P: d -> 1, METHODS 3): {args.config} "
+                 f"sets model.decoupler_extra_linear={str(used).lower()}; the reference's SemanticDecoupling has fc3 "
+                 f"({n_ref} vs {sum(p.numel() for p in ours.parameters())} parameters at d={d}): same function class, "
+                 f"different initialisation and SGD dynamics", not used)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -264,18 +311,37 @@ def losses(report, ref_loss, args) -> None:
                  atol=1e-6, rtol=1e-6)
     report.close("parity: partial BCE gradient", xr.grad, xo.grad, atol=1e-7, rtol=1e-5)
 
-    # Category-wise contrastive term (reference weight 0.05). Batch 4, so the random subsampling of the
-    # reference keeps every pair (it samples 2x the number of pos-pos pairs) and the value is deterministic.
-    torch.manual_seed(args.seed + 14)
-    f = torch.randn(4, 3, 8)
-    t = torch.tensor([[1, -1, 0], [1, 1, -1], [-1, 1, 1], [1, 0, -1]]).float()
-    with cpu_cuda():
-        ref_c = ref_loss.ContrastiveLoss(4, reduce=True, size_average=True)(f, t)
-    ours_c = category_contrastive(f, (t == 1).float(), t != 0)
-    report.close("parity: category-wise contrastive term (ContrastiveLoss vs clipml category_contrastive)", ref_c,
-                 ours_c, atol=1e-5, rtol=1e-5,
-                 note="reference: mean over [1-cos pos-pos, 1+cos pos-neg, 1+cos neg-neg, + hardest repeated]; "
-                      "clipml: mean(1-cos pos-pos) + mean(max(0,cos) pos-neg), no neg-neg")
+    # Category-wise contrastive term (reference weight 0.05), in the config's form. The reference subsamples
+    # the push pairs with torch.randperm on the global generator; clipml draws the same permutations, in
+    # the same order, from a generator seeded like it. Batch 4 keeps every pair; batch 8 subsamples.
+    form = args.cfg.model.blending.contrastive_form
+    for batch, seed in ((4, args.seed + 14), (8, args.seed + 15)):
+        torch.manual_seed(seed)
+        f = torch.randn(batch, 3, 8)
+        if batch == 4:
+            t = torch.tensor([[1, -1, 0], [1, 1, -1], [-1, 1, 1], [1, 0, -1]]).float()
+        else:
+            t = torch.randint(-1, 2, (batch, 3)).float()
+        fr = f.clone().requires_grad_(True)
+        torch.manual_seed(seed + 1000)
+        with cpu_cuda():
+            ref_c = ref_loss.ContrastiveLoss(batch, reduce=True, size_average=True)(fr, t)
+        ref_c.backward()
+        for name, value in (("f", f), ("t", t), ("value", ref_c), ("grad", fr.grad)):
+            args.golden[f"contrastive_b{batch}_{name}"] = value
+        args.golden[f"contrastive_b{batch}_seed"] = seed + 1000
+        fo = f.clone().requires_grad_(True)
+        ours_c = category_contrastive(fo, (t == 1).float(), t != 0, form, torch.Generator().manual_seed(seed + 1000))
+        ours_c.backward()
+        report.close(f"parity: category-wise contrastive term, batch {batch} (ContrastiveLoss vs clipml "
+                     f"category_contrastive, model.blending.contrastive_form={form})", ref_c, ours_c, atol=1e-5,
+                     rtol=1e-5, note="reference: one mean over [1-cos pos-pos, 1+cos pos-neg, 1+cos neg-neg], push "
+                                     "pairs cut to a random 2P plus the P hardest")
+        report.close(f"parity: ... its gradient wrt the class features, batch {batch}", fr.grad, fo.grad, atol=1e-6,
+                     rtol=1e-5)
+        hinge = category_contrastive(f, (t == 1).float(), t != 0, "hinge")
+        report.close(f"info: contrastive_form=hinge (clipml's default) differs, batch {batch}", ref_c, hinge,
+                     atol=1e-5, rtol=1e-5, expect=False)
 
 
 # ----------------------------------------------------------------------------- IPRB / PPRB
@@ -289,7 +355,7 @@ def bare_dsrb(ref_dsrb, topk=1, alpha=0.5, beta=0.5):
 
 
 def blending(report, ref_dsrb, ref_loss, args) -> None:
-    from clipml.blending import RepresentationBlending, quadrant
+    from clipml.blending import RepresentationBlending, peak_scores, quadrant
     from clipml.losses import partial_bce
 
     torch.manual_seed(args.seed + 21)
@@ -327,20 +393,24 @@ def blending(report, ref_dsrb, ref_loss, args) -> None:
                          ref.alpha.grad, ours.alpha.grad, atol=1e-6, rtol=1e-5, expect=False,
                          note=f"reference {float(ref.alpha.grad):.5f}, clipml default {float(ours.alpha.grad):.5f}")
 
-    # ---- PPRB: forced to be deterministic (one unknown per image, quadrant offset 1)
+    # ---- PPRB on a map built as the reference builds it (coefficient x feature map), peaks located under
+    # the config's rule. Forced to be deterministic: one unknown per image, quadrant offset 1 (the reference
+    # draws it with torch.randint), clipml allowed only the quadrant that offset gives from its own peak --
+    # so the blend matches only if both locate the same peak quadrant.
+    peak_rule = args.cfg.model.blending.peak
     torch.manual_seed(args.seed + 22)
-    B, C = 4, 6
+    B, C, N = 4, 6, S * S
     T = -torch.ones(B, C)
     T[:, 0] = 1
     unknown_class = [1, 2, 3, 4]
     for b, c in enumerate(unknown_class):
         T[b, c] = 0
-    fmap = torch.randn(B, S, S, C, D)
+    coef = torch.softmax(torch.randn(B, C, N) * 2, dim=-1)
+    zmap = torch.randn(B, N, D)
+    fmap = (coef.unsqueeze(-1) * zmap.unsqueeze(1)).reshape(B, C, S, S, D).permute(0, 2, 3, 1, 4).contiguous()
     protos = torch.randn(C, 4, S, S, D)
     ref = bare_dsrb(ref_dsrb, beta=0.4)
     ref.prototype_featuremap = protos
-    peak = fmap.sum(-1)  # [B, S, S, C]: the quantity the reference locates the peak on
-    own = quadrant(peak.permute(0, 3, 1, 2).reshape(B, C, -1), (S, S))
     original_randint = torch.randint
     torch.randint = lambda low, high, size, *a, **k: torch.ones(size, dtype=torch.long)
     try:
@@ -348,18 +418,23 @@ def blending(report, ref_dsrb, ref_loss, args) -> None:
             mixed, mixed_t = ref.mixupPrototype_featuremap(fmap, T)
     finally:
         torch.randint = original_randint
+    args.golden.update(pprb_coef=coef, pprb_tokens=zmap, pprb_targets=T, pprb_prototypes=protos.sum((2, 3)),
+                       pprb_beta=0.4, pprb_mixed=mixed, pprb_mixed_targets=mixed_t)
     ours = RepresentationBlending(C, D, instance=False, prototype=True, beta_init=0.4)
+    peaks = peak_scores(coef, zmap, peak_rule)
+    own = quadrant(peaks, (S, S))
     with torch.no_grad():
         ours.prototypes.copy_(protos.sum((2, 3)))
         valid = torch.zeros(C, 4, dtype=torch.bool)
         for b, c in enumerate(unknown_class):
-            valid[c, (own[b, c] - 1) % 4] = True  # the quadrant the reference picked (offset forced to 1)
+            valid[c, (own[b, c] - 1) % 4] = True
         ours.prototype_valid.copy_(valid)
-    f = fmap.sum((1, 2))
-    fb, tb, kb = ours.prototype_blend(f, (T == 1).float(), T != 0, peak.permute(0, 3, 1, 2).reshape(B, C, -1), (S, S),
+    f = torch.einsum("bcn,bnd->bcd", coef, zmap)
+    fb, tb, kb = ours.prototype_blend(f, (T == 1).float(), T != 0, peaks, (S, S),
                                       generator=torch.Generator().manual_seed(0))
-    report.close("parity: PPRB blended features, same entry and quadrant (mixupPrototype_featuremap vs prototype_blend)",
-                 mixed, fb, atol=1e-5, rtol=1e-6)
+    report.close(f"parity: PPRB blended features, model.blending.peak={peak_rule} (mixupPrototype_featuremap vs "
+                 f"prototype_blend; same entry, offset 1 from each one's peak quadrant)", mixed, fb, atol=1e-5,
+                 rtol=1e-6)
     report.close("parity: PPRB targets (1-beta on the blended entry)", mixed_t, to_ref_targets(tb, kb).detach(),
                  atol=1e-7, rtol=0)
 
@@ -369,76 +444,104 @@ def blending(report, ref_dsrb, ref_loss, args) -> None:
     T2[0, unknown_class[0]] = -1  # image 0: every label known
     with cpu_cuda():
         _, mixed_t2 = ref.mixupPrototype_featuremap(fmap, T2)
-    fb2, tb2, kb2 = ours.prototype_blend(f, (T2 == 1).float(), T2 != 0, peak.permute(0, 3, 1, 2).reshape(B, C, -1),
-                                         (S, S), generator=torch.Generator().manual_seed(0))
+    fb2, tb2, kb2 = ours.prototype_blend(f, (T2 == 1).float(), T2 != 0, peaks, (S, S),
+                                         generator=torch.Generator().manual_seed(0))
     changed = int(((mixed_t2[0] != T2[0])).sum())
     report.check(f"deviation (documented, METHODS 6): image with no unknown label -- reference overwrote {changed} known "
                  f"label(s) (row 0 targets {mixed_t2[0].tolist()}), clipml kept row 0 "
                  f"{bool(torch.equal(to_ref_targets(tb2, kb2)[0], T2[0]))}",
                  changed > 0 and bool(torch.equal(to_ref_targets(tb2, kb2)[0], T2[0])))
 
-    # Where the peak is read: the reference uses sum_d(coef * map), clipml the attention (coef) itself.
+    # Where the peak is read, on every (image, class) map: the reference takes the row, then the column, of
+    # the maximum of sum_d(coef * feature map) (two argmaxes, as its code); clipml the config's peak rule.
     torch.manual_seed(args.seed + 23)
-    coef = torch.softmax(torch.randn(B, C, S * S), dim=-1)
-    zmap = torch.randn(B, S * S, D)
-    fmc = (coef.unsqueeze(-1) * zmap.unsqueeze(1))  # [B, C, N, D]
-    ref_peak = fmc.sum(-1)
-    q_ref = quadrant(ref_peak, (S, S))
-    q_ours = quadrant(coef, (S, S))
-    report.check(f"parity: peak quadrant of a class map (reference argmax of sum_d(coef * feature map); clipml argmax of "
-                 f"the attention): {int((q_ref != q_ours).sum())} of {q_ref.numel()} (image, class) quadrants differ",
-                 bool((q_ref == q_ours).all()))
+    coef = torch.softmax(torch.randn(B, C, N), dim=-1)
+    zmap = torch.randn(B, N, D)
+    ref_map = (coef.unsqueeze(-1) * zmap.unsqueeze(1)).sum(-1).reshape(B, C, S, S)
+    row = ref_map.max(dim=3)[0].argmax(dim=2)
+    col = ref_map.max(dim=2)[0].argmax(dim=2)
+    q_ref = 2 * (row >= S // 2).long() + (col >= S // 2).long()
+    for rule in ("feature", "attention"):
+        q = quadrant(peak_scores(coef, zmap, rule), (S, S))
+        differ = int((q_ref != q).sum())
+        if rule == peak_rule:
+            report.check(f"parity: peak quadrant, model.blending.peak={rule}: {differ} of {q.numel()} (image, class) "
+                         f"quadrants differ from the reference's argmax of sum_d(coef * feature map)", differ == 0)
+        else:
+            report.check(f"info: model.blending.peak={rule} would differ on {differ} of {q.numel()} quadrants", True)
 
 
 def prototypes(report, ref_dsrb, args) -> None:
-    """computePrototype_featuremap vs PrototypeBank with the same peak quantity."""
-    from clipml.blending import PrototypeBank, RepresentationBlending
+    """computePrototype_featuremap vs PrototypeBank under the config's peak / zero-row / empty-cell rules."""
+    from clipml.blending import PrototypeBank, RepresentationBlending, peak_scores
 
+    settings = args.cfg.model.blending
     torch.manual_seed(args.seed + 31)
-    C, S, D = 3, 4, 6
+    C, S, D, B = 3, 4, 6, 5
     batches = []
     for _ in range(6):
-        B = 5
-        fmc = torch.randn(B, S, S, C, D)
+        coef = torch.softmax(torch.randn(B, C, S * S) * 2, dim=-1)
+        zmap = torch.randn(B, S * S, D)
         target = torch.randint(-1, 2, (B, C)).float()
-        batches.append((fmc, target))
-    for _, t in batches:
+        batches.append((coef, zmap, target))
+    for _, _, t in batches:
         t[:, 2] = -1
-    batches[0][1][:2, 2] = 1  # class 2: two positives in all, so at least two of its quadrants stay empty
+    batches[0][2][:2, 2] = 1  # class 2: two positives in all, so at least two of its quadrants stay empty
+
+    def reference_map(coef, zmap):  # featuremapWithCoef [B, S, S, C, D]
+        return (coef.unsqueeze(-1) * zmap.unsqueeze(1)).reshape(coef.shape[0], C, S, S, D).permute(0, 2, 3, 1, 4)
 
     class FakeModel:
-        def __init__(self):
-            self.i = 0
-
         def eval(self):
             return self
 
         def __call__(self, input, onlyFeature=True):
-            fmc, _ = batches[int(input[0])]
-            return fmc.sum((1, 2)), fmc, fmc.sum(-1)  # (semantic features, map x coefficient, a [B,S,S,C] stand-in)
+            coef, zmap, _ = batches[int(input[0])]
+            fmc = reference_map(coef, zmap)
+            return fmc.sum((1, 2)), fmc, coef.reshape(B, C, S, S).permute(0, 2, 3, 1)
 
-    loader = [(None, torch.tensor([i]), t, t) for i, (_, t) in enumerate(batches)]
+    loader = [(None, torch.tensor([i]), t, t) for i, (_, _, t) in enumerate(batches)]
     fake = FakeModel()
     with cpu_cuda():  # the method stores the result on its `model` argument
         ref_dsrb.DSRB.computePrototype_featuremap(types.SimpleNamespace(), fake, loader, types.SimpleNamespace(classNum=C))
     ref_protos = fake.prototype_featuremap.sum((2, 3))  # [C, 4, D]
+    args.golden.update(protos_coef=torch.stack([b[0] for b in batches]), protos_tokens=torch.stack([b[1] for b in batches]),
+                       protos_targets=torch.stack([b[2] for b in batches]), protos_reference=ref_protos)
 
-    blend = RepresentationBlending(C, D, instance=False, prototype=True)
-    bank = PrototypeBank(C, D, max_samples=100, seed=0)
-    for fmc, t in batches:
-        peak = fmc.sum(-1).permute(0, 3, 1, 2).reshape(fmc.shape[0], C, -1)  # the reference's peak quantity
-        bank.update(fmc.sum((1, 2)), peak, (S, S), (t == 1).float(), t != 0)
-    stats = bank.finalize(blend)
-    valid = blend.prototype_valid
-    kept = stats["kept"].float()
-    report.close("parity: PPRB prototypes of filled (class, quadrant) cells, < 100 samples each "
-                 "(computePrototype_featuremap vs PrototypeBank, same peak rule)",
-                 ref_protos[valid], blend.prototypes[valid], atol=1e-5, rtol=1e-6)
-    scale = ((kept + 1) / kept.clamp(min=1))[valid].unsqueeze(-1)
-    report.close("diagnostic: equal after undoing the reference's extra zero row (torch.mean over the zero placeholder "
-                 "plus n features = sum / (n + 1)): reference x (n+1)/n vs clipml", ref_protos[valid] * scale,
-                 blend.prototypes[valid], atol=1e-5, rtol=1e-6,
-                 note=f"cells hold n = {sorted(set(int(v) for v in kept[valid].tolist()))} samples")
+    def bank_prototypes(zero_row, empty_cells, peak):
+        blend = RepresentationBlending(C, D, instance=False, prototype=True)
+        bank = PrototypeBank(C, D, max_samples=100, seed=0, zero_row=zero_row, empty_cells=empty_cells)
+        for coef, zmap, t in batches:
+            f = torch.einsum("bcn,bnd->bcd", coef, zmap)
+            bank.update(f, peak_scores(coef, zmap, peak), (S, S), (t == 1).float(), t != 0)
+        stats = bank.finalize(blend)
+        return blend.prototypes.clone(), blend.prototype_valid.clone(), stats["kept"]
+
+    protos, valid, kept = bank_prototypes(settings.prototype_zero_row, settings.empty_cells, settings.peak)
+    sampled = kept > 0
+    empty = (~sampled).nonzero().tolist()
+    report.check(f"parity: every (class, quadrant) cell has a prototype PPRB may draw, incl. cells without a sample "
+                 f"{empty} (model.blending.empty_cells={settings.empty_cells}; the reference fills them with the class's "
+                 f"mean prototype)", bool(valid.all()))
+    report.close(f"parity: prototypes of cells without a sample = the class mean over its samples "
+                 f"(model.blending.empty_cells={settings.empty_cells})", ref_protos[~sampled], protos[~sampled],
+                 atol=1e-5, rtol=1e-6)
+    label = (f"prototypes of sampled cells, < 100 samples each (computePrototype_featuremap vs PrototypeBank, "
+             f"model.blending.peak={settings.peak}, prototype_zero_row={str(settings.prototype_zero_row).lower()})")
+    if settings.prototype_zero_row:
+        report.close(f"parity: {label}", ref_protos[sampled], protos[sampled], atol=1e-5, rtol=1e-6)
+    else:
+        report.close(f"deviation (documented: the reference averages over its zero placeholder row, sum / (n + 1)): "
+                     f"{label}", ref_protos[sampled], protos[sampled], atol=1e-5, rtol=1e-6, expect=False)
+    scale = ((kept + 1) / kept.clamp(min=1))[sampled].unsqueeze(-1)
+    report.close("diagnostic: reference x (n+1)/n = the mean of the n samples", ref_protos[sampled] * scale,
+                 bank_prototypes(False, settings.empty_cells, settings.peak)[0][sampled], atol=1e-5, rtol=1e-6,
+                 note=f"cells hold n = {sorted(set(int(v) for v in kept[sampled].tolist()))} samples")
+    exact, _, _ = bank_prototypes(True, "class_mean", "feature")
+    report.close("parity: every prototype with prototype_zero_row=true, empty_cells=class_mean, peak=feature "
+                 "(the options reproduce computePrototype_featuremap exactly)", ref_protos, exact, atol=1e-5, rtol=1e-6)
+    args.golden["protos_max_samples"] = 100
+
     # More than 100 known positives in one cell: the reference keeps the first 100 in loader order, clipml
     # a seeded uniform reservoir of 100 (documented in PrototypeBank's docstring).
     torch.manual_seed(args.seed + 32)
@@ -472,10 +575,41 @@ def prototypes(report, ref_dsrb, args) -> None:
                  blend1.prototypes[0, 0], atol=1e-4, rtol=1e-4, expect=False)
     report.close("diagnostic: reference x 101/100 = mean of the first 100 samples", big_model.prototype_featuremap[0, 0]
                  .sum((0, 1)) * 101 / 100, first100, atol=1e-4, rtol=1e-5)
-    empty = (~valid).nonzero().tolist()
-    report.check(f"parity: (class, quadrant) cells without a sample {empty}: the reference fills them with the class's "
-                 f"mean prototype (avgPrototype) and PPRB may draw them; clipml marks them invalid and never draws them",
-                 bool(valid.all()))
+
+
+def schedule(report, ref: Path, args) -> None:
+    """The contrastive term's weight per batch: DSRB.py's own `loss2_ = ...` expression, evaluated with a
+    criterion returning 1, against clipml's factor under the config's contrastive_schedule."""
+    import ast
+    from clipml.engine.train import _contrastive_factor
+
+    tree = ast.parse((ref / "DSRB.py").read_text())
+    train = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "Train")
+    assign = next(node for node in ast.walk(train) if isinstance(node, ast.Assign)
+                  and getattr(node.targets[0], "id", None) == "loss2_")
+    expression = compile(ast.Expression(assign.value), str(ref / "DSRB.py"), "eval")
+    settings = args.cfg.model.blending
+    n, epochs = 10, max(3, settings.start_epoch + 1)
+    ref_w, ours_w = [], []
+    for epoch in range(epochs):
+        for index in range(n):
+            scope = {"args": types.SimpleNamespace(contrastiveLossWeight=1.0), "feature": None, "target": None,
+                     "criterion": {"ContrastiveLoss": lambda f, t: 1.0}, "epoch": epoch, "batchIndex": index,
+                     "train_loader": range(n)}
+            ref_w.append(float(eval(expression, scope)))
+            ours_w.append(_contrastive_factor(settings, epoch, index, n))
+    args.golden["contrastive_schedule_reference"] = np.array(ref_w).reshape(epochs, n)
+    report.close(f"parity: contrastive weight per batch, epochs 0-{epochs - 1} x {n} batches (DSRB.py's loss2_ "
+                 f"expression vs clipml, model.blending.contrastive_schedule={settings.contrastive_schedule})",
+                 np.array(ref_w), np.array(ours_w), atol=1e-12, rtol=0)
+    report.check(f"parity: contrastive weight {settings.contrastive_weight} = DSRB.sh's contrastiveLossWeight "
+                 f"{sh_value(ref, 'contrastiveLossWeight')}",
+                 settings.contrastive_weight == float(sh_value(ref, "contrastiveLossWeight")))
+
+
+def sh_value(ref: Path, name: str) -> str:
+    import re
+    return re.search(rf"^{name}=['\"]?([^'\"\s]+)", (ref / "scripts" / "DSRB.sh").read_text(), flags=re.M).group(1)
 
 
 if __name__ == "__main__":
