@@ -178,3 +178,42 @@ def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
     model = load_model(str(Path(cfg.run_dir()) / "prompts.safetensors"))
     assert model.blending.prototype_valid.any()
+
+
+def test_contrastive_share_and_form_reach_the_training_loss(tiny_backbones):
+    backbone = tiny_backbones["open_clip_vit"]
+    torch.manual_seed(0)
+    config = ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16, decoupler_extra_linear=True,
+                         blending=BlendingConfig(contrastive_weight=0.05, contrastive_form="mined"))
+    model = MultiLabelCLIP(backbone, CLASSES, config)
+    dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
+    loss_fn = build_loss("bce")
+    output = model.forward_dense(dense)
+    term = category_contrastive(output.features, (LABELS == 1).float(), LABELS != -1, "mined",
+                                torch.Generator().manual_seed(3))
+    plain = training_loss(model, loss_fn, dense, LABELS, blending=False)
+    ramped = training_loss(model, loss_fn, dense, LABELS, blending=False, generator=torch.Generator().manual_seed(3),
+                           contrastive=0.5)
+    torch.testing.assert_close(ramped, plain + 0.5 * 0.05 * term, rtol=0, atol=0)
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True, contrastive=0.0), plain,
+                               rtol=0, atol=0)
+
+
+def test_training_with_the_reference_rules(tmp_path):
+    # DSRB with every reference rule (config keys of the published sdm_csp_dsrb configs, plus the extra
+    # decoupler layer); "from_start" puts the contrastive term in the first epoch, "with_blending" does not.
+    rules = ["model.method=sdm_csp", "model.blending.instance=true", "model.blending.prototype=true",
+             "model.blending.start_epoch=1", "model.blending.prototype_every=1", "model.blending.peak=feature",
+             "model.blending.empty_cells=class_mean", "model.blending.contrastive_weight=0.05",
+             "model.blending.contrastive_form=mined", "model.decoupler_extra_linear=true", "loss.name=asl",
+             "loss.soft_focusing=mixed", "optim.epochs=2", "data.options={num_images: 96}"]
+    first_epoch = {}
+    for schedule in ("from_start", "with_blending"):
+        cfg = tiny_config(tmp_path, f"name={schedule}", *rules, f"model.blending.contrastive_schedule={schedule}")
+        summary = train(cfg, resume=False)
+        first_epoch[schedule] = summary["history"][0]["loss"]
+        saved = load_file(str(Path(cfg.run_dir()) / "last.safetensors"))
+        valid = saved["blending.prototype_valid"]
+        assert valid.any() and bool((valid.all(dim=1) | ~valid.any(dim=1)).all())  # class_mean fills whole rows
+        assert "decoupler.H.weight" in saved
+    assert first_epoch["from_start"] != first_epoch["with_blending"]

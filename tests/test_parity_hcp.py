@@ -41,6 +41,8 @@ def test_published_dsrb_configs_choose_the_reference_rules_except_the_zero_row()
         assert blend.prototype_zero_row is False, path  # the reference's placeholder-row bug is not copied
         assert cfg.model.decoupler_extra_linear is False, path  # the seed paper's decoupler
         assert (cfg.loss.name, cfg.loss.soft_focusing) == ("asl", "mixed"), path
+        if cfg.data.dataset == "voc2007":
+            assert cfg.data.options["difficult"] == "negative"  # SARB/DSRB's voc2007.py rule
 
 
 def test_decoupler_with_the_extra_linear_layer_is_the_reference_decoupler():

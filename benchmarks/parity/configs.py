@@ -150,6 +150,9 @@ def main() -> int:
                 "blending": f"instance {cfg.model.blending.instance} prototype {cfg.model.blending.prototype} start "
                             f"{cfg.model.blending.start_epoch} every {cfg.model.blending.prototype_every} topk "
                             f"{cfg.model.blending.topk} contrastive {cfg.model.blending.contrastive_weight} "
+                            f"({cfg.model.blending.contrastive_form}, {cfg.model.blending.contrastive_schedule}) "
+                            f"peak {cfg.model.blending.peak} empty_cells {cfg.model.blending.empty_cells} "
+                            f"zero_row {cfg.model.blending.prototype_zero_row} "
                             f"target_grad {cfg.model.blending.target_grad}",
                 "scales": f"scale {cfg.model.taidpt.scale}, text {cfg.model.taidpt.text_spatial_scale}, image "
                           f"{cfg.model.taidpt.image_spatial_scale}, w {cfg.model.taidpt.global_weight}",
@@ -199,8 +202,21 @@ def main() -> int:
                 report.check(f"{path}: contrastive weight {cfg.model.blending.contrastive_weight} = DSRB.sh "
                              f"{hsh['contrastiveLossWeight']}", cfg.model.blending.contrastive_weight ==
                              float(hsh["contrastiveLossWeight"]))
-                report.check(f"{path}: loss {cfg.loss.name} = DSRB's BCE", cfg.loss.name == "bce")
+                report.check(f"{path}: contrastive term = DSRB's (form {cfg.model.blending.contrastive_form}, schedule "
+                             f"{cfg.model.blending.contrastive_schedule}: ContrastiveLoss from epoch 0, ramped over it)",
+                             (cfg.model.blending.contrastive_form, cfg.model.blending.contrastive_schedule)
+                             == ("mined", "from_start"))
+                report.check(f"{path}: PPRB rules = DSRB's (peak {cfg.model.blending.peak}, empty cells "
+                             f"{cfg.model.blending.empty_cells})",
+                             (cfg.model.blending.peak, cfg.model.blending.empty_cells) == ("feature", "class_mean"))
+                report.check(f"deviation (documented in {path}: the loss is the seed method's, so sdm_csp -> "
+                             f"sdm_csp_dsrb changes only the blending): loss {cfg.loss.name} "
+                             f"(soft_focusing {cfg.loss.soft_focusing}) vs DSRB's BCE", cfg.loss.name == "bce",
+                             expect=False)
                 report.check(f"{path}: eval.ap {cfg.eval.ap} = envelope", cfg.eval.ap == "envelope")
+                if dataset == "voc2007":
+                    report.check(f"{path}: difficult rule {cfg.data.options.get('difficult')} = reference (negative)",
+                                 cfg.data.options.get("difficult") == "negative")
 
     print("\n| dataset | config | key | clipml (resolved) | reference |\n|---|---|---|---|---|")
     for row in rows:
