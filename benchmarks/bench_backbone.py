@@ -12,7 +12,7 @@ import argparse
 import torch
 from timing import interleaved_medians, peak_memory
 
-from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
 
 DEFAULT_MODELS = [
     "open_clip:clipml-tiny-vit@32",
@@ -55,8 +55,8 @@ def main() -> None:
     print(f"{'model':32s} {'size':>5s} {'encode_image s':>15s} {'encode_dense s':>15s} {'ratio':>7s} {'dense img/s':>12s}")
     for entry in args.models:
         spec, _, size = entry.rpartition("@")
-        backbone = load_backbone(spec, image_size=int(size), device=args.device,
-                                 precision=args.precision, allow_random=True)
+        backbone = load_backbone(BackboneConfig(spec, image_size=int(size), precision=args.precision,
+                                                allow_random=True), args.device)
         result = measure(backbone, args.batch, args.repeats)
         plain_t, dense_t = result["plain"], result["dense"]
         print(f"{spec:32s} {backbone.image_size:5d} {plain_t:15.4f} {dense_t:15.4f} "

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 from jpegs import mean_file_kb, write_photo_jpegs
 from timing import interleaved_times, peak_memory
 
-from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader, read_image
 from clipml.data.transforms import BICUBIC, Normalize255, eval_transform
@@ -256,7 +256,7 @@ def main() -> None:
               f"{torch.get_num_threads()}, batch {args.batch}, {args.repeats} interleaved rounds")
         for size in args.image_size:
             torch.manual_seed(0)
-            backbone = load_backbone(args.spec, size, args.device, allow_random=True)
+            backbone = load_backbone(BackboneConfig(args.spec, image_size=size, allow_random=True), args.device)
             result = measure(split, backbone, args.batch, args.workers, args.repeats,
                              towers=size in args.tower_sizes)
             print(f"\n{args.spec} @ {size} px\n")

@@ -23,7 +23,7 @@ import time
 import torch
 from timing import interleaved_medians
 
-from clipml.backbones import DENSE_MODES, load_backbone
+from clipml.backbones import DENSE_MODES, BackboneConfig, load_backbone
 
 DEFAULT_MODELS = ["open_clip:clipml-tiny-vit@32", "open_clip:ViT-B-16@224"]
 LAB_KEYS = ("zero_shot_global_map", "zero_shot_dense_map", "pointing_game", "mass_inside", "linear_probe_map")
@@ -60,8 +60,8 @@ def main() -> None:
     print(f"{'model':30s} {'size':>5s} {'encode_image s':>15s} " + " ".join(f"{m:>10s}" for m in args.modes))
     for entry in args.models:
         spec, _, size = entry.rpartition("@")
-        backbones = {mode: load_backbone(spec, image_size=int(size), device=args.device, precision=args.precision,
-                                         allow_random=True, dense=mode) for mode in args.modes}
+        backbones = {mode: load_backbone(BackboneConfig(spec, image_size=int(size), precision=args.precision,
+                                                        allow_random=True, dense=mode), args.device) for mode in args.modes}
         first = backbones[args.modes[0]]
         images = torch.randn(args.batch, 3, first.image_size, first.image_size, device=args.device)
         encode_image = library_encode_image(first)

@@ -22,7 +22,7 @@ from typing import Dict, Iterator
 import torch
 from timing import interleaved_medians, peak_memory
 
-from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
 from clipml.data import load_split, readable_names
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import make_loader
@@ -152,7 +152,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # random-weight notices
 
     torch.manual_seed(0)
-    backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=True)
+    backbone = load_backbone(BackboneConfig(args.spec, image_size=args.image_size, allow_random=True), args.device)
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_dataset(tmp, {"test": args.images}, image_size=args.jpeg_size, quality=90)
         result = measure(load_split("manifest", tmp, "test"), backbone, args.method, args.batch, args.workers,

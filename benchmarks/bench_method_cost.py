@@ -19,7 +19,7 @@ import argparse
 import torch
 from timing import interleaved_medians
 
-from clipml.backbones import Dense, load_backbone
+from clipml.backbones import BackboneConfig, Dense, load_backbone
 from clipml.engine.train import build_optimizer, refresh_prototypes, training_loss
 from clipml.experiment import OptimConfig
 from clipml.losses import build_loss
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=True)
+    backbone = load_backbone(BackboneConfig(args.spec, image_size=args.image_size, allow_random=True), args.device)
     classnames = [f"class number {i}" for i in range(args.classes)]
     h, w = backbone.grid
     generator = torch.Generator().manual_seed(0)

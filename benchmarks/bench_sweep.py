@@ -28,7 +28,7 @@ import torch
 import clipml.engine.builders as builders
 import clipml.engine.train as train_module
 import clipml.sweep as sweep_module
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.data import load_split
 from clipml.data.transforms import eval_transform
 from clipml.engine.features import ImageFeatureSource
@@ -82,7 +82,7 @@ def elapsed(out: Dict[str, float], key: str):
 def tower_pass(spec: str, size: int, images: int, batch: int) -> Dict[str, float]:
     """One pass of the image tower over the train and test images (decode, transform, encode_dense)."""
     torch.manual_seed(0)
-    backbone = load_backbone(spec, size, "cpu", allow_random=True)
+    backbone = load_backbone(BackboneConfig(spec, image_size=size, allow_random=True))
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
     count, start = 0, time.perf_counter()
     for split in ("train", "test"):

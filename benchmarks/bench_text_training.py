@@ -18,7 +18,7 @@ import argparse
 import torch
 from timing import interleaved_medians
 
-from clipml.backbones import Dense, load_backbone
+from clipml.backbones import BackboneConfig, Dense, load_backbone
 from clipml.data.captions import synthetic_captions
 from clipml.engine.train import build_optimizer, training_loss
 from clipml.experiment import OptimConfig
@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    backbone = load_backbone(args.spec, args.image_size, args.device, allow_random=args.spec != "toy")
+    backbone = load_backbone(BackboneConfig(args.spec, image_size=args.image_size, allow_random=args.spec != "toy"),
+                             args.device)
     captions, _, world = synthetic_captions(args.batch, preset=args.preset)
     classnames = (world + [f"class number {i}" for i in range(args.classes)])[: args.classes]
     labels = torch.randint(0, 2, (args.batch, args.classes), dtype=torch.int8,

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from timing import interleaved_medians
 
-from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
 from clipml.data.vocab import vocabulary
 from clipml.prompts import ContextPrompts
 
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--learners", nargs="+", choices=["csc", "shared", "dual"], default=["csc", "shared", "dual"])
     args = parser.parse_args()
 
-    backbone = load_backbone(args.spec, device=args.device, allow_random=True)
+    backbone = load_backbone(BackboneConfig(args.spec, allow_random=True), args.device)
     classnames = [readable for _, readable in vocabulary(args.vocabulary)]
     print(f"{args.spec} text tower, random weights, C={len(classnames)} ({args.vocabulary}), n_ctx={args.n_ctx}, "
           f"device={args.device}, threads={torch.get_num_threads()}, repeats={args.repeats} (interleaved medians)")

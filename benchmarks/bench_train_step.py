@@ -16,7 +16,7 @@ import argparse
 import torch
 from timing import interleaved_medians, peak_memory
 
-from clipml.backbones import Dense, FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, Dense, FrozenCLIP, load_backbone
 from clipml.engine.train import build_optimizer, training_loss
 from clipml.experiment import OptimConfig
 from clipml.losses import build_loss
@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    backbone = load_backbone(args.spec, args.image_size, args.device, args.precision, allow_random=True)
+    backbone = load_backbone(BackboneConfig(args.spec, image_size=args.image_size, precision=args.precision,
+                                            allow_random=True), args.device)
     result = measure(backbone, args.method, args.classes, args.batch, args.repeats)
     print(f"{args.spec} @ {args.image_size}, {args.method}, C={args.classes}, B={args.batch}, "
           f"N={result['tokens']}, device={args.device}, precision={args.precision}")

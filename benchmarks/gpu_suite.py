@@ -44,7 +44,7 @@ import bench_eval
 import bench_train_step
 from jpegs import mean_file_kb, write_photo_jpegs
 
-from clipml.backbones import FrozenCLIP, load_backbone
+from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
 from clipml.metrics import PROPORTIONS
 
 Model = Tuple[str, int]  # (spec, image size)
@@ -103,7 +103,8 @@ class Suite:
         key = (*model, precision)
         if key not in self.backbones:
             torch.manual_seed(0)
-            self.backbones[key] = load_backbone(model[0], model[1], self.plan.device, precision, allow_random=True)
+            self.backbones[key] = load_backbone(BackboneConfig(model[0], image_size=model[1], precision=precision,
+                                                               allow_random=True), self.plan.device)
         return self.backbones[key]
 
     def write(self, text: str) -> None:

@@ -346,9 +346,10 @@ def predict(argv: Optional[List[str]] = None) -> None:
             thresholds, rule = decision_rule(metadata, classnames, args.threshold)
             scored = score_images(model, paths, args.batch_size)
             if model.config.method == "zero_shot":
-                # Zero-shot CLIP's sigmoids saturate at its logit scale of 100: its softmax over the
-                # classes is the probability, written as a logit so that thresholds read it alike.
-                probabilities = torch.softmax(torch.from_numpy(scored.logits).double(), dim=-1).clamp(1e-12, 1 - 1e-12)
+                # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
+                # as a logit so that thresholds read it alike.
+                logits = torch.from_numpy(scored.logits).double()
+                probabilities = model.backbone.zero_shot_probabilities(logits).clamp(1e-12, 1 - 1e-12)
                 scored.logits = (probabilities.log() - (-probabilities).log1p()).numpy()
         print(f"labels listed at {rule}", file=sys.stderr)
         for path, why in scored.skipped:
@@ -382,7 +383,7 @@ def _add_zero_shot_options(parser: argparse.ArgumentParser) -> None:
 def _predict_model(args):
     """The checkpoint's model, or zero-shot CLIP over --classes (CLIP's softmax over them: the
     probabilities sum to 1 over the classes, so a lower --threshold such as 0.2 lists several)."""
-    from clipml.backbones import load_backbone
+    from clipml.backbones import BackboneConfig, load_backbone
     from clipml.engine.train import load_model
     from clipml.model import MultiLabelCLIP
 
@@ -397,7 +398,7 @@ def _predict_model(args):
     names = [name.strip() for name in names if name.strip()]
     if len(set(names)) != len(names) or not names:
         raise ClipmlError(f"--classes {args.classes}: expected distinct class names, found {names}")
-    backbone = load_backbone(args.backbone, args.image_size, args.device)
+    backbone = load_backbone(BackboneConfig(spec=args.backbone, image_size=args.image_size), args.device)
     return MultiLabelCLIP(backbone, names, zero_shot_config(args.templates, "global"))
 
 

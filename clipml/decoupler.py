@@ -73,14 +73,18 @@ class CosineHead(nn.Module):
     logits at once instead of rotating every prompt away from the image features to do so.
     """
 
-    def __init__(self, temperature: float = 100.0, learnable: bool = False, bias: Optional[float] = None) -> None:
+    def __init__(self, temperature: float = 100.0, learnable: bool = False, bias: Optional[float] = None,
+                 learn_bias: bool = True) -> None:
         super().__init__()
         log_tau = torch.tensor(float(temperature)).log()
         if learnable:
             self.log_temperature = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_temperature", log_tau, persistent=False)
-        self.bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
+        if bias is None or learn_bias:
+            self.bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
+        else:  # a tower's own bias, kept as it is (zero-shot scoring)
+            self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
 
     def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """features [B, C, D] (per class) or [B, D] (global), text [C, D] -> logits [B, C]."""

@@ -8,6 +8,7 @@ from typing import Any, Dict, Literal, Optional, Sequence
 
 import yaml
 
+from clipml.backbones.config import BackboneConfig
 from clipml.config import config_from_dict
 from clipml.data.captions import CaptionConfig
 from clipml.errors import ClipmlError, ConfigError
@@ -15,22 +16,6 @@ from clipml.losses import REFERENCE_REDUCTION
 from clipml.model import ModelConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class BackboneConfig:
-    spec: str = "toy"  # see clipml.backbones.load_backbone
-    image_size: Optional[int] = None  # None: the model's native size
-    # How positional embeddings reach another image size, once at load: "bicubic" (plain torch
-    # bicubic, as transformers' interpolate_pos_encoding) or "bicubic_antialias" (antialiased
-    # bicubic, Pillow's kernel: exactly what open_clip's create_model(force_image_size=...)
-    # does). Pooled features differ by about 1e-3 relative between the two.
-    pos_embed_resize: Literal["bicubic", "bicubic_antialias"] = "bicubic"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
-    allow_random: bool = False  # only for clipml's tiny random test models
-    # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
-    # "sclip" (SCLIP), "clearclip" (ClearCLIP); ResNets: "tokens" only
-    dense: Literal["tokens", "value", "sclip", "clearclip"] = "tokens"
 
 
 @dataclasses.dataclass

@@ -127,10 +127,12 @@ class ModelConfig:
     # A d×d linear layer (with bias) between the decoupler's tanh and its output layer, as
     # HCP-MLR-PL's SemanticDecoupling (fc3); false: the seed paper's P: d -> 1 directly (METHODS §3).
     decoupler_extra_linear: bool = False
-    temperature: float = 100.0  # scale of the cosine logits
+    # Scale of the cosine logits; null: the backbone's own logit scale (OpenAI's CLIP: 100) and,
+    # where the family has one (sigmoid-trained towers), its logit bias.
+    temperature: Optional[float] = 100.0
     learn_temperature: bool = False  # train the temperature too
-    # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3;
-    # zero_shot and dualcoop never take one).
+    # A learned logit bias with this initial value for the cosine heads (None: no bias, as METHODS §3,
+    # or the tower's own with temperature null; dualcoop and taidpt never take one, zero_shot only the tower's).
     logit_bias: Optional[float] = None
     zero_shot_scoring: Literal["global", "dense"] = "global"  # zero_shot: pooled feature or per-class dense pooling
     blending: BlendingConfig = dataclasses.field(default_factory=BlendingConfig)
@@ -175,9 +177,9 @@ class MultiLabelCLIP(nn.Module):
             )
         # DualCoOp scores S+ − S−, whose negative prompt already sets each class's offset: no bias.
         # TaI-DPT scores with its own fixed scales (model.taidpt).
-        biased = prompt_kind != "handcrafted" and self.head_kind not in ("dualcoop", "taidpt")
         learned = config.learn_temperature and self.head_kind != "taidpt"
-        self.head = CosineHead(config.temperature, learned, config.logit_bias if biased else None)
+        scale, bias = self._logit_scale_and_bias(prompt_kind)
+        self.head = CosineHead(scale, learned, bias, learn_bias=prompt_kind != "handcrafted")
         if self.head_kind == "decoupler":
             guidance = self._fixed_guidance()
             guide_dim = backbone.embed_dim if guidance is None else guidance.shape[1]
@@ -210,6 +212,26 @@ class MultiLabelCLIP(nn.Module):
             ct = config.transport
             self.transport = ConditionalTransport(backbone.embed_dim, ct.tau_nav, ct.rho, ct.background)
         self.to(backbone.device)
+
+    def _logit_scale_and_bias(self, prompt_kind: str) -> Tuple[float, Optional[float]]:
+        """The cosine head's scale and bias: model.temperature, or with it null the tower's own
+        scale and bias (a bias only where the family has one, e.g. sigmoid-trained towers).
+
+        zero_shot learns nothing and takes only the tower's bias; the other cosine heads learn a
+        bias starting from model.logit_bias, else from the tower's; DualCoOp's S+ − S− and
+        TaI-DPT's fixed scales take none."""
+        config, backbone = self.config, self.backbone
+        if config.temperature is not None and config.temperature <= 0:
+            raise ConfigError(f"model.temperature must be positive (or null: the backbone's own logit scale), "
+                              f"got {config.temperature}")
+        from_tower = config.temperature is None
+        scale = backbone.logit_scale if from_tower else float(config.temperature)
+        tower_bias = backbone.logit_bias if from_tower else None
+        if self.head_kind in ("dualcoop", "taidpt"):
+            return scale, None
+        if prompt_kind == "handcrafted":
+            return scale, tower_bias
+        return scale, config.logit_bias if config.logit_bias is not None else tower_bias
 
     def _fixed_guidance(self) -> Optional[torch.Tensor]:
         source = self.config.guidance
@@ -262,6 +284,8 @@ class MultiLabelCLIP(nn.Module):
             return Output(self.head(features, text), text, features, attention)
         if self.config.method == "zero_shot" and self.config.zero_shot_scoring == "dense":
             logits, attention = dense_pool_scores(dense.tokens, text, float(self.head.log_temperature.exp()))
+            if self.head.bias is not None:
+                logits = logits + self.head.bias
             return Output(logits=logits, text=text, attention=attention)
         return Output(logits=self.head(dense.pooled, text), text=text)
 

@@ -72,27 +72,24 @@ class ContextPrompts(nn.Module):
         self.n_ctx = n_ctx
         self.class_specific = class_specific
 
-        placeholder = " ".join(["X"] * n_ctx)
-        ids = backbone.tokenize([f"{placeholder} {name}." for name in self.classnames])
-        # The causal mask makes the end-token feature independent of later positions: cut there.
-        length = int(ids.argmax(dim=-1).max()) + 1
-        ids = ids[:, :length].to(backbone.device)
+        # Placeholders where the contexts go, located by the backbone (its start token, its cut).
+        ids, slots = backbone.context_prompt_ids(self.classnames, n_ctx)
         with torch.no_grad():
             embedding = backbone.token_embedding(ids)
         self.register_buffer("ids", ids, persistent=False)
-        self.register_buffer("prefix", embedding[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedding[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("prefix", embedding[:, : slots.start].clone(), persistent=False)
+        self.register_buffer("suffix", embedding[:, slots.stop :].clone(), persistent=False)
 
         width = embedding.shape[-1]
         shape = (len(self.classnames), n_ctx, width) if class_specific else (n_ctx, width)
         ctx = torch.empty(shape, device=embedding.device).normal_(0.0, std)
         if init:
-            words = backbone.tokenize([init]).to(backbone.device)
-            count = int(words.argmax(dim=-1)) - 1
+            words = backbone.word_ids(init).to(backbone.device)
+            count = len(words)
             if count > n_ctx:
                 raise ConfigError(f"model.ctx_init {init!r} has {count} tokens, more than model.n_ctx={n_ctx}")
             with torch.no_grad():
-                ctx[..., n_ctx - count :, :] = backbone.token_embedding(words)[0, 1 : 1 + count]
+                ctx[..., n_ctx - count :, :] = backbone.token_embedding(words[None])[0]
         self.ctx = nn.Parameter(ctx)
 
     def context(self) -> torch.Tensor:

@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 
 # The tests run tiny models: one thread avoids OpenMP overhead (and stalls on a busy machine).
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ def _quiet_open_clip():
 
 def tiny_backbone(family: str, image_size=None, seed: int = 0):
     torch.manual_seed(seed)
-    return load_backbone(TINY_SPECS[family], image_size=image_size, allow_random=True)
+    return load_backbone(BackboneConfig(TINY_SPECS[family], image_size=image_size, allow_random=True))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.backbones.base import trainable_parameters
 from clipml.errors import BackboneError
 from conftest import TINY_SPECS, tiny_backbone
@@ -173,8 +173,8 @@ def test_antialiased_resize_reproduces_open_clips_force_image_size(tmp_path):
     save_file({k: v.contiguous() for k, v in tiny_backbone("open_clip_vit", seed=7).model.state_dict().items()},
               str(path))
     theirs = open_clip.create_model("clipml-tiny-vit", pretrained=str(path), force_image_size=96).eval()
-    ours = load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="bicubic_antialias")
-    plain = load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96)
+    ours = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="bicubic_antialias"))
+    plain = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96))
     reference = theirs.visual.positional_embedding
     assert torch.equal(ours.model.visual.positional_embedding, reference)
     assert not torch.allclose(plain.model.visual.positional_embedding, reference, rtol=1e-4, atol=1e-5)
@@ -183,16 +183,16 @@ def test_antialiased_resize_reproduces_open_clips_force_image_size(tmp_path):
         torch.testing.assert_close(ours.encode_image(images), theirs.encode_image(images), rtol=1e-5, atol=1e-6)
     # the kernel is part of the identity (feature caches, checkpoints) only where it changes something
     assert ours.identity["pos_embed_resize"] == "bicubic_antialias" and "pos_embed_resize" not in plain.identity
-    native = load_backbone(f"open_clip:clipml-tiny-vit@{path}", pos_embed_resize="bicubic_antialias")
+    native = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", pos_embed_resize="bicubic_antialias"))
     assert "pos_embed_resize" not in native.identity
     with pytest.raises(BackboneError, match="pos_embed_resize must be one of"):
-        load_backbone(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="nearest")
+        load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="nearest"))
 
 
 @pytest.mark.parametrize("spec,size", [("open_clip:clipml-tiny-vit", 36), ("open_clip:clipml-tiny-rn", 100)])
 def test_image_size_must_fit_the_stride(spec, size):
     with pytest.raises(BackboneError, match="multiple of"):
-        load_backbone(spec, image_size=size, allow_random=True)
+        load_backbone(BackboneConfig(spec, image_size=size, allow_random=True))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.data import carve_validation
 from clipml.lab.world import SYNTHETIC_CLASSES, synthetic_split
 from clipml.data.transforms import eval_transform
@@ -26,7 +26,7 @@ CLASSES = [name.replace("_", " ") for name in SYNTHETIC_CLASSES]
 
 @pytest.fixture(scope="module")
 def backbone():
-    return load_backbone("open_clip:clipml-tiny-vit", image_size=64, allow_random=True)
+    return load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=64, allow_random=True))
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_train_and_val_parts_share_one_cache_in_loader_order(tmp_path, backbone,
 
 def test_key_changes_with_backbone_size_transform_and_images(backbone, split):
     base = key_digest(cache_key(split, backbone, 2, "resized_crop", 0))
-    other_backbone = load_backbone("open_clip:clipml-tiny-vit-customtext", image_size=64, allow_random=True)
-    smaller = load_backbone("open_clip:clipml-tiny-vit", image_size=32, allow_random=True)
+    other_backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit-customtext", image_size=64, allow_random=True))
+    smaller = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=32, allow_random=True))
     reordered = split.subset(np.arange(len(split))[::-1])
     changed = {
         "backbone": cache_key(split, other_backbone, 2, "resized_crop", 0),
@@ -104,7 +104,7 @@ def test_key_changes_with_backbone_size_transform_and_images(backbone, split):
 
 def test_changed_settings_build_a_new_cache_and_a_wrong_key_is_refused(tmp_path, backbone, split):
     first = build_feature_cache(split, backbone, tmp_path, batch_size=20)
-    smaller = load_backbone("open_clip:clipml-tiny-vit", image_size=32, allow_random=True)
+    smaller = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=32, allow_random=True))
     second = build_feature_cache(split, smaller, tmp_path, batch_size=20)
     third = build_feature_cache(split.subset(range(20)), backbone, tmp_path, batch_size=20)
     assert len({first.path, second.path, third.path}) == 3
@@ -119,7 +119,7 @@ def test_changed_settings_build_a_new_cache_and_a_wrong_key_is_refused(tmp_path,
 
 
 def test_a_cache_of_one_dense_mode_is_never_read_for_another(tmp_path, backbone, split):
-    value = load_backbone("open_clip:clipml-tiny-vit", image_size=64, allow_random=True, dense="value")
+    value = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=64, allow_random=True, dense="value"))
     tokens_cache = build_feature_cache(split, backbone, tmp_path, batch_size=24)
     value_cache = build_feature_cache(split, value, tmp_path, batch_size=24)
     assert value_cache.path != tokens_cache.path and value_cache.key["backbone"]["dense"] == "value"

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.lab.world import synthetic_split
 from clipml.engine import cache as cache_module
 from clipml.engine.cache import POOLED, TOKENS, build_feature_cache
@@ -103,7 +103,7 @@ def _build(folder, context=None, stop_after=None, on_chunk=None):
         if len(chunks) == stop_after:
             raise Interrupt
 
-    backbone = load_backbone("open_clip:clipml-tiny-vit", image_size=64, allow_random=True)
+    backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=64, allow_random=True))
     with _recording_encodes() as opened:
         try:
             build_feature_cache(synthetic_split("train", num_images=24), backbone, folder, context=context,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import clipml.engine.cache as cache_module
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.data import load_split
 from clipml.data.transforms import eval_transform
 from clipml.engine.cache import build_feature_cache
@@ -20,7 +20,7 @@ COUNT = 10
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    return load_backbone("open_clip:clipml-tiny-vit", image_size=64, allow_random=True)
+    return load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=64, allow_random=True))
 
 
 @pytest.fixture(scope="module")

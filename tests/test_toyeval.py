@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipml.backbones import load_backbone
+from clipml.backbones import BackboneConfig, load_backbone
 from clipml.lab.toyeval import evaluate_on_preset, linear_probe_map
 
 
@@ -19,7 +19,7 @@ def test_linear_probe_reads_a_linearly_coded_label_perfectly_and_picks_decay_on_
 
 
 def test_toy_evaluation_reports_every_lab_number(tiny_backbones):
-    backbone = load_backbone("open_clip:clipml-tiny-vit", allow_random=True)
+    backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", allow_random=True))
     result = evaluate_on_preset(backbone, "coco_like", train_images=60, val_images=30, test_images=40)
     for key in ("zero_shot_global_map", "zero_shot_dense_map", "linear_probe_map", "pointing_game", "mass_inside"):
         assert 0.0 <= result[key] <= 1.0, key

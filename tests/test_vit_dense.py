@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from clipml.backbones import DENSE_MODES, load_backbone, register_test_models
+from clipml.backbones import DENSE_MODES, BackboneConfig, load_backbone, register_test_models
 from clipml.backbones.hf import HFCLIPBackbone
 from clipml.backbones.open_clip import OpenCLIPBackbone
 from clipml.config import load_config
 from clipml.engine.builders import build_backbone
 from clipml.engine.checkpoint import check_backbone
 from clipml.errors import BackboneError, ConfigError
-from clipml.experiment import BackboneConfig, ExperimentConfig
+from clipml.experiment import ExperimentConfig
 from clipml.model import ModelConfig, MultiLabelCLIP
 
 SPECS = {
@@ -38,7 +38,7 @@ def backbones():
 
     def get(family, size, mode):
         if (family, size, mode) not in cache:
-            cache[family, size, mode] = load_backbone(SPECS[family], image_size=size, allow_random=True, dense=mode)
+            cache[family, size, mode] = load_backbone(BackboneConfig(SPECS[family], image_size=size, allow_random=True, dense=mode))
         return cache[family, size, mode]
 
     return get
@@ -189,7 +189,7 @@ def test_layer_scales_of_the_last_block_are_applied():
             block.ls_1.gamma.uniform_(0.2, 1.5)
             block.ls_2.gamma.uniform_(0.2, 1.5)
     for mode in DENSE_MODES:
-        backbone = OpenCLIPBackbone(copy.deepcopy(model), "tiny-layer-scale", "random", 96, dense=mode)
+        backbone = OpenCLIPBackbone(copy.deepcopy(model), "tiny-layer-scale", "random", BackboneConfig(image_size=96, dense=mode))
         images = images_for(backbone, seed=9)
         pooled, x = library_forward(backbone, images)
         weights, heads, quick, _ = last_block_weights(backbone)
@@ -205,7 +205,7 @@ def test_a_vit_with_open_clips_custom_block_keeps_tokens_and_refuses_the_other_m
     assert "dense" not in OpenCLIPBackbone(copy.deepcopy(model), "tiny-custom", "random").identity
     with pytest.raises(BackboneError, match="'sclip' needs open_clip's standard ResidualAttentionBlock, "
                                             "this tower has CustomResidualAttentionBlock"):
-        OpenCLIPBackbone(model, "tiny-custom", "random", dense="sclip")
+        OpenCLIPBackbone(model, "tiny-custom", "random", BackboneConfig(dense="sclip"))
 
 
 @pytest.mark.parametrize("family", ["open_clip_vit", "open_clip_avg", "hf_vit"])
@@ -294,9 +294,9 @@ def test_open_clip_and_transformers_give_the_same_dense_map_for_the_same_weights
     ported = {act: port_vision_to_transformers(source, act) for act in ("gelu", "quick_gelu")}
     matching, other = ("quick_gelu", "gelu") if quick_gelu else ("gelu", "quick_gelu")
     for mode in DENSE_MODES:
-        ours = OpenCLIPBackbone(copy.deepcopy(source), "clipml-tiny-vit", "random", size, dense=mode)
-        theirs = HFCLIPBackbone(copy.deepcopy(ported[matching]), "ported", "random", size, dense=mode)
-        wrong = HFCLIPBackbone(copy.deepcopy(ported[other]), "ported", "random", size, dense=mode)
+        ours = OpenCLIPBackbone(copy.deepcopy(source), "clipml-tiny-vit", "random", BackboneConfig(image_size=size, dense=mode))
+        theirs = HFCLIPBackbone(copy.deepcopy(ported[matching]), "ported", "random", BackboneConfig(image_size=size, dense=mode))
+        wrong = HFCLIPBackbone(copy.deepcopy(ported[other]), "ported", "random", BackboneConfig(image_size=size, dense=mode))
         images = images_for(ours, seed=7)
         with torch.no_grad():
             a, b, c = ours.encode_dense(images), theirs.encode_dense(images), wrong.encode_dense(images)
@@ -311,10 +311,10 @@ def test_open_clip_and_transformers_give_the_same_dense_map_for_the_same_weights
 def test_a_resnet_refuses_a_vit_mode_and_unknown_modes_are_refused():
     for mode in DENSE_MODES[1:]:
         with pytest.raises(BackboneError, match=f"ModifiedResNet: dense mode '{mode}' applies to ViT towers only"):
-            load_backbone("open_clip:clipml-tiny-rn", allow_random=True, dense=mode)
-    assert "dense" not in load_backbone("open_clip:clipml-tiny-rn", allow_random=True).identity
+            load_backbone(BackboneConfig("open_clip:clipml-tiny-rn", allow_random=True, dense=mode))
+    assert "dense" not in load_backbone(BackboneConfig("open_clip:clipml-tiny-rn", allow_random=True)).identity
     with pytest.raises(BackboneError, match="unknown dense mode 'maskclip': expected one of tokens, value"):
-        load_backbone("open_clip:clipml-tiny-vit", allow_random=True, dense="maskclip")
+        load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", allow_random=True, dense="maskclip"))
 
 
 def test_the_config_option_reaches_the_backbone(tmp_path):

@@ -234,10 +234,11 @@ def openai_state_dict(model) -> Dict[str, torch.Tensor]:
 
 
 def clipml_backbone(model, image_size: int):
+    from clipml.backbones import BackboneConfig
     from clipml.backbones.open_clip import OpenCLIPBackbone
 
     import copy
-    return OpenCLIPBackbone(copy.deepcopy(model), TINY_NAME, "random", image_size=image_size)
+    return OpenCLIPBackbone(copy.deepcopy(model), TINY_NAME, "random", BackboneConfig(image_size=image_size))
 
 
 def images(batch: int, size: int, seed: int = 1) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipml.backbones.config import BackboneConfig
 from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.errors import BackboneError
 
@@ -55,15 +56,18 @@ class FrozenCLIP(nn.Module):
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
 
-    def __init__(self, precision: str = "fp32", pos_embed_resize: str = "bicubic", dense: str = "tokens") -> None:
+    def __init__(self, config: Optional[BackboneConfig] = None) -> None:
         super().__init__()
-        if precision not in ("fp32", "bf16"):
-            raise BackboneError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if pos_embed_resize not in RESIZE_MODES:
-            raise BackboneError(f"pos_embed_resize must be one of {RESIZE_MODES}, got {pos_embed_resize!r}")
-        self.precision = precision
-        self.pos_embed_resize = pos_embed_resize
-        self.dense = check_mode(dense)  # how a ViT tower computes its dense map (vit_dense.py)
+        config = config or BackboneConfig()
+        if config.precision not in ("fp32", "bf16"):
+            raise BackboneError(f"backbone.precision must be 'fp32' or 'bf16', got {config.precision!r}")
+        if config.pos_embed_resize not in RESIZE_MODES:
+            raise BackboneError(f"backbone.pos_embed_resize must be one of {RESIZE_MODES}, "
+                                f"got {config.pos_embed_resize!r}")
+        self.config = config
+        self.precision = config.precision
+        self.pos_embed_resize = config.pos_embed_resize
+        self.dense = check_mode(config.dense)  # how a ViT tower computes its dense map (vit_dense.py)
         self._identity: Dict[str, object] = {}
 
     def freeze(self) -> None:
@@ -122,45 +126,104 @@ class FrozenCLIP(nn.Module):
         dense `tokens` [B, N, D] of `encode_dense`: [B, D] (DualCoOp's code aggregates over it too)."""
         raise NotImplementedError(f"{type(self).__name__} has no attention pool")
 
+    # Text: ids, where each text's feature is read, and what may be cut -----------------------
+    end_token_id: int  # the tokenizer's end-of-text id
+    leading_tokens: int = 1  # tokens before a text's first word (CLIP's start token)
+    zero_shot_rule: str = "softmax"  # how zero-shot logits become probabilities (`zero_shot_probabilities`)
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [T, context_length], as the family's own tokenizer pads them."""
         raise NotImplementedError
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        """Real tokens of each text [T]: up to and including its first end-of-text token."""
+        is_end = ids == self.end_token_id
+        if not bool(is_end.any(dim=-1).all()):
+            raise BackboneError(f"a text has no end-of-text token (id {self.end_token_id}) within "
+                                f"{ids.shape[1]} tokens")
+        return is_end.int().argmax(dim=-1) + 1
+
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The position whose state becomes each text's feature [T]: CLIP's end-of-text token."""
+        return self.text_lengths(ids) - 1
+
+    @property
+    def truncatable(self) -> bool:
+        """Whether positions after every text's end token may be cut from the ids: true where a
+        causal mask keeps later positions from the pooled one (CLIP's text towers)."""
+        return True
+
+    def text_ids(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids of `texts` on the device, cut after the longest text where `truncatable`."""
+        ids = self.tokenize(texts).to(self.device)
+        if not self.truncatable:
+            return ids
+        return ids[:, : int(self.text_lengths(ids).max())]
+
+    def word_ids(self, text: str) -> torch.Tensor:
+        """The ids of a text's own words [K]: no start, end or padding token."""
+        ids = self.tokenize([text])
+        end = int(self.text_lengths(ids)[0]) - 1  # the end-of-text token
+        return ids[0, self.leading_tokens : end]
+
+    def context_prompt_ids(self, classnames: Sequence[str], n_ctx: int) -> Tuple[torch.Tensor, slice]:
+        """Ids of ``X..X <class>.`` prompts and the positions of the n_ctx placeholders, which
+        learned context vectors replace (CoOp's prompt form)."""
+        ids = self.text_ids([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
+        context = slice(self.leading_tokens, self.leading_tokens + n_ctx)
+        placeholder = self.word_ids("X")
+        if len(placeholder) != 1 or not bool((ids[:, context] == placeholder.to(ids.device)).all()):
+            raise BackboneError(f"{type(self).__name__}: the prompt placeholder 'X' does not take one token "
+                                f"per context slot at positions {context.start}..{context.stop - 1}")
+        return ids, context
+
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Text features [T, D] from token embeddings [T, L, W] of prompts whose ids are [T, L].
 
-        `ids` locate the end-of-text token; L may be shorter than the context length (the
-        causal mask makes features at the end token independent of what follows it).
+        `ids` locate the pooled token (`pooled_positions`); L may be shorter than the context
+        length where the tower is `truncatable` (ids from `text_ids`).
         """
         raise NotImplementedError
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self._text_ids(texts)
+        ids = self.text_ids(texts)
         return self.encode_embeddings(self.token_embedding(ids), ids)
-
-    def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """Position of each text's end token [T]: CLIP's end token has the largest id."""
-        return ids.argmax(dim=-1)
-
-    def _text_ids(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenize(texts).to(self.device)
-        # Nothing after the last end token reaches any real token's feature (causal mask): cut there.
-        return ids[:, : int(self.end_positions(ids).max()) + 1]
 
     def encode_text_dense(self, texts: Sequence[str]) -> TextDense:
         """Per-token text features and the global one (= `encode_text`) in one pass of the tower."""
-        ids = self._text_ids(texts)
+        ids = self.text_ids(texts)
         tokens, pooled = self.encode_text_tokens(self.token_embedding(ids), ids)
         positions = torch.arange(ids.shape[1], device=ids.device)
-        mask = positions[None, :] <= self.end_positions(ids)[:, None]
+        mask = positions[None, :] < self.text_lengths(ids)[:, None]
         return TextDense(tokens=tokens, pooled=pooled, grid=(1, ids.shape[1]), mask=mask)
 
     def encode_text_tokens(self, embeddings: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(per-token features [T, L, D], text features [T, D]) from token embeddings, as
         `encode_embeddings` computes the latter."""
         raise NotImplementedError
+
+    # Scoring: the tower's own logit scale and bias, and its zero-shot probability ----------
+    @property
+    def logit_scale(self) -> float:
+        """The scale the tower was trained with on cosine similarities (CLIP: exp of its learned
+        log scale, 100 for OpenAI's weights)."""
+        raise NotImplementedError
+
+    @property
+    def logit_bias(self) -> Optional[float]:
+        """The tower's learned logit bias (sigmoid-trained models), None for CLIP's softmax."""
+        return None
+
+    def zero_shot_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities [B, C] from zero-shot logits, by the rule the tower was trained
+        with: a softmax over the classes (CLIP's contrastive loss: its sigmoids saturate at a
+        scale of 100), or each class's sigmoid (sigmoid-loss towers)."""
+        if self.zero_shot_rule == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
 
 
 def check_image_size(image_size: int, stride: int, what: str) -> Tuple[int, int]:

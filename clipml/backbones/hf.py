@@ -18,6 +18,9 @@ from clipml.backbones.base import (
     folder_digest,
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
+from clipml.backbones.config import BackboneConfig
+from clipml.backbones.registry import register_family
+from clipml.backbones.shipped import register_test_models
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
@@ -68,6 +71,13 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
     return model, "hf-hub:" + source
 
 
+@register_family("hf", "hf:HUB_ID_OR_FOLDER")
+def build_hf_clip(source: str, config: BackboneConfig) -> "HFCLIPBackbone":
+    """A transformers CLIPModel from a hub id, a local folder or a tiny test config's name."""
+    model, weights_id = create_hf_clip(source, config.allow_random, register_test_models())
+    return HFCLIPBackbone(model, source, weights_id, config)
+
+
 def _preprocess_stats(source: str):
     config = Path(source).expanduser() / "preprocessor_config.json"
     if config.is_file():
@@ -85,12 +95,10 @@ class HFCLIPBackbone(FrozenCLIP):
         model: nn.Module,
         source: str,
         weights_id: str,
-        image_size: Optional[int] = None,
-        precision: str = "fp32",
-        pos_embed_resize: str = "bicubic",
-        dense: str = "tokens",
+        config: Optional[BackboneConfig] = None,
     ) -> None:
-        super().__init__(precision, pos_embed_resize, dense)
+        super().__init__(config)
+        image_size = self.config.image_size
         from open_clip.tokenizer import SimpleTokenizer
 
         self.model = model
@@ -102,7 +110,13 @@ class HFCLIPBackbone(FrozenCLIP):
         # transformers' CLIPTokenizer offline can silently come back nearly empty; open_clip's
         # bundled BPE gives OpenAI's ids without any download.
         self._tokenizer = SimpleTokenizer(context_length=self.context_length)
-        self.eos_token_id = model.config.text_config.eos_token_id
+        # transformers pools at the largest id for legacy configs (eos_token_id 2) and at the first
+        # eos_token_id otherwise; with OpenAI's ids both are the tokenizer's end-of-text token.
+        self.end_token_id = int(self._tokenizer.eot_token_id)
+        if model.config.text_config.eos_token_id not in (2, self.end_token_id):
+            raise BackboneError(f"hf:{source}: text_config.eos_token_id is {model.config.text_config.eos_token_id}, "
+                                f"not CLIP's end-of-text id {self.end_token_id}: the family's tokenizer "
+                                "(OpenAI's BPE) does not fit this model")
         stats = _preprocess_stats(source)
         if stats:
             self.mean, self.std = stats
@@ -171,12 +185,11 @@ class HFCLIPBackbone(FrozenCLIP):
     def _text_pool(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The end token's state, projected: the text feature."""
         return self.model.text_projection(states[torch.arange(states.shape[0], device=states.device),
-                                                 self.end_positions(ids)])
+                                                 self.pooled_positions(ids)])
 
-    def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.eos_token_id == 2:  # legacy configs: the end token has the largest id
-            return ids.argmax(dim=-1)
-        return (ids == self.eos_token_id).int().argmax(dim=-1)
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp())
 
     def _text_states(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The text encoder's output after its final layer norm, [T, L, W]."""

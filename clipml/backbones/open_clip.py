@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 import zipfile
@@ -21,6 +22,9 @@ from clipml.backbones.base import (
     file_digest,
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
+from clipml.backbones.config import BackboneConfig
+from clipml.backbones.registry import register_alias, register_family
+from clipml.backbones.shipped import TOY_MODELS, register_test_models, toy_spec
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
@@ -110,6 +114,21 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
     return model, f"file:{path.name}:{file_digest(path)}"
 
 
+@register_family("open_clip", "open_clip:MODEL@TAG_OR_FILE")
+def build_open_clip(source: str, config: BackboneConfig) -> "OpenCLIPBackbone":
+    """An open_clip model by name, with a pretrained tag or a local weights file after '@'."""
+    register_test_models()
+    name, _, weights = source.partition("@")
+    model, weights_id = create_open_clip(name, weights or None, config.allow_random)
+    if weights_id.startswith("file:") and name in TOY_MODELS.values():
+        weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
+    return OpenCLIPBackbone(model, name, weights_id, config)
+
+
+for _alias, _model_name in TOY_MODELS.items():
+    register_alias(_alias, functools.partial(toy_spec, _model_name))
+
+
 def _is_resnet(visual: nn.Module) -> bool:
     from open_clip.modified_resnet import ModifiedResNet
 
@@ -124,12 +143,10 @@ class OpenCLIPBackbone(FrozenCLIP):
         model: nn.Module,
         name: str,
         weights_id: str,
-        image_size: Optional[int] = None,
-        precision: str = "fp32",
-        pos_embed_resize: str = "bicubic",
-        dense: str = "tokens",
+        config: Optional[BackboneConfig] = None,
     ) -> None:
-        super().__init__(precision, pos_embed_resize, dense)
+        super().__init__(config)
+        dense, image_size = self.dense, self.config.image_size
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
@@ -165,6 +182,14 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.embed_dim = int(visual.output_dim)
         self.context_length = int(self.text_tower.positional_embedding.shape[0])
         self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        tower = self.text_tower
+        self._pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
+        if self._pool_type not in ("argmax", "eos", "first", "last"):
+            raise BackboneError(f"open_clip:{name}: text pooling {self._pool_type!r} is not supported")
+        # 'eos' towers name their end id (it must match their tokenizer); CLIP's is the tokenizer's.
+        tower_eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
+        self.end_token_id = int(tower_eos if self._pool_type == "eos" else self._tokenizer.eot_token_id)
+        self.zero_shot_rule = "softmax" if self.logit_bias is None else "sigmoid"
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
         self.mean = tuple(preprocess.get("mean", self.mean))
         self.std = tuple(preprocess.get("std", self.std))
@@ -312,13 +337,30 @@ class OpenCLIPBackbone(FrozenCLIP):
             mask = pad if mask is None else mask.unsqueeze(0) + pad
         return tower.ln_final(tower.transformer(x, attn_mask=mask))
 
-    def _text_pool(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        from open_clip.transformer import text_global_pool
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """open_clip's text pooling: the end-of-text token ('argmax' towers: CLIP's tokenizer gives
+        it the largest id; 'eos' towers: the tower's own end id), or the first or last position."""
+        if self._pool_type == "first":
+            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        if self._pool_type == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        return super().pooled_positions(ids)
 
-        tower = self.text_tower
-        pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
-        eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
-        return text_global_pool(states, ids, pool_type=pool_type, eos_token_id=eos)
+    @property
+    def truncatable(self) -> bool:
+        return self.text_tower.attn_mask is not None and self._pool_type != "last"
+
+    def _text_pool(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return states[torch.arange(states.shape[0], device=states.device), self.pooled_positions(ids)]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp())
+
+    @property
+    def logit_bias(self) -> Optional[float]:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach().float())
 
     def _project_text(self, x: torch.Tensor) -> torch.Tensor:
         projection = self.text_tower.text_projection

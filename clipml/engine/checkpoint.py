@@ -3,6 +3,7 @@ class name) and the trainer's resume state. Nothing is unpickled from either."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import clipml
+from clipml.backbones import BackboneConfig
 from clipml.errors import CheckpointError
 from clipml.model import MultiLabelCLIP
 from clipml.prompts import ContextPrompts
@@ -103,6 +105,13 @@ def _weights_key(weights: object) -> str:
     if kind in ("file", "hf-folder") and ":" in rest:
         return f"{kind}:{rest.rsplit(':', 1)[1]}"
     return str(weights)
+
+
+def learned_backbone(cfg, metadata: dict) -> BackboneConfig:
+    """The backbone config a checkpoint was learned with, whole (dense mode, resize kernel,
+    precision and every later key), at the image size its backbone identity records.
+    `cfg`: the checkpoint's own ExperimentConfig (from its metadata)."""
+    return dataclasses.replace(cfg.backbone, image_size=metadata["backbone"]["image_size"])
 
 
 def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> None:

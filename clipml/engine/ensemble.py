@@ -5,6 +5,7 @@ from the training split (never the test split), then scored on any split."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -17,7 +18,7 @@ from clipml.data import readable_names
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform
 from clipml.engine.builders import build_sources, build_splits, select_device
-from clipml.engine.checkpoint import read_prompt_checkpoint
+from clipml.engine.checkpoint import learned_backbone, read_prompt_checkpoint
 from clipml.engine.evaluate import predict
 from clipml.engine.features import ImageFeatureSource
 from clipml.engine.train import load_model
@@ -33,14 +34,15 @@ Memo = Dict[Tuple[str, str], np.ndarray]
 
 def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]], device: str) -> List[MultiLabelCLIP]:
     """One model per checkpoint, each on the backbone it was learned on (shared where equal)."""
-    backbones: Dict[tuple, FrozenCLIP] = {}
+    backbones: Dict[str, FrozenCLIP] = {}
     models = []
     for path in checkpoints:
         _, metadata = read_prompt_checkpoint(path)
-        saved = config_from_dict(ExperimentConfig, metadata["config"], source=str(path)).backbone
-        key = (saved.spec, metadata["backbone"]["image_size"], saved.precision, saved.allow_random)
+        # The member's whole backbone config (dense mode, resize kernel, ...): its own tower.
+        saved = learned_backbone(config_from_dict(ExperimentConfig, metadata["config"], source=str(path)), metadata)
+        key = json.dumps(dataclasses.asdict(saved), sort_keys=True)
         if key not in backbones:
-            backbones[key] = load_backbone(saved.spec, key[1], device, saved.precision, saved.allow_random)
+            backbones[key] = load_backbone(saved, device)
         models.append(load_model(str(path), classnames, backbones[key]))
     return models
 

@@ -23,6 +23,7 @@ from clipml.engine import distributed
 from clipml.engine.builders import build_backbone, build_sources, build_splits, select_device
 from clipml.engine.captions import build_caption_source
 from clipml.engine.checkpoint import (
+    learned_backbone,
     load_into,
     load_training_state,
     model_tensors,
@@ -500,9 +501,7 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     tensors, metadata = read_prompt_checkpoint(checkpoint)
     cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
     if backbone is None:
-        backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
-                                 cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize,
-                                 cfg.backbone.dense)
+        backbone = load_backbone(learned_backbone(cfg, metadata), device)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model

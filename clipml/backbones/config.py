@@ -1,0 +1,23 @@
+"""The backbone section of the experiment config: everything `load_backbone` needs to build a
+frozen tower (the device aside), saved whole with every checkpoint so the same tower comes back."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+
+@dataclasses.dataclass
+class BackboneConfig:
+    spec: str = "toy"  # FAMILY:SOURCE (open_clip:..., hf:...) or a toy name; see clipml.backbones
+    image_size: Optional[int] = None  # None: the model's native size
+    # How positional embeddings reach another image size, once at load: "bicubic" (plain torch
+    # bicubic, as transformers' interpolate_pos_encoding) or "bicubic_antialias" (antialiased
+    # bicubic, Pillow's kernel: exactly what open_clip's create_model(force_image_size=...)
+    # does). Pooled features differ by about 1e-3 relative between the two.
+    pos_embed_resize: Literal["bicubic", "bicubic_antialias"] = "bicubic"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
+    allow_random: bool = False  # only for clipml's tiny random test models
+    # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
+    # "sclip" (SCLIP), "clearclip" (ClearCLIP); ResNets: "tokens" only
+    dense: Literal["tokens", "value", "sclip", "clearclip"] = "tokens"
