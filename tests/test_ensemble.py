@@ -238,3 +238,38 @@ def test_a_member_ranking_against_the_labels_gets_no_say():
     labels = (rng.random((100, 3)) < 0.5).astype(np.int8)
     fitted = fit_calibration(-(labels + rng.normal(0, 0.5, labels.shape)), labels)
     assert fitted.scale == 0.0 and fitted.bias == pytest.approx(np.log(labels.mean() / (1 - labels.mean())))
+
+
+def test_an_ensemble_member_is_scored_on_its_whole_saved_backbone_config(tmp_path):
+    """A member learned on the ViT toy with backbone.dense=clearclip and the antialiased resize
+    at 48 px comes back with both (they were dropped, scoring it on 'tokens' and plain bicubic),
+    beside a member on the default backbone: each scores as it did when saved."""
+    import torch
+
+    from clipml.config import config_to_dict, load_config
+    from clipml.engine.builders import build_backbone
+    from clipml.engine.checkpoint import save_prompt_checkpoint
+    from clipml.engine.ensemble import load_members
+    from clipml.experiment import ExperimentConfig
+    from clipml.model import MultiLabelCLIP
+
+    classes = ["cat", "dog", "car"]
+    settings = {"clearclip": ["backbone.dense=clearclip", "backbone.pos_embed_resize=bicubic_antialias",
+                              "backbone.image_size=48"],
+                "plain": ["backbone.image_size=48"]}
+    saved, paths = {}, []
+    for name, overrides in settings.items():
+        cfg = load_config(ExperimentConfig, None, ["backbone.spec=toy", "model.method=sdm_csp", "model.n_ctx=2",
+                                                   "model.decoupler_dim=16", *overrides])
+        torch.manual_seed(0)
+        saved[name] = MultiLabelCLIP(build_backbone(cfg), classes, cfg.model)
+        paths.append(str(save_prompt_checkpoint(tmp_path / f"{name}.safetensors", saved[name], config_to_dict(cfg))))
+    members = load_members(paths, None, "cpu")
+    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    for member, name in zip(members, settings):
+        original = saved[name].backbone
+        assert member.backbone.identity == original.identity
+        assert (member.backbone.dense, member.backbone.pos_embed_resize) == (original.dense, original.pos_embed_resize)
+        with torch.no_grad():
+            torch.testing.assert_close(member(images).logits, saved[name](images).logits, rtol=1e-5, atol=1e-5)
+    assert members[0].backbone is not members[1].backbone
