@@ -50,11 +50,13 @@ def test_text_is_causal_and_truncation_is_exact(tiny_backbones, family):
         embeddings = backbone.token_embedding(ids)
         full = backbone.encode_embeddings(embeddings, ids)
         noisy = embeddings.clone()
-        end = ids.argmax(dim=-1)
+        end = backbone.pooled_positions(ids)  # the contract's pooled token (CLIP: the end token)
+        assert backbone.truncatable and torch.equal(backbone.text_lengths(ids), end + 1)
         for row, position in enumerate(end.tolist()):
             noisy[row, position + 1 :] += torch.randn_like(noisy[row, position + 1 :])
         assert torch.allclose(backbone.encode_embeddings(noisy, ids), full, atol=1e-5)
         length = int(end.max()) + 1
+        assert backbone.text_ids(PROMPTS).shape == (len(PROMPTS), length)
         truncated = backbone.encode_embeddings(embeddings[:, :length], ids[:, :length])
     torch.testing.assert_close(truncated, full, rtol=1e-5, atol=1e-5)
 
