@@ -175,7 +175,8 @@ def test_antialiased_resize_reproduces_open_clips_force_image_size(tmp_path):
     save_file({k: v.contiguous() for k, v in tiny_backbone("open_clip_vit", seed=7).model.state_dict().items()},
               str(path))
     theirs = open_clip.create_model("clipml-tiny-vit", pretrained=str(path), force_image_size=96).eval()
-    ours = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96, pos_embed_resize="bicubic_antialias"))
+    ours = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96,
+                                        pos_embed_resize="bicubic_antialias"))
     plain = load_backbone(BackboneConfig(f"open_clip:clipml-tiny-vit@{path}", image_size=96))
     reference = theirs.visual.positional_embedding
     assert torch.equal(ours.model.visual.positional_embedding, reference)

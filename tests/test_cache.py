@@ -83,7 +83,8 @@ def test_train_and_val_parts_share_one_cache_in_loader_order(tmp_path, backbone,
 
 def test_key_changes_with_backbone_size_transform_and_images(backbone, split):
     base = key_digest(cache_key(split, backbone, 2, "resized_crop", 0))
-    other_backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit-customtext", image_size=64, allow_random=True))
+    other_backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit-customtext", image_size=64,
+                                                  allow_random=True))
     smaller = load_backbone(BackboneConfig("open_clip:clipml-tiny-vit", image_size=32, allow_random=True))
     reordered = split.subset(np.arange(len(split))[::-1])
     changed = {
