@@ -53,6 +53,7 @@ def load_backbone(
     allow_random: bool = False,
     pos_embed_resize: str = "bicubic",
     dense: str = "tokens",
+    attnpool_positional: bool = True,
 ) -> FrozenCLIP:
     """Build a frozen CLIP from a spec (see the module docstring) at `image_size` pixels.
 
@@ -62,7 +63,8 @@ def load_backbone(
     refused unless `allow_random` (tests only). `device` may be "auto"; one the machine lacks is
     refused before anything is built. `dense` is how a ViT tower computes its dense map: one of
     DENSE_MODES (see clipml.backbones.vit_dense); ResNet towers have one dense map, 'tokens'
-    (METHODS §1).
+    (METHODS §1). `attnpool_positional=False` (ModifiedResNet towers only) leaves the attention
+    pool's positional embedding out of the pooled feature and the dense map, as TaI-DPT scores images.
     """
     check_mode(dense)
     device = select_device(device)
@@ -80,9 +82,14 @@ def load_backbone(
         model, weights_id = create_open_clip(name, weights or None, allow_random)
         if weights_id.startswith("file:") and name in TOY_MODELS.values():
             weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
-        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize, dense)
+        backbone = OpenCLIPBackbone(model, name, weights_id, image_size, precision, pos_embed_resize, dense,
+                                    attnpool_positional)
     elif library == "hf" and rest:
         from clipml.backbones.hf import HFCLIPBackbone, create_hf_clip
+
+        if not attnpool_positional:
+            raise BackboneError(f"{spec}: backbone.attnpool_positional=false applies to open_clip ModifiedResNet "
+                                "towers; transformers' CLIP towers are ViTs")
 
         model, weights_id = create_hf_clip(rest, allow_random, hf_tiny)
         backbone = HFCLIPBackbone(model, rest, weights_id, image_size, precision, pos_embed_resize, dense)

@@ -128,6 +128,7 @@ class OpenCLIPBackbone(FrozenCLIP):
         precision: str = "fp32",
         pos_embed_resize: str = "bicubic",
         dense: str = "tokens",
+        attnpool_positional: bool = True,
     ) -> None:
         super().__init__(precision, pos_embed_resize, dense)
         from open_clip.tokenizer import SimpleTokenizer
@@ -145,6 +146,12 @@ class OpenCLIPBackbone(FrozenCLIP):
                 f"open_clip:{name} is a ModifiedResNet: dense mode {dense!r} applies to ViT towers only; "
                 "a ResNet's dense map is its attention pool's value path (METHODS §1), dense='tokens'"
             )
+        if not self.is_resnet and not attnpool_positional:
+            raise BackboneError(
+                f"open_clip:{name} is a ViT: backbone.attnpool_positional=false applies to ModifiedResNet "
+                "towers (their attention pool's positional embedding); a ViT adds its own at the input"
+            )
+        self.attnpool_positional = bool(attnpool_positional)
         if not self.is_resnet and dense != "tokens":
             last = visual.transformer.resblocks[-1]
             if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
@@ -240,12 +247,15 @@ class OpenCLIPBackbone(FrozenCLIP):
 
         The library's pool runs queries and outputs for all N+1 tokens and keeps token 0; here the
         only query is the mean token and the values are shared with the dense map, so the dense
-        path costs no more than `encode_image`.
+        path costs no more than `encode_image`. Without `attnpool_positional` the layer-4 map
+        enters the pool as it is (TaI-DPT's `attnpool(..., if_pos=False)` and its local map).
         """
         pool = self.model.visual.attnpool
         feature_map = self.resnet_feature_map(images)
         x = feature_map.flatten(2).transpose(1, 2)  # [B, N, C]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pool.positional_embedding.to(x.dtype)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        if self.attnpool_positional:
+            x = x + pool.positional_embedding.to(x.dtype)
         batch, tokens, width = x.shape
         heads = pool.num_heads
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def build_backbone(cfg: ExperimentConfig, device: Optional[str] = None) -> FrozenCLIP:
     return load_backbone(cfg.backbone.spec, cfg.backbone.image_size, device or select_device(cfg.device),
                          cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize,
-                         cfg.backbone.dense)
+                         cfg.backbone.dense, cfg.backbone.attnpool_positional)
 
 
 def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:

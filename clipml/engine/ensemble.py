@@ -32,15 +32,19 @@ Memo = Dict[Tuple[str, str], np.ndarray]
 
 
 def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]], device: str) -> List[MultiLabelCLIP]:
-    """One model per checkpoint, each on the backbone it was learned on (shared where equal)."""
+    """One model per checkpoint, each on the backbone it was learned on (shared where equal),
+    computing image features as its own config says (dense mode, attention pool with or without
+    its positional embedding): each member scores images as it does alone."""
     backbones: Dict[tuple, FrozenCLIP] = {}
     models = []
     for path in checkpoints:
         _, metadata = read_prompt_checkpoint(path)
         saved = config_from_dict(ExperimentConfig, metadata["config"], source=str(path)).backbone
-        key = (saved.spec, metadata["backbone"]["image_size"], saved.precision, saved.allow_random)
+        key = (saved.spec, metadata["backbone"]["image_size"], saved.precision, saved.allow_random,
+               saved.pos_embed_resize, saved.dense, saved.attnpool_positional)
         if key not in backbones:
-            backbones[key] = load_backbone(saved.spec, key[1], device, saved.precision, saved.allow_random)
+            backbones[key] = load_backbone(saved.spec, key[1], device, saved.precision, saved.allow_random,
+                                           saved.pos_embed_resize, saved.dense, saved.attnpool_positional)
         models.append(load_model(str(path), classnames, backbones[key]))
     return models
 

@@ -502,7 +502,7 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
     if backbone is None:
         backbone = load_backbone(cfg.backbone.spec, metadata["backbone"]["image_size"], device,
                                  cfg.backbone.precision, cfg.backbone.allow_random, cfg.backbone.pos_embed_resize,
-                                 cfg.backbone.dense)
+                                 cfg.backbone.dense, cfg.backbone.attnpool_positional)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
     load_into(model, tensors, metadata, checkpoint)
     return model
