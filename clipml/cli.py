@@ -192,7 +192,8 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
     parser = _parser("Evaluate CLIP with hand-crafted prompts (or a learned prompt checkpoint) on a split.")
     _add_config_options(parser)
     parser.add_argument("--templates", default="single",
-                        help="template set: 'single' (a photo of a {}.), 'default' (ensemble) or a text file")
+                        help="template set: 'single' (a photo of a {}.), 'default' (16), 'imagenet' (CLIP's 80), "
+                             "'taidpt' or a text file")
     parser.add_argument("--scoring", choices=["global", "dense"], default="global",
                         help="global: CLIP's pooled image feature; dense: per-class spatial pooling")
     parser.add_argument("--checkpoint", action="append", default=[],
@@ -377,7 +378,7 @@ def _add_zero_shot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", default="toy", help="backbone spec, e.g. open_clip:ViT-B-16@openai (README)")
     group.add_argument("--image-size", type=int, help="input size (default: the backbone's native size)")
     group.add_argument("--templates", default="single",
-                       help="template set: 'single', 'default' (ensemble) or a text file of templates")
+                       help="template set: 'single', 'default' (16), 'imagenet' (CLIP's 80), 'taidpt' or a text file")
 
 
 def _predict_model(args):

@@ -167,7 +167,7 @@ def test_import_mask_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="disagree"):
         import_mask(path, split, convention="clipml")
     (tmp_path / "text.txt").write_text("1 0 x\n")
-    with pytest.raises(DataError, match="not a numeric label matrix"):
+    with pytest.raises(DataError, match="line 1: 'x' is not a number"):
         import_mask(tmp_path / "text.txt", split)
     with pytest.raises(ConfigError, match="convention"):
         import_mask(path, split, convention="sarb")

@@ -1,7 +1,13 @@
 """clipml's `taidpt` method against TaI-DPT's own code (guozix/TaI-DPT).
 
 Run from the clipml checkout root:
-    python <this folder>/taidpt.py --ref <TaI-DPT checkout or fetched git dir>
+    python <this folder>/taidpt.py --ref <TaI-DPT checkout or fetched git dir> \
+        [--config configs/coco2014/taidpt.yaml] [--write-golden tests/golden/taidpt.json]
+
+clipml runs under the published-setting config's options (--config): its image features
+(backbone.attnpool_positional), AP (eval.ap) and class prompts (data.captions.class_prompt_templates).
+--write-golden writes the reference's outputs on the small fixed inputs below (regenerated from
+the seed by tests/test_parity_taidpt.py, which compares clipml with them without the reference).
 
 Reference side (imported from --ref): clip/model.py (`build_model`, its `AttentionPool2d` with
 `if_pos`), trainers/Caption_distill_double.py (`PromptLearner`, `TextEncoder`, `DenseCLIP`: the
@@ -72,8 +78,14 @@ def import_reference(ref: Path, dassl_root: Path):
 def main() -> int:
     parser = pc.base_parser(__doc__)
     parser.add_argument("--n-ctx", type=int, default=4)
+    parser.add_argument("--config", default="configs/coco2014/taidpt.yaml",
+                        help="the published-setting config whose options clipml runs under")
+    parser.add_argument("--write-golden", metavar="PATH", help="write the reference's outputs here (JSON)")
     args = parser.parse_args()
     work = pc.setup(args)
+    from clipml.experiment import load_experiment
+    exp = load_experiment(args.config)
+    golden = {"seed": args.seed, "n_ctx": args.n_ctx, "classes": CLASSES}
     ref = pc.materialize_ref(args.ref, NEEDED, work)
     report = pc.Report("TaI-DPT (guozix/TaI-DPT) vs clipml taidpt")
     cdd, ref_utils, ref_clip, ref_model, d_optim = import_reference(ref, ref / "Dassl.pytorch-master")
@@ -82,7 +94,8 @@ def main() -> int:
     from clipml.model import ModelConfig, MultiLabelCLIP
     from clipml.experiment import OptimConfig
     from clipml.engine.train import build_optimizer
-    from clipml.backbones import Dense
+    from clipml.backbones import BackboneConfig, Dense
+    from clipml.backbones.open_clip import OpenCLIPBackbone
 
     n_ctx, C = args.n_ctx, len(CLASSES)
     oc_model = pc.tiny_openclip(work, args.seed)
@@ -103,7 +116,8 @@ def main() -> int:
             p.requires_grad_(False)
     ref_net.eval()
 
-    backbone = pc.clipml_backbone(oc_model, 224)
+    backbone = OpenCLIPBackbone(copy.deepcopy(oc_model), pc.TINY_NAME, "random",
+                                BackboneConfig(image_size=224, attnpool_positional=exp.backbone.attnpool_positional))
     ours = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=n_ctx))
     with torch.no_grad():
         ref_net.prompt_learner.ctx.copy_(ours.prompts.global_context.ctx)
@@ -189,12 +203,17 @@ def main() -> int:
     with torch.no_grad():
         i_glob, i_loc, _, _ = ref_net(x, if_test=True)
         img = ours(x)
-    report.close("parity: image global logits (reference: attnpool(if_pos=False); clipml: CLIP's pooled feature)",
+    where = f"{args.config} backbone.attnpool_positional={exp.backbone.attnpool_positional}"
+    report.close(f"parity: image global logits (reference: attnpool(if_pos=False); clipml: {where})",
                  i_glob, img.parts[0], atol=1e-4, rtol=1e-4)
-    report.close("parity: image local logits (reference: v/c projections of the raw layer-4 map; clipml: of map + "
-                 "positional embedding)", i_loc, img.parts[1], atol=1e-4, rtol=1e-4)
+    report.close(f"parity: image local logits (reference: v/c projections of the raw layer-4 map; clipml: {where})",
+                 i_loc, img.parts[1], atol=1e-4, rtol=1e-4)
     ref_merge = 0.5 * i_glob + 0.5 * i_loc  # evaluator 'default_merge_aux', GL_merge_rate 0.5
     report.close("parity: image score = 0.5 global + 0.5 local", ref_merge, img.logits, atol=1e-4, rtol=1e-4)
+    golden["global_ctx"] = ref_net.prompt_learner.ctx.detach().tolist()
+    golden["local_ctx"] = ref_net.prompt_learner.ctx_double.detach().tolist()
+    golden["image_global"], golden["image_local"] = i_glob.tolist(), i_loc.tolist()
+    golden["image_score"] = ref_merge.tolist()
     # Diagnostic: clipml's head fed the reference's own (position-free) features reproduces it.
     with torch.no_grad():
         fmap = ref_net.encode_image(x)
@@ -205,7 +224,7 @@ def main() -> int:
         g_nopos, _ = pool(fmap, if_pos=False)
         diag = ours.forward_dense(Dense(tokens=tokens, pooled=g_nopos, grid=(h, w)))
         g_pos, _ = pool(fmap, if_pos=True)
-        dense = backbone.encode_dense(x)
+        dense = pc.clipml_backbone(oc_model, 224).encode_dense(x)  # clipml's default: CLIP's own pool
     report.close("diagnostic: clipml head on the reference's position-free features = reference global logits",
                  i_glob, diag.parts[0], atol=1e-5, rtol=1e-5)
     report.close("diagnostic: ... = reference local logits", i_loc, diag.parts[1], atol=1e-5, rtol=1e-5)
@@ -222,36 +241,39 @@ def main() -> int:
     truth = (rng.rand(300, 10) < 0.2).astype(np.int64)
     truth[0] = 1
     scores = rng.randn(300, 10) * 2 + truth * 1.5
-    report.close("parity: mAP (TaI-DPT's Dassl evaluator mAP vs clipml eval.ap=raw)", evaluator(truth, scores) / 100,
-                 M.mean_average_precision(scores, truth, "raw"), atol=1e-9, rtol=1e-9)
-    from clipml.experiment import load_experiment
+    report.close(f"parity: mAP (TaI-DPT's Dassl evaluator mAP vs clipml {args.config} eval.ap={exp.eval.ap})",
+                 evaluator(truth, scores) / 100, M.mean_average_precision(scores, truth, exp.eval.ap),
+                 atol=1e-9, rtol=1e-9)
+    golden["map"] = {"images": 300, "classes": 10, "seed": args.seed + 4, "reference": evaluator(truth, scores) / 100}
     for dataset in ("coco2014", "voc2007"):
         path = Path("configs") / dataset / "taidpt.yaml"
         if not path.is_file():
             report.check(f"config {path} present (run from the clipml checkout root)", False)
             continue
-        exp = load_experiment(str(path))
-        env = M.mean_average_precision(scores, truth, exp.eval.ap)
+        published = load_experiment(str(path))
+        env = M.mean_average_precision(scores, truth, published.eval.ap)
         report.check(f"parity: {path} reports the reference's AP (TaI-DPT evaluator: raw); config eval.ap="
-                     f"{exp.eval.ap} (on the test matrix: raw {100 * M.mean_average_precision(scores, truth, 'raw'):.2f}"
-                     f" vs {exp.eval.ap} {100 * env:.2f})", exp.eval.ap == "raw")
+                     f"{published.eval.ap} (on the test matrix: raw {100 * M.mean_average_precision(scores, truth, 'raw'):.2f}"
+                     f" vs {published.eval.ap} {100 * env:.2f})", published.eval.ap == "raw")
         ref_cfg = (ref / "configs" / "trainers" / "Caption_distill_double" / f"rn50_{dataset}.yaml").read_text()
         image_scale = float(ref_cfg.split("spatial_SCALE_image:")[1].split()[0])
-        report.check(f"parity: {path} model.taidpt.image_spatial_scale {exp.model.taidpt.image_spatial_scale} = "
-                     f"reference spatial_SCALE_image {image_scale}", exp.model.taidpt.image_spatial_scale == image_scale)
+        report.check(f"parity: {path} model.taidpt.image_spatial_scale {published.model.taidpt.image_spatial_scale} = "
+                     f"reference spatial_SCALE_image {image_scale}", published.model.taidpt.image_spatial_scale == image_scale)
 
     # ------------------------------------------------------------ class prompts added to the captions
     sys.path.insert(0, str(ref))
     helpers = importlib.import_module("datasets.data_helpers")
-    from clipml.data.vocab import templates
-    ours_templates = templates("default")
-    ref_templates = [helpers.prompt_template] * 9 + list(helpers.IMAGENET_TEMPLATES)
-    report.check(f"parity: class prompts per class (reference: 9 x '{helpers.prompt_template}' + "
-                 f"{len(helpers.IMAGENET_TEMPLATES)} ImageNet templates = {len(ref_templates)}; clipml "
-                 f"data.captions.class_prompts: {len(ours_templates)} templates, "
-                 f"{sum(t == helpers.prompt_template for t in ours_templates)} x '{helpers.prompt_template}', "
-                 f"{len(set(ours_templates) & set(helpers.IMAGENET_TEMPLATES))} shared with the ImageNet list)",
-                 sorted(ref_templates) == sorted(ours_templates))
+    ref_prompts = class_prompts_of_reference(helpers, CLASSES)
+    our_prompts = class_prompts_of_clipml(exp, CLASSES, work)
+    golden["class_prompts"] = {name: ref_prompts[name] for name in CLASSES[:2]}
+    for name in CLASSES[:2]:
+        ours_n = our_prompts[name]
+        report.check(f"parity: class prompts of '{name}' (reference: 9 x '{helpers.prompt_template}' + "
+                     f"{len(helpers.IMAGENET_TEMPLATES)} ImageNet templates = {len(ref_prompts[name])} training prompts; "
+                     f"clipml {args.config} data.captions.class_prompt_templates="
+                     f"{exp.data.captions.class_prompt_templates}: {len(ours_n)}, "
+                     f"{ours_n.count(helpers.prompt_template.format(name))} x '{helpers.prompt_template.format(name)}')",
+                     sorted(ref_prompts[name]) == sorted(ours_n))
     synonyms_check(report, helpers)
 
     # ------------------------------------------------------------ LR schedule (Dassl, as the trainer builds it)
@@ -265,10 +287,11 @@ def main() -> int:
     for _ in range(epochs):  # Dassl TrainerX: update_lr() after the last batch of each epoch
         ref_lrs.append(opt.param_groups[0]["lr"])
         sched.step()
-    from clipml.engine.train import cosine_with_warmup
+    import dataclasses
+    from clipml.engine.train import build_scheduler
     p2 = torch.nn.Parameter(torch.zeros(1))
-    opt2 = torch.optim.SGD([p2], lr=1e-4)
-    ours_sched = cosine_with_warmup(opt2, steps, epochs * steps)  # configs: warmup_epochs 1 (published.yaml)
+    opt2 = torch.optim.SGD([p2], lr=exp.optim.lr)
+    ours_sched = build_scheduler(dataclasses.replace(exp.optim, epochs=epochs), opt2, steps)
     our_lrs = []
     for _ in range(epochs):
         rates = []
@@ -276,23 +299,54 @@ def main() -> int:
             rates.append(opt2.param_groups[0]["lr"])
             ours_sched.step()
         our_lrs.append(float(np.mean(rates)))
-    report.close("parity: per-epoch learning rate, 20 epochs (Dassl constant 1e-5 warm-up epoch + per-epoch cosine vs "
-                 "clipml per-step linear warm-up + cosine)", np.array(ref_lrs), np.array(our_lrs), atol=2e-6, rtol=0,
+    golden["ref_epoch_lr"] = ref_lrs
+    report.close(f"parity: per-epoch learning rate, 20 epochs (Dassl constant 1e-5 warm-up epoch + per-epoch cosine vs "
+                 f"clipml {args.config} optim.schedule={exp.optim.schedule})", np.array(ref_lrs), np.array(our_lrs),
+                 atol=2e-6, rtol=0,
                  note="epochs 1,2,3,11,20: ref " + ", ".join(f"{ref_lrs[i]:.2e}" for i in (0, 1, 2, 10, 19))
                  + "; clipml " + ", ".join(f"{our_lrs[i]:.2e}" for i in (0, 1, 2, 10, 19)))
 
     # ------------------------------------------------------------ published masks (VOC 2007, SARB protocol)
     published_masks(report, ref, work)
     positional_effect(report)
+    if args.write_golden:
+        Path(args.write_golden).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write_golden).write_text(json.dumps(golden, indent=1) + "\n")
+        print(f"wrote {args.write_golden}")
     return report.summary()
+
+
+def class_prompts_of_reference(helpers, classes):
+    """The class prompts the reference's caption datasets add per class (datasets/*_distill.py:
+    the default template default_prompt_num - 1 = 9 times, then every ImageNet template)."""
+    return {name: [helpers.prompt_template.format(name)] * 9 + [t.format(name) for t in helpers.IMAGENET_TEMPLATES]
+            for name in classes}
+
+
+def class_prompts_of_clipml(exp, classes, work: Path):
+    """The class prompts clipml's caption loader adds under the config's caption options, per class
+    (a one-caption file as the source; the prompts follow it, each labelled with its class alone)."""
+    import dataclasses
+    from clipml.data.captions import load_captions
+
+    source = work / "one_caption.txt"
+    source.write_text(CAPTIONS[0] + "\n")
+    config = dataclasses.replace(exp.data.captions, source=str(source), synonyms=None)
+    captions = load_captions(config, "parity", classes, classes)
+    prompts = {name: [] for name in classes}
+    for text, row in list(zip(captions.captions, captions.labels))[1:]:
+        (index,) = np.flatnonzero(row)
+        prompts[classes[index]].append(text)
+    return prompts
 
 
 def positional_effect(report) -> None:
     """How much the positional embedding matters for TaI-DPT's image scoring with a *trained* tower:
     clipml's toy-rn CLIP, lab COCO-like scenes, hand-crafted prompts as both the global and the
-    local prompt; clipml's features (with the attention pool's positional embedding) against the
-    reference's (without). Info only."""
-    from clipml.backbones import load_backbone, Dense
+    local prompt; CLIP's features (with the attention pool's positional embedding, clipml's
+    default) against the reference's (without: open_clip's own pool with the embedding zeroed)
+    and clipml's backbone.attnpool_positional=false, which must equal the latter."""
+    from clipml.backbones import BackboneConfig, load_backbone
     from clipml.lab.world import SceneGenerator
     from clipml.prompts import handcrafted_text_features
     from clipml.data.transforms import eval_transform
@@ -300,6 +354,7 @@ def positional_effect(report) -> None:
     from clipml import metrics as M
 
     backbone = load_backbone("toy-rn")
+    unpositioned = load_backbone(BackboneConfig(spec="toy-rn", attnpool_positional=False))
     gen = SceneGenerator(seed=0, preset="coco_like", stream="test")
     scenes = [gen.render(i) for i in range(48)]
     tf = eval_transform(backbone.image_size, backbone.mean, backbone.std)
@@ -309,6 +364,7 @@ def positional_effect(report) -> None:
     pool = backbone.model.visual.attnpool
     with torch.no_grad():
         dense = backbone.encode_dense(x)
+        option = unpositioned.encode_dense(x)
         fmap = backbone.resnet_feature_map(x)
         seq = fmap.flatten(2).transpose(1, 2)
         tokens_nopos = pool.c_proj(pool.v_proj(seq))
@@ -317,11 +373,16 @@ def positional_effect(report) -> None:
         pool.positional_embedding.data.zero_()
         pooled_nopos = pool(fmap)
         pool.positional_embedding.data.copy_(saved)
-        rows = {}
-        for name, (tok, pooled) in {"clipml (with pos)": (dense.tokens, dense.pooled),
-                                    "reference (no pos)": (tokens_nopos, pooled_nopos)}.items():
+        rows, merged = {}, {}
+        for name, (tok, pooled) in {"CLIP's pool (clipml default)": (dense.tokens, dense.pooled),
+                                    "reference (no pos)": (tokens_nopos, pooled_nopos),
+                                    "clipml attnpool_positional=false": (option.tokens, option.pooled)}.items():
             g, l, _ = double_grained_scores(pooled, tok, text, text, 4.0, 40.0)
-            rows[name] = [100 * M.mean_average_precision(v.numpy(), labels, "raw") for v in (g, l, 0.5 * g + 0.5 * l)]
+            merged[name] = 0.5 * g + 0.5 * l
+            rows[name] = [100 * M.mean_average_precision(v.numpy(), labels, "raw") for v in (g, l, merged[name])]
+    report.close("parity: trained toy-rn, TaI-DPT image scores: clipml attnpool_positional=false = the reference's "
+                 "position-free features", merged["reference (no pos)"], merged["clipml attnpool_positional=false"],
+                 atol=1e-4, rtol=1e-5)
     report.check("info: trained toy-rn, 48 COCO-like scenes, hand-crafted global=local prompts, raw mAP "
                  "(global / local / merged): " + "; ".join(f"{k} {v[0]:.2f} / {v[1]:.2f} / {v[2]:.2f}"
                                                             for k, v in rows.items()), True)
@@ -394,15 +455,15 @@ def published_masks(report, ref: Path, work: Path) -> None:
         ours = partial_split(split, p, seed=0, mask_dir=work / "masks")
         known_ours = ours.labels != UNKNOWN
         all_equal &= bool((known_pub == known_ours).all()) and bool((simulate_known(full, p, 0) == known_pub).all())
-        (work / f"pub_{p}.csv").write_text((folder / "partial-labels" / f"train_proportion_{p}.txt").read_text())
-        imported = import_mask(work / f"pub_{p}.csv", split, convention="pm1")  # renamed .csv
+        imported = import_mask(folder / "partial-labels" / f"train_proportion_{p}.txt", split, convention="pm1")
         all_import &= bool((imported.labels == ours.labels).all())
         if previous is not None:
             nested &= bool((previous <= known_pub).all())
         previous = known_pub
     report.check("parity: clipml partial_split(p, seed=0) through its VOC loader = TaI-DPT's published "
                  "VOC2007 train_proportion_{0.1..0.9}.txt known entries, bit for bit", all_equal)
-    report.check("parity: import_mask(published file renamed .csv, convention pm1) = partial_split(p, seed=0) labels", all_import)
+    report.check("parity: import_mask(published train_proportion_{0.1..0.9}.txt as shipped, convention pm1) = "
+                 "partial_split(p, seed=0) labels", all_import)
     report.check("info: published masks are nested across p", nested)
 
 

@@ -28,7 +28,7 @@ class Dense:
     """Output of `encode_dense`: per-location features in the joint space and the global one."""
 
     tokens: torch.Tensor  # [B, N, D], N = h * w, row-major over the grid
-    pooled: torch.Tensor  # [B, D], exactly what the library's encode_image returns
+    pooled: torch.Tensor  # [B, D], what the library's encode_image returns (attnpool_positional: see FrozenCLIP)
     grid: Tuple[int, int]  # (h, w)
 
 
@@ -68,6 +68,10 @@ class FrozenCLIP(nn.Module):
         self.precision = config.precision
         self.pos_embed_resize = config.pos_embed_resize
         self.dense = check_mode(config.dense)  # how a ViT tower computes its dense map (vit_dense.py)
+        # A ModifiedResNet's attention pool adds its positional embedding to the layer-4 map
+        # (CLIP); False leaves it out of the pooled feature and the dense map (TaI-DPT's test-time
+        # features). Only the ResNet adapter, which alone has the pool, accepts False.
+        self.attnpool_positional = bool(config.attnpool_positional)
         self._identity: Dict[str, object] = {}
 
     def freeze(self) -> None:
@@ -88,12 +92,15 @@ class FrozenCLIP(nn.Module):
         """Library, model, weights, image size and width: what a checkpoint is checked against
         and a feature cache is keyed by. A positional embedding resized with the non-default
         kernel adds `pos_embed_resize` (features differ slightly); a ViT dense mode other than
-        "tokens" adds `dense` (so identities, caches and checkpoints from before stay valid)."""
+        "tokens" adds `dense`, a ResNet pool without its positional embedding adds
+        `attnpool_positional: False` (so identities, caches and checkpoints from before stay valid)."""
         identity = dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
         if self.pos_embed_resize != RESIZE_MODES[0] and getattr(self, "_resized", False):
             identity["pos_embed_resize"] = self.pos_embed_resize
         if self.dense != DENSE_MODES[0]:
             identity["dense"] = self.dense
+        if not self.attnpool_positional:
+            identity["attnpool_positional"] = False
         return identity
 
     def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:

@@ -21,3 +21,7 @@ class BackboneConfig:
     # ViT dense map (clipml.backbones.vit_dense): "tokens" (METHODS §1), "value" (MaskCLIP),
     # "sclip" (SCLIP), "clearclip" (ClearCLIP); ResNets: "tokens" only
     dense: Literal["tokens", "value", "sclip", "clearclip"] = "tokens"
+    # ModifiedResNet towers: add the attention pool's positional embedding to the layer-4 map
+    # (CLIP). false: leave it out of the pooled feature and the dense map, as TaI-DPT's code scores
+    # images (its attnpool(if_pos=False)); configs/*/taidpt.yaml set it. ViT towers: true only.
+    attnpool_positional: bool = True

@@ -74,6 +74,9 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
 @register_family("hf", "hf:HUB_ID_OR_FOLDER")
 def build_hf_clip(source: str, config: BackboneConfig) -> "HFCLIPBackbone":
     """A transformers CLIPModel from a hub id, a local folder or a tiny test config's name."""
+    if not config.attnpool_positional:
+        raise BackboneError(f"hf:{source}: backbone.attnpool_positional=false applies to open_clip ModifiedResNet "
+                            "towers; transformers' CLIP towers are ViTs")
     model, weights_id = create_hf_clip(source, config.allow_random, register_test_models())
     return HFCLIPBackbone(model, source, weights_id, config)
 

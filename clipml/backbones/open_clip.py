@@ -162,6 +162,11 @@ class OpenCLIPBackbone(FrozenCLIP):
                 f"open_clip:{name} is a ModifiedResNet: dense mode {dense!r} applies to ViT towers only; "
                 "a ResNet's dense map is its attention pool's value path (METHODS §1), dense='tokens'"
             )
+        if not self.is_resnet and not self.attnpool_positional:
+            raise BackboneError(
+                f"open_clip:{name} is a ViT: backbone.attnpool_positional=false applies to ModifiedResNet "
+                "towers (their attention pool's positional embedding); a ViT adds its own at the input"
+            )
         if not self.is_resnet and dense != "tokens":
             last = visual.transformer.resblocks[-1]
             if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
@@ -265,12 +270,15 @@ class OpenCLIPBackbone(FrozenCLIP):
 
         The library's pool runs queries and outputs for all N+1 tokens and keeps token 0; here the
         only query is the mean token and the values are shared with the dense map, so the dense
-        path costs no more than `encode_image`.
+        path costs no more than `encode_image`. Without `attnpool_positional` the layer-4 map
+        enters the pool as it is (TaI-DPT's `attnpool(..., if_pos=False)` and its local map).
         """
         pool = self.model.visual.attnpool
         feature_map = self.resnet_feature_map(images)
         x = feature_map.flatten(2).transpose(1, 2)  # [B, N, C]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pool.positional_embedding.to(x.dtype)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        if self.attnpool_positional:
+            x = x + pool.positional_embedding.to(x.dtype)
         batch, tokens, width = x.shape
         heads = pool.num_heads
 
@@ -294,10 +302,13 @@ class OpenCLIPBackbone(FrozenCLIP):
 
         Those projections are affine and the mean token's input is the mean of the locations'
         inputs, so it equals the mean of the tokens plus c_proj.W v_proj.W (pos_0 - mean_j pos_j):
-        no image is needed, and features read from a cache serve as well as fresh ones.
+        no image is needed, and features read from a cache serve as well as fresh ones. Without
+        `attnpool_positional` no position enters the pool, and the offset is zero.
         """
         if not self.is_resnet:
             return super().attention_pool_mean_token(tokens)
+        if not self.attnpool_positional:
+            return tokens.mean(dim=1)
         pool = self.model.visual.attnpool
         pos = pool.positional_embedding.float()
         offset = pool.c_proj.weight.float() @ (pool.v_proj.weight.float() @ (pos[0] - pos[1:].mean(dim=0)))

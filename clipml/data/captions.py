@@ -47,7 +47,22 @@ class CaptionConfig:
     # dataset's own data.options (seed, image_size, ...) are the defaults.
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     synonyms: Optional[str] = None  # YAML {synonyms: {class: [phrase, ...]}} added to the shipped ones
-    class_prompts: bool = True  # also train on "a photo of a {class}." etc., one class each (as TaI-DPT)
+    # Also train on class prompts: every template of class_prompt_templates filled with every class
+    # name, each prompt labelled with its class alone (TaI-DPT adds such prompts to its captions).
+    class_prompts: bool = True
+    # Templates of the class prompts: a shipped set (clipml/assets/prompts/templates_<name>.txt):
+    # "default" (16 hand-made templates), "single", "imagenet" (CLIP's 80 ImageNet templates),
+    # "taidpt" (TaI-DPT's: 'a photo of a {}.' 9 times, then the 80 ImageNet ones), or a .txt file,
+    # one template a line. A template listed k times gives k prompts (repetition weights it).
+    class_prompt_templates: str = "default"
+
+    def __post_init__(self) -> None:
+        from clipml.data.vocab import available_template_sets
+
+        name = self.class_prompt_templates
+        if name not in available_template_sets() and not name.endswith(".txt"):
+            raise ConfigError(f"data.captions.class_prompt_templates must be a shipped template set "
+                              f"({', '.join(available_template_sets())}) or a .txt file, got {name!r}")
 
 
 # Words --------------------------------------------------------------------------------------
@@ -328,8 +343,8 @@ def label_report(derived: np.ndarray, true: Optional[np.ndarray] = None, columns
 def load_captions(config: CaptionConfig, dataset: str, official: Sequence[str], readable: Sequence[str],
                   dataset_options: Optional[Mapping[str, Any]] = None) -> CaptionSet:
     """The captions of `config.source` labelled with the dataset's classes; captions naming no
-    class are dropped, and (with `class_prompts`) one templated prompt per class and template is
-    added. The report counts the source's captions only."""
+    class are dropped, and (with `class_prompts`) one templated prompt per class and template of
+    `class_prompt_templates` is added. The report counts the source's captions only."""
     from clipml.data.vocab import templates
 
     if not config.source:
@@ -365,7 +380,8 @@ def load_captions(config: CaptionConfig, dataset: str, official: Sequence[str], 
     captions = [caption for caption, kept in zip(captions, keep) if kept]
     labels = derived[keep]
     if config.class_prompts:
-        prompts = [template.format(name) for template in templates("default") for name in readable]
+        prompts = [template.format(name) for template in templates(config.class_prompt_templates)
+                   for name in readable]
         captions += prompts
         labels = np.concatenate([labels, np.tile(np.eye(len(readable), dtype=np.int8), (len(prompts) // len(readable), 1))])
     report["training_captions"] = len(captions)

@@ -22,6 +22,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from clipml.data._files import read_text
 from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
 from clipml.errors import ConfigError, DataError
 
@@ -143,15 +144,54 @@ def partial_split(
     return _apply(split, known, source)
 
 
+_FIELD_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+_MAX_REPORTED_LINES = 5
+
+
 def _read_matrix(path: Path) -> np.ndarray:
+    """A `.npy` matrix, or a text one: one row a line, numbers separated by commas or whitespace
+    (as the SST/SARB/TaI-DPT files ship: `train_proportion_0.5.txt` is comma-separated)."""
     if not path.is_file():
         raise DataError(f"mask file not found: {path}")
-    try:
-        if path.suffix == ".npy":
+    if path.suffix == ".npy":
+        try:
             return np.load(path, allow_pickle=False)
-        return np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-    except ValueError as error:
-        raise DataError(f"mask file {path} is not a numeric label matrix: {error}") from None
+        except ValueError as error:
+            raise DataError(f"mask file {path} is not a numeric label matrix: {error}") from None
+    rows, problems, width = [], [], None
+    for number, line in enumerate(read_text(path, "mask file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = _FIELD_SEPARATOR.split(line.strip())
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            bad = next(field for field in fields if not _is_number(field))
+            problems.append(f"line {number}: " + (f"{bad!r} is not a number" if bad else
+                                                  "an empty field (two separators in a row or one at an end)"))
+            continue
+        if width is None:
+            width = len(values)
+        elif len(values) != width:
+            problems.append(f"line {number}: {len(values)} values, expected {width} as on the first row")
+            continue
+        rows.append(values)
+    if problems:
+        shown = "; ".join(problems[:_MAX_REPORTED_LINES])
+        more = f" (and {len(problems) - _MAX_REPORTED_LINES} more lines)" if len(problems) > _MAX_REPORTED_LINES else ""
+        raise DataError(f"mask file {path}: {len(problems)} malformed line(s), expected one row of label codes "
+                        f"per line separated by commas or spaces: {shown}{more}")
+    if not rows:
+        raise DataError(f"mask file {path} holds no row")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def import_mask(
@@ -159,8 +199,8 @@ def import_mask(
 ) -> MultiLabelSplit:
     """`split` with the labels of an externally produced partial-label matrix.
 
-    `path` is a `.npy` or text (`.txt`, whitespace-separated; `.csv`) matrix, one row per image
-    of `split` in its order. `convention="pm1"` reads the SST/SARB/DSRB code's convention (1
+    `path` is a `.npy` or text matrix (`.txt`, `.csv`: one row per line, values separated by
+    commas or whitespace, as the published files ship), one row per image of `split` in its order. `convention="pm1"` reads the SST/SARB/DSRB code's convention (1
     positive, -1 negative, 0 unknown; note: 0 is *not* negative there); `"clipml"` reads 1/0/-1.
     With `check_labels`, every known entry must agree with the split's full labels, which
     catches a different image or class order and a different difficult-object rule.

@@ -9,10 +9,12 @@ maps a class (official or readable name) to other words for it, which label capt
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import yaml
 
+from clipml.data._files import read_text
 from clipml.data.base import MultiLabelSplit
 from clipml.errors import ConfigError, DataError
 
@@ -99,14 +101,28 @@ def _distinct(split: MultiLabelSplit, readable: List[str]) -> List[str]:
     return readable
 
 
+def available_template_sets() -> List[str]:
+    """Names of the shipped template sets: `default` (templates.txt) and each templates_<name>.txt."""
+    names = [p.name[len("templates_"): -len(".txt")] for p in _asset("").iterdir()
+             if p.name.startswith("templates_") and p.name.endswith(".txt")]
+    return ["default", *sorted(names)]
+
+
 def templates(name: str = "default") -> List[str]:
-    """Prompt templates with one `{}` placeholder: `default` (an ensemble) or `single`."""
-    asset = _asset("templates.txt" if name == "default" else f"templates_{name}.txt")
-    if not asset.is_file():
-        raise ConfigError(f"no prompt template set named {name!r}")
-    lines = [line.strip() for line in asset.read_text(encoding="utf-8").splitlines()]
+    """Prompt templates with one `{}` placeholder, in file order, repeated lines kept: a shipped
+    set (`available_template_sets()`: default, single, imagenet, taidpt) or a `.txt` file of them."""
+    if name.endswith(".txt"):
+        text = read_text(Path(name), "template file")
+    else:
+        asset = _asset("templates.txt" if name == "default" else f"templates_{name}.txt")
+        if not asset.is_file():
+            raise ConfigError(f"no prompt template set named {name!r} (have: {', '.join(available_template_sets())})")
+        text = asset.read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines()]
     found = [line for line in lines if line and not line.startswith("#")]
     bad = [line for line in found if line.count("{}") != 1]
     if bad:
         raise DataError(f"template set {name!r}: templates need exactly one '{{}}', found {bad}")
+    if not found:
+        raise DataError(f"template set {name!r} holds no template")
     return found

@@ -140,6 +140,10 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
     if dense[0] != dense[1]:
         logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "
                        "other dense features", path, *dense)
+    positional = [side.get("attnpool_positional", True) for side in (saved, identity)]
+    if positional[0] != positional[1]:
+        logger.warning("%s was saved with attnpool_positional=%s, used with %s: its images are scored on other "
+                       "features (backbone.attnpool_positional)", path, *positional)
 
 
 def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata: dict,
