@@ -452,33 +452,41 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
         "Overlay the spatial attention of the top-k predicted classes on images "
         "(methods with spatial attention: sdm_csp, dualcoop, taidpt).")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
-    parser.add_argument("images", nargs="+", metavar="image", help="image files (the model loads once for all)")
-    parser.add_argument("--output", help="one image: the PNG to write; several: a folder for them (default: "
-                                         "<image name>_attention.png here)")
+    parser.add_argument("images", nargs="+", metavar="image",
+                        help="image files or folders (searched recursively; the model loads once for all)")
+    parser.add_argument("--output", help="one image file: the PNG to write; several or a folder: a folder for "
+                                         "them (default: <image name>_attention.png here)")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
     def main():
+        from clipml.engine.inference import find_images
         from clipml.visualize import visualize_many
 
         select_device(args.device)
-        names = [f"{Path(image).stem}_attention.png" for image in args.images]
-        if len(args.images) == 1:
+        paths = find_images(args.images)
+        names = [f"{path.stem}_attention.png" for path in paths]
+        if len(args.images) == 1 and Path(args.images[0]).is_file():
             outputs = [args.output or names[0]]
         else:
             if len(set(names)) < len(names):
-                raise ClipmlError(f"images {args.images} share file names; their PNGs would overwrite each other")
+                clashes = sorted({str(p) for p, n in zip(paths, names) if names.count(n) > 1})
+                raise ClipmlError(f"images {clashes[:6]} share file names; their PNGs would overwrite each other")
             folder = Path(args.output or ".")
             if folder.suffix.lower() == ".png":
-                raise ClipmlError(f"--output {folder}: with several images, --output is a folder")
+                raise ClipmlError(f"--output {folder}: with several images or a folder, --output is a folder")
             folder.mkdir(parents=True, exist_ok=True)
             outputs = [str(folder / name) for name in names]
-        results = visualize_many(args.checkpoint, args.images, outputs, args.top_k, args.device, args.alpha)
-        for maps, output in zip(results, outputs):
+        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha)
+        for path, why in result.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        for _, output, maps in result.written:
             for name, probability in zip(maps.classes, maps.probabilities):
                 print(f"{name}: {probability:.3f}")
             print(f"wrote {output}")
+        if result.skipped:
+            print(f"{len(result.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
 
     _run(main)
