@@ -63,8 +63,8 @@ def test_a_named_validation_split_is_used_as_given_and_a_tiny_one_warns_with_num
     assert summary["splits"]["val"] == "12 images of data.val_split='val' (labels as given)"
     warning = next(r.getMessage() for r in caplog.records if "validation split" in r.getMessage())
     positives = (val.labels == 1).sum(axis=0)
-    assert (f"is small: 12 images, {positives.sum()} known positives; {(positives < 2).sum()} of {val.num_classes} "
-            f"classes have fewer than 2 known positives there ({(positives == 0).sum()} none)") in warning
+    assert (f"holds little to select epochs on: 12 images, {positives.sum()} known positives; {(positives < 2).sum()} "
+            f"of {val.num_classes} classes have fewer than 2 known positives there ({(positives == 0).sum()} none)") in warning
     with pytest.raises(ConfigError, match="data.val_split='train' is also the training or test split"):
         load_experiment(None, own(tmp_path, world, "x", "data.val_split=train"))
     with pytest.raises(DataError, match="shares 40 image"):

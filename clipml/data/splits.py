@@ -65,7 +65,8 @@ def warn_small_validation(val: MultiLabelSplit, where: str) -> None:
     none = int((positives == 0).sum())
     if len(val) >= SMALL_VALIDATION and few * 2 <= val.num_classes:
         return
-    logger.warning("the validation split (%s) is small: %d images, %d known positives; %d of %d classes have fewer "
-                   "than %d known positives there (%d none). Validation mAP will move in large steps and the best "
-                   "epoch is chosen mostly by chance: raise data.val_fraction or give your own data.val_split",
+    logger.warning("the validation split (%s) holds little to select epochs on: %d images, %d known positives; "
+                   "%d of %d classes have fewer than %d known positives there (%d none). Validation mAP will move "
+                   "in large steps and the best epoch is chosen mostly by chance: raise data.val_fraction or give "
+                   "your own data.val_split",
                    where, len(val), int(positives.sum()), few, val.num_classes, FEW_POSITIVES, none)
