@@ -119,6 +119,7 @@ def test_exif_orientation_on_both_jpeg_paths_and_png(tmp_path, orientation):
     assert np.array_equal(pixels(read_image(split, 1)), expected)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own; clipml logs its own
 def test_tiny_and_huge_images_warn_once_and_too_huge_is_a_decode_error(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(images, "_warned", set())
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above twice this
