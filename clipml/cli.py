@@ -9,17 +9,16 @@ import json
 import logging
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-import clipml
 from clipml.devices import select_device
 from clipml.errors import ClipmlError
 
-REPO_CONFIGS = Path(clipml.__file__).resolve().parent.parent / "configs"
-DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+DEMO_CONFIG = resources.files("clipml").joinpath("assets", "demo.yaml")  # the config the tools default to
 DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (CUDA when available)"
 
 
@@ -43,7 +42,8 @@ def _parser(description: str, epilog: Optional[str] = None) -> argparse.Argument
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """--config, --device and --print-config, shared by the tools that read an experiment config."""
-    parser.add_argument("--config", help=f"experiment YAML (default: {DEMO_CONFIG.relative_to(REPO_CONFIGS.parent)})")
+    parser.add_argument("--config", help="experiment YAML (default: the demo, clipml/assets/demo.yaml; zero_shot_eval "
+                                          "with --checkpoint: the config the checkpoint was trained with)")
     parser.add_argument("--device", help=f"{DEVICE_HELP} (default: the config's device, auto)")
     parser.add_argument("--print-config", action="store_true",
                         help="print every config key with its value, default and help, then exit")
@@ -64,22 +64,44 @@ def _progress(iterable, desc, leave: bool = False, unit: str = "it"):
                 **shape)
 
 
-def _config(args):
+def _config(args, checkpoint: Optional[str] = None):
     """The experiment config of a tool's --config, overrides and --device; --print-config prints it
-    and exits."""
+    and exits. Without --config: the config `checkpoint` was trained with (its data, so a
+    checkpoint is scored on its own dataset) if given, else the demo's."""
     from clipml.experiment import load_experiment
 
-    path = args.config
-    if path is None:
-        if not DEMO_CONFIG.is_file():
-            raise ClipmlError("no --config given and the demo config is not here; pass --config FILE.yaml")
-        path = str(DEMO_CONFIG)
-    cfg = load_experiment(path, list(args.overrides) + ([f"device={args.device}"] if args.device else []))
+    path, base, shown = args.config, None, args.config
+    if path is None and checkpoint:
+        base = (_checkpoint_config(checkpoint), f"checkpoint {checkpoint}")
+        shown = f"the config stored in {checkpoint}"
+    if path is None and base is None:
+        with resources.as_file(DEMO_CONFIG) as demo:  # package data: found in an installed wheel too
+            cfg = load_experiment(str(demo), _overrides(args))
+        shown = "the demo config (clipml/assets/demo.yaml)"
+    else:
+        cfg = load_experiment(path, _overrides(args), base)
     if args.print_config:
-        _print_config(cfg, f"{path} {' '.join(args.overrides)}".strip())
+        _print_config(cfg, f"{shown} {' '.join(args.overrides)}".strip())
         sys.exit(0)
+    if base is not None and not _rank():
+        print(f"config: the one {checkpoint} was trained with (dataset {cfg.data.dataset}, root {cfg.data.root}); "
+              f"--config FILE or key=value overrides change it", file=sys.stderr)
     select_device(cfg.device)  # a device the machine lacks stops here, before any data is read
     return cfg
+
+
+def _overrides(args) -> List[str]:
+    return list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+
+
+def _checkpoint_config(checkpoint: str) -> dict:
+    """The resolved config stored in a prompt checkpoint (an ensemble spec: its first member's)."""
+    from clipml.engine.checkpoint import read_prompt_checkpoint
+    from clipml.ensemble import Ensemble
+
+    if checkpoint.endswith(".json"):
+        checkpoint = Ensemble.load(checkpoint, check_files=False).members[0].checkpoint
+    return read_prompt_checkpoint(checkpoint)[1]["config"]
 
 
 def _print_config(cfg, source: str) -> None:
@@ -148,14 +170,19 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
     )
     _add_config_options(parser)
     parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a saved state")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start training from a prompt checkpoint's tensors (the config key init_from; "
+                             "to continue a run for more epochs, raise optim.epochs instead) (default: none)")
     parser.add_argument("--export-scores", metavar="FILE.csv",
                         help="also write the test split's scores: image, class, score, logit, label (default: none)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow flags
 
     def main():
         from clipml.engine.train import train
 
+        if args.init_from:
+            args.overrides.append(f"init_from={json.dumps(args.init_from)}")  # quoted: any path is a string
         cfg = _config(args)
         if not _rank():
             print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
@@ -203,28 +230,27 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
                         help="write the fitted ensemble spec (.json) for predict (default: none)")
     parser.add_argument("--split", default=None,
                         help=f"a split of the dataset (its own, e.g. val or test), or '{CARVED}': the validation "
-                             "part that train_prompts carves from the training split and selects epochs on "
+                             "split train_prompts selects epochs on (the part it carves from the training split, "
+                             "or data.val_split) "
                              "(default: the config's data.test_split)")
     parser.add_argument("--export-scores", metavar="FILE.csv",
                         help="also write the scores: image, class, score, logit, label (default: none)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/coco")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow flags
 
     def main():
         from clipml.data import load_split, readable_names
         from clipml.data.transforms import eval_transform
-        from clipml.engine.builders import build_backbone, build_splits
+        from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
         from clipml.engine.train import load_model
         from clipml.model import MultiLabelCLIP
 
-        cfg = _config(args)
+        cfg = _config(args, args.checkpoint[0] if args.checkpoint else None)
         if args.split == CARVED:
             split = build_splits(cfg)[1]
-            where = (f"the validation part carved from split '{cfg.data.train_split}' "
-                     f"(data.val_fraction={cfg.data.val_fraction}, data.mask_seed={cfg.data.mask_seed}, "
-                     f"partial labels at p={cfg.data.known_ratio}; {len(split)} images)")
+            where = f"the validation split train_prompts selects epochs on: {validation_description(cfg, split)}"
         else:
             name = args.split or cfg.data.test_split
             split = load_split(cfg.data.dataset, cfg.data.root, name, **cfg.data.options)
@@ -454,33 +480,41 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
         "Overlay the spatial attention of the top-k predicted classes on images "
         "(methods with spatial attention: sdm_csp, dualcoop, taidpt).")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
-    parser.add_argument("images", nargs="+", metavar="image", help="image files (the model loads once for all)")
-    parser.add_argument("--output", help="one image: the PNG to write; several: a folder for them (default: "
-                                         "<image name>_attention.png here)")
+    parser.add_argument("images", nargs="+", metavar="image",
+                        help="image files or folders (searched recursively; the model loads once for all)")
+    parser.add_argument("--output", help="one image file: the PNG to write; several or a folder: a folder for "
+                                         "them (default: <image name>_attention.png here)")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
     def main():
+        from clipml.engine.inference import find_images
         from clipml.visualize import visualize_many
 
         select_device(args.device)
-        names = [f"{Path(image).stem}_attention.png" for image in args.images]
-        if len(args.images) == 1:
+        paths = find_images(args.images)
+        names = [f"{path.stem}_attention.png" for path in paths]
+        if len(args.images) == 1 and Path(args.images[0]).is_file():
             outputs = [args.output or names[0]]
         else:
             if len(set(names)) < len(names):
-                raise ClipmlError(f"images {args.images} share file names; their PNGs would overwrite each other")
+                clashes = sorted({str(p) for p, n in zip(paths, names) if names.count(n) > 1})
+                raise ClipmlError(f"images {clashes[:6]} share file names; their PNGs would overwrite each other")
             folder = Path(args.output or ".")
             if folder.suffix.lower() == ".png":
-                raise ClipmlError(f"--output {folder}: with several images, --output is a folder")
+                raise ClipmlError(f"--output {folder}: with several images or a folder, --output is a folder")
             folder.mkdir(parents=True, exist_ok=True)
             outputs = [str(folder / name) for name in names]
-        results = visualize_many(args.checkpoint, args.images, outputs, args.top_k, args.device, args.alpha)
-        for maps, output in zip(results, outputs):
+        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha)
+        for path, why in result.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        for _, output, maps in result.written:
             for name, probability in zip(maps.classes, maps.probabilities):
                 print(f"{name}: {probability:.3f}")
             print(f"wrote {output}")
+        if result.skipped:
+            print(f"{len(result.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
 
     _run(main)

@@ -266,11 +266,15 @@ def config_from_dict(cls: Type[T], data: Dict, source: str = "") -> T:
 
 
 def load_config(
-    cls: Type[T], path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()
+    cls: Type[T], path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = (),
+    base: Optional[Tuple[Dict, str]] = None,
 ) -> T:
-    """``cls`` defaults <- YAML file ``path`` (and its bases) <- ``key=value`` overrides."""
+    """``cls`` defaults <- YAML file ``path`` (and its bases) <- ``key=value`` overrides. Instead
+    of a file, ``base`` may give (plain data, where it came from), e.g. a checkpoint's config."""
     sources: Dict[Key, str] = {}
     data = _read_yaml(str(path), sources) if path is not None else {}
+    if base is not None:
+        data = _merge(data, base[0], base[1], sources)
     for text in overrides:
         data = _merge(data, _parse_override(text), f"command-line override {text!r}", sources)
     return _build(cls, data, sources)

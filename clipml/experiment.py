@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Literal, Optional, Sequence
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 
 import yaml
 
@@ -30,6 +30,9 @@ class DataConfig:
     mask_dir: Optional[str] = "masks"  # mask files, shared by every run and method
     mask_file: Optional[str] = None  # an external partial-label matrix (SST/SARB/DSRB convention)
     val_fraction: float = 0.1  # carved from the training split with mask_seed, for model selection
+    # Your own validation split instead of a carved part: a split name of the dataset (manifest: the
+    # <name>.jsonl or .csv in the root folder) or, for manifest, a manifest file; labels used as given
+    val_split: Optional[str] = None
     augment: Literal["none", "resized_crop", "multiscale_crop", "randaugment"] = "resized_crop"  # training policy
     batch_size: int = 32  # training batch (the global batch under torchrun)
     eval_batch_size: int = 64  # batch of evaluation and feature-cache extraction
@@ -49,6 +52,9 @@ class DataConfig:
                               f"got {self.known_ratio}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_split is not None and self.val_split in (self.train_split, self.test_split):
+            raise ConfigError(f"data.val_split={self.val_split!r} is also the training or test split; "
+                              f"validation must be other images")
 
 
 @dataclasses.dataclass
@@ -125,6 +131,9 @@ class ExperimentConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # A prompt checkpoint (e.g. another run's prompts.safetensors) whose tensors start this run's
+    # training, classes matched by name; the optimizer and schedule start fresh (train_prompts --init-from)
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.loss.reduction is None:  # each loss's own reference reduction (see LossConfig)
@@ -134,22 +143,28 @@ class ExperimentConfig:
         return self.output_dir.format(name=self.name)
 
 
-def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig) -> bool:
-    """Whether a run's saved config (its config.yaml) describes `cfg`. Keys added to clipml
-    since it was written take their defaults, so a run from an older version still resumes."""
+def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig, any_epochs: bool = False) -> bool:
+    """Whether a run's saved config (its config.yaml) describes `cfg` (with `any_epochs`: but for
+    optim.epochs, so that a finished run can be continued). Keys added to clipml since it was
+    written take their defaults, so a run from an older version still resumes."""
     try:
-        return config_from_dict(ExperimentConfig, saved) == cfg
+        previous = config_from_dict(ExperimentConfig, saved)
     except ClipmlError:
         return False
-def load_experiment(path: Optional[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    if any_epochs:
+        previous = dataclasses.replace(previous, optim=dataclasses.replace(previous.optim, epochs=cfg.optim.epochs))
+    return previous == cfg
+def load_experiment(path: Optional[str], overrides: Sequence[str] = (),
+                    base: Optional[Tuple[Dict[str, Any], str]] = None) -> ExperimentConfig:
     """An experiment config from a YAML file and ``key=value`` overrides. When the overrides
     switch ``data.dataset``, options the file set for its own dataset that the new one does not
     take are dropped, with a notice (the demo's ``num_images`` does not follow
-    ``data.dataset=manifest``); options given on the command line are kept."""
+    ``data.dataset=manifest``); options given on the command line are kept. ``base``: (plain
+    config data, where it came from) in place of a file, e.g. a checkpoint's stored config."""
     from clipml.config import load_config
     from clipml.data.registry import available_datasets, option_names
 
-    cfg = load_config(ExperimentConfig, path, overrides)
+    cfg = load_config(ExperimentConfig, path, overrides, base)
     keys = [text.partition("=")[0].strip() for text in overrides]
     if "data.dataset" not in keys or cfg.data.dataset not in available_datasets():
         return cfg  # an unknown dataset fails with its own error where the data is loaded
@@ -163,6 +178,6 @@ def load_experiment(path: Optional[str], overrides: Sequence[str] = ()) -> Exper
     foreign = sorted(set(cfg.data.options) - set(taken) - {"on_undecodable_image"} - given)
     if foreign:
         logger.warning("dropped data.options %s from %s: dataset %r does not take them (give its own as "
-                       "data.options.KEY=VALUE)", ", ".join(foreign), path, cfg.data.dataset)
+                       "data.options.KEY=VALUE)", ", ".join(foreign), path or (base and base[1]), cfg.data.dataset)
         cfg.data.options = {key: value for key, value in cfg.data.options.items() if key not in foreign}
     return cfg

@@ -12,8 +12,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from clipml.data.images import open_image
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.model import METHODS, MultiLabelCLIP
@@ -29,16 +30,6 @@ class AttentionMaps:
     probabilities: List[float]
     maps: np.ndarray  # [k, H, W] attention (sums to 1 over the h x w grid) upsampled bilinearly to the image
     grid: Tuple[int, int]  # (h, w) of the attention before upsampling
-
-
-def open_image(path: Union[str, Path]) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is not a readable image: {error}") from None
 
 
 def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3) -> AttentionMaps:
@@ -108,35 +99,50 @@ def plot_attention(maps: AttentionMaps, path: Optional[Union[str, Path]] = None,
     return figure
 
 
+@dataclasses.dataclass
+class Visualized:
+    written: List[Tuple[Path, Path, AttentionMaps]]  # (image, PNG written, its maps), in input order
+    skipped: List[Tuple[Path, str]]  # images that could not be read, with the reason
+
+
 def visualize_attention(checkpoint: Union[str, Path], image_path: Union[str, Path], output: Union[str, Path],
                         top_k: int = 3, device: str = "cpu", alpha: float = 0.5) -> AttentionMaps:
-    """Load a prompt checkpoint, compute the top-k attention maps of one image, save the PNG."""
-    return visualize_many(checkpoint, [image_path], [output], top_k, device, alpha)[0]
+    """Load a prompt checkpoint, compute the top-k attention maps of one image, save the PNG; an
+    unreadable image is a DataError naming it."""
+    return visualize_many(checkpoint, [image_path], [output], top_k, device, alpha).written[0][2]
 
 
 def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str, Path]],
                    outputs: Sequence[Union[str, Path]], top_k: int = 3, device: str = "cpu",
-                   alpha: float = 0.5) -> List[AttentionMaps]:
-    """`visualize_attention` for several images with one model load; every image is opened
-    first, so a missing or unreadable one stops the call before anything is written."""
+                   alpha: float = 0.5) -> Visualized:
+    """`visualize_attention` for several images with one model load. An image that cannot be
+    read (missing, corrupt, not an image) is skipped and listed with the reason, as `predict`
+    does; a DataError only if none can be read. Images are opened one at a time."""
     from clipml.engine.train import load_model
 
     if len(image_paths) != len(outputs):
         raise ConfigError(f"{len(image_paths)} images but {len(outputs)} output files")
-    images = [open_image(path) for path in image_paths]
     model = load_model(str(checkpoint), device=device)
     if model.head_kind not in SPATIAL_HEADS:
         raise CheckpointError(
             f"{checkpoint} holds a '{model.config.method}' model, which scores the pooled image feature "
             f"and has no spatial attention; attention maps need one of: {', '.join(_spatial_methods())}"
         )
-    results = []
-    for path, image, output in zip(image_paths, images, outputs):
+    result = Visualized([], [])
+    for path, output in zip(map(Path, image_paths), map(Path, outputs)):
+        try:
+            image = open_image(path)
+        except DataError as error:
+            result.skipped.append((path, str(error)))
+            continue
         maps = attention_maps(model, image, top_k)
         plot_attention(maps, output, alpha=alpha)
         logger.info("attention maps of %s for %s written to %s", path, ", ".join(maps.classes), output)
-        results.append(maps)
-    return results
+        result.written.append((path, output, maps))
+    if not result.written:
+        reasons = "; ".join(why for _, why in result.skipped[:3]) + (" ..." if len(result.skipped) > 3 else "")
+        raise DataError(f"none of the {len(result.skipped)} image file(s) could be read: {reasons}")
+    return result
 
 
-__all__ = ["AttentionMaps", "attention_maps", "plot_attention", "visualize_attention", "visualize_many", "open_image"]
+__all__ = ["AttentionMaps", "Visualized", "attention_maps", "plot_attention", "visualize_attention", "visualize_many"]

@@ -211,7 +211,8 @@ def test_a_user_error_on_rank_0_stops_every_rank_with_its_message(tmp_path):
 
     run = tmp_path / "runs" / "clash"
     run.mkdir(parents=True)
-    save_config(tiny_config(tmp_path, "name=clash", *SETTINGS, "optim.epochs=5"), run / "config.yaml")
+    # Another seed (another optim.epochs would continue the run, not clash).
+    save_config(tiny_config(tmp_path, "name=clash", *SETTINGS, "seed=7"), run / "config.yaml")
     (run / "summary.json").write_text("{}")  # a trained run of another config: only rank 0 checks
     mp.spawn(_error_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     main, other = (json.loads((tmp_path / f"errors-{rank}.json").read_text()) for rank in range(2))

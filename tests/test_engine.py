@@ -166,7 +166,7 @@ def test_toy_clip_end_to_end_improves_on_its_start(tmp_path):
     """The shipped toy CLIP on the COCO-like world, 10% known labels: learning must pay off over
     the untrained model (the start). DualCoOp from random contexts starts far from its optimum, so
     the gain is large. CLIP's own zero-shot score is reported, not asserted."""
-    cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
+    cfg = load_config(ExperimentConfig, REPO / "clipml" / "assets" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=true",
         f"data.cache_dir={tmp_path / 'cache'}", "data.options={preset: coco_like, num_images: 600}",
         "data.val_fraction=0.3", "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",

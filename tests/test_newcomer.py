@@ -42,7 +42,7 @@ TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "ba
 
 def tiny_args(tmp_path, name, *overrides):
     """Command-line arguments of train_prompts / zero_shot_eval for a tiny synthetic run."""
-    return ["--config", str(REPO / "configs" / "demo.yaml"), *TINY, "data.cache=false",
+    return ["--config", str(REPO / "clipml" / "assets" / "demo.yaml"), *TINY, "data.cache=false",
             "data.options={}", "data.options.num_images=96", f"data.mask_dir={tmp_path / 'masks'}",
             f"output_dir={tmp_path / 'runs' / '{name}'}", f"name={name}", *overrides]
 
@@ -122,7 +122,7 @@ def test_device_check_is_one_clear_error_for_every_tool(tmp_path, capsys, monkey
         "zero_shot_eval": (zero_shot_eval, tiny_args(tmp_path, "dev")),
         "predict": (predict, ["--classes", "cat,dog", str(image)]),
         "visualize_attention": (visualize_attention, ["--checkpoint", str(tmp_path / "none.safetensors"), str(image)]),
-        "sweep": (sweep, [str(REPO / "configs" / "demo.yaml"), "--set", "optim.epochs=1"]),
+        "sweep": (sweep, [str(REPO / "clipml" / "assets" / "demo.yaml"), "--set", "optim.epochs=1"]),
     }
     for name, (tool, args) in calls.items():
         for device, message in (("cuda", "CUDA is not available"), ("gpu", "'gpu' is not a device name")):
@@ -213,7 +213,7 @@ def test_ctrl_c_before_any_epoch(tmp_path):
 
 # 7 -------------------------------------------------------------------------------------------------
 def test_data_options_can_be_cleared_and_follow_a_dataset_switch(world, caplog):
-    demo = str(REPO / "configs" / "demo.yaml")
+    demo = str(REPO / "clipml" / "assets" / "demo.yaml")
     assert load_experiment(demo, ["data.options={}"]).data.options == {}
     with pytest.raises(ConfigError, match=re.escape("give an empty mapping: data.options={}")):
         load_experiment(demo, ["data.options=null"])
@@ -360,7 +360,7 @@ def test_only_rank_zero_prints(trained, capsys, monkeypatch, caplog):
 def test_zero_shot_eval_names_the_split_and_scores_the_carved_part(trained, capsys):
     tmp, summary, printed, _ = trained
     code, out, _ = run_cli(zero_shot_eval, [*tiny_args(tmp, "run"), "--split", "carved-val"], capsys)
-    assert code == 0 and "the validation part carved from split 'train'" in out
+    assert code == 0 and "the validation split train_prompts selects epochs on: 24 images carved from split 'train'" in out
     mAP = float(re.search(r"mAP (\d+\.\d+)", out).group(1))
     assert mAP == pytest.approx(summary["zero_shot_val"]["mAP"], abs=0.006)  # training's zero-shot val
     code, out, _ = run_cli(zero_shot_eval, [*tiny_args(tmp, "run"), "--split", "val"], capsys)

@@ -229,7 +229,7 @@ def test_checkpoint_round_trip(tiny_backbones, tmp_path):
 def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
     """The toy CLIP trained on the COCO-like world's pretrain captions only (no image labels):
     the learned prompts must beat the untrained (random-context) start on validation images."""
-    cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
+    cfg = load_config(ExperimentConfig, REPO / "clipml" / "assets" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.options={num_images: 300}", "data.val_fraction=0.3", "data.batch_size=128",
         "data.captions.source=synthetic", "data.captions.options={num_captions: 600}",

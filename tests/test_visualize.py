@@ -104,8 +104,8 @@ def test_global_head_and_bad_inputs_are_clear_errors(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         visualize_cli(["--checkpoint", str(files["coop"]), str(files["image"]), "--output", str(tmp_path / "y.png")])
     assert exit_info.value.code == 2 and "no spatial attention" in capsys.readouterr().err
-    with pytest.raises(DataError, match="image not found"):
+    with pytest.raises(DataError, match="image file not found"):
         visualize_attention(files["sdm_csp"], tmp_path / "missing.png", tmp_path / "z.png")
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(DataError, match="not a readable image"):
+    with pytest.raises(DataError, match="cannot decode image .*text.png"):
         visualize_attention(files["sdm_csp"], tmp_path / "text.png", tmp_path / "z.png")

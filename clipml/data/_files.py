@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 from clipml.data.base import MultiLabelSplit
+from clipml.data.images import image_problem
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -86,23 +86,15 @@ def resolve_missing(
 
 
 def decode_problem(split, index: int) -> Optional[str]:
-    """Why image `index` of `split` cannot be decoded, or None. Files are decoded in full (a
-    truncated JPEG fails) but at 1/8 scale where the format allows it, which is several times
-    faster; splits that render in memory go through their `open_image`."""
+    """Why image `index` of `split` cannot be decoded, or None: files through
+    `clipml.data.images.image_problem`, splits that render in memory through their `open_image`."""
     if split.root is None or type(split).open_image is not MultiLabelSplit.open_image:
         try:
             split.open_image(index)
             return None
         except DataError as error:
             return str(error)
-    path = split.image_path(index)
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except Exception as error:  # PIL raises many types for damaged files
-        return f"{path}: {type(error).__name__}: {error}"
-    return None
+    return image_problem(split.image_path(index))
 
 
 def drop_undecodable(split, on_undecodable_image: str):

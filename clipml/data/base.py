@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
+from clipml.data.images import ImageDecodeError, open_image as read_image  # noqa: F401 (re-exported)
 from clipml.errors import DataError
 
 
-class ImageDecodeError(DataError):
-    """An image file exists but cannot be decoded (damaged, truncated or not an image)."""
-
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 """Label codes. UNKNOWN means "missing" in a training split and "ignore" in an evaluation split."""
-
-
-@contextlib.contextmanager
-def _strict_decoding():
-    """Refuse truncated files even where another library has set PIL's LOAD_TRUNCATED_IMAGES
-    (which pads a cut-off image with grey, silently)."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def read_image(path: Path) -> Image.Image:
-    """Decode an image file strictly as RGB; a missing, corrupt or truncated file is a
-    DataError naming it and saying why."""
-    try:
-        with Image.open(path) as image, _strict_decoding():
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"cannot decode image {path}: {error}") from None
 
 
 @dataclasses.dataclass
@@ -114,7 +86,8 @@ class MultiLabelSplit:
         return self.root / self.items[index]
 
     def open_image(self, index: int) -> Image.Image:
-        """Decode image `index` as RGB; a missing, corrupt or truncated file is a DataError naming it."""
+        """Image `index` as upright RGB (`clipml.data.images.open_image`); a missing, corrupt or
+        truncated file is a DataError naming it."""
         return read_image(self.image_path(index))
 
     @property

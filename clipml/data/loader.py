@@ -8,9 +8,9 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from clipml.data.base import ImageDecodeError, MultiLabelSplit
+from clipml.data.base import MultiLabelSplit
+from clipml.data.images import ImageDecodeError, decode_image
 from clipml.errors import ClipmlError
 
 DECODE_HINT = "set data.options.on_undecodable_image=skip to leave such images out"
@@ -59,27 +59,12 @@ class ImageLoader(DataLoader):
                 raise batch.error
             yield batch
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-
-
 def read_image(split: MultiLabelSplit, index: int) -> Union[torch.Tensor, Image.Image]:
-    """Image `index` of `split`, ready for a transform (which starts with PILToTensor, a no-op on a tensor).
-
-    JPEG files are decoded by torchvision straight to a uint8 tensor [3, H, W]: libjpeg-turbo gives
-    PIL's pixels bit for bit, one copy sooner (benchmarks/results/decode.md). Anything else (other
-    formats, a file torchvision refuses, splits that render in memory by overriding `open_image`)
-    goes through `split.open_image`, whose DataError names a missing or corrupt file.
-    """
+    """Image `index` of `split`, ready for a transform (which starts with PILToTensor, a no-op on a
+    tensor): files through `clipml.data.images.decode_image` (JPEGs as torchvision tensors),
+    splits that render in memory (overriding `open_image`) through their `open_image`."""
     if type(split).open_image is MultiLabelSplit.open_image and split.root is not None:
-        try:
-            data = split.image_path(index).read_bytes()
-        except OSError:
-            data = b""
-        if data.startswith(JPEG_MAGIC):
-            try:
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except RuntimeError:
-                pass  # truncated or unsupported: PIL decides, and names the file if it fails too
+        return decode_image(split.image_path(index))
     return split.open_image(index)
 
 

@@ -40,9 +40,9 @@ class DistContext:
 
     def main_first(self, fn: Callable[[], T]) -> T:
         """Run `fn` on rank 0, then on the others: for work that writes shared files (masks).
-        A user error on rank 0 stops every rank with it (see `on_main`)."""
-        self.on_main(fn)
-        return fn()
+        A user error on rank 0 stops every rank with it (see `on_main`). `fn` runs once per process."""
+        result = self.on_main(fn)
+        return result if self.is_main else fn()
 
     def on_main(self, fn: Callable[[], T]) -> Optional[T]:
         """Run `fn` on rank 0 only (None elsewhere) and wait for it on every rank. A ClipmlError it

@@ -13,6 +13,7 @@ import torch
 
 from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
                               object_sizes)
+from clipml.data.splits import require_positives
 from clipml.engine import distributed
 from clipml.engine.features import CountedPass
 from clipml.errors import DataError
@@ -99,6 +100,7 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     """
     settings = settings or EvalConfig()
     split = source.split
+    require_positives(split)  # before scoring: mAP would be undefined
     with_masks = details and split.has_instances
     logits, labels, localization = _score(model, source, progress, localize=with_masks)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
@@ -207,6 +209,7 @@ def decision_thresholds(model: MultiLabelCLIP, source, progress=None) -> Dict[st
     """Per-class decision thresholds chosen on `source` (the validation split), as stored in a
     prompt checkpoint: logit thresholds by class name (`per_class`), the `global` one for
     classes without a validation positive (`fallback`) and for classes a checkpoint does not know."""
+    require_positives(source.split)
     logits, labels = predict(model, source, progress)
     values, global_threshold, fallback = f1_thresholds(logits, labels)
     return {

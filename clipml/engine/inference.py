@@ -13,7 +13,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from clipml.data.base import read_image
+from clipml.data.images import decode_image
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.engine.evaluate import class_thresholds
 from clipml.errors import ConfigError, DataError
@@ -69,7 +69,7 @@ def _score_files(paths: Sequence[Path], batch_size: int, classes: int, decode: C
         images = []
         for path in paths[start:start + batch_size]:
             try:
-                images.append(decode(read_image(path)))
+                images.append(decode(decode_image(path)))
                 kept.append(path)
             except DataError as error:
                 skipped.append((path, str(error)))

@@ -19,8 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from clipml.blending import PrototypeBank, category_contrastive, peak_scores
 from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
+from clipml.data.splits import warn_small_validation
 from clipml.engine import distributed
-from clipml.engine.builders import build_backbone, build_sources, build_splits, select_device
+from clipml.engine.builders import (build_backbone, build_sources, build_splits, select_device,
+                                     validation_description)
 from clipml.engine.captions import build_caption_source
 from clipml.engine.checkpoint import (
     learned_backbone,
@@ -119,13 +121,18 @@ def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
 
 def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
     """A run folder with trained state belongs to one config: resuming with another would mix two
-    experiments. A folder with only its config (a run that failed before training) is free."""
+    experiments, except that optim.epochs may change (raising it continues the run). A folder
+    with only its config (a run that failed before training) is free."""
     saved = run / "config.yaml"
     trained = [name for name in (STATE, LAST, BEST, "summary.json") if (run / name).is_file()]
     if saved.is_file() and trained:
         import yaml
 
-        if not same_experiment(yaml.safe_load(saved.read_text()), cfg):
+        previous = yaml.safe_load(saved.read_text())
+        if same_experiment(previous, cfg, any_epochs=True) and not same_experiment(previous, cfg):
+            logger.info("%s: optim.epochs is now %d (was %s): the run continues from its last epoch",
+                        run, cfg.optim.epochs, previous.get("optim", {}).get("epochs"))
+        elif not same_experiment(previous, cfg):
             raise ConfigError(
                 f"{run} holds a run with another config ({', '.join(trained)}); choose another name or "
                 f"output_dir, or start it over with --no-resume (train(..., resume=False))"
@@ -156,6 +163,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
 
+    if cfg.init_from:  # a missing or foreign file fails here, before data or weights load
+        read_prompt_checkpoint(cfg.init_from)
     context.on_main(claim_run_folder)
     started = time.time()
     previous = _previous_summary(run) if resume else None
@@ -176,10 +185,11 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         train_source = build_caption_source(cfg, backbone, train_split, context)
     torch.manual_seed(cfg.seed)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
+    if cfg.init_from:
+        load_into(model, *read_prompt_checkpoint(cfg.init_from), cfg.init_from)
+        logger.info("training starts from the tensors of %s", cfg.init_from)
     config_dict = config_to_dict(cfg)
-    masked = "partial labels" if cfg.data.mask_file or cfg.data.known_ratio < 1.0 else "full labels"
-    splits = {"val": f"{len(val_split)} images carved from split '{cfg.data.train_split}' "
-                     f"(data.val_fraction={cfg.data.val_fraction}, data.mask_seed={cfg.data.mask_seed}; {masked})",
+    splits = {"val": validation_description(cfg, val_split),
               "test": f"split '{cfg.data.test_split}' ({len(test_split)} images)"}
 
     zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
@@ -187,8 +197,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False, settings=cfg.eval))
     zero_shot_test_metrics = evaluate(zero_shot, test_source, progress, settings=cfg.eval)
     zero_shot_test = _headline(zero_shot_test_metrics)
-    logger.info("zero-shot mAP: %.2f on the validation part carved from split '%s', %.2f on split '%s'",
-                zero_shot_val["mAP"], cfg.data.train_split, zero_shot_test["mAP"], cfg.data.test_split)
+    logger.info("zero-shot mAP: %.2f on the validation split, %.2f on split '%s'",
+                zero_shot_val["mAP"], zero_shot_test["mAP"], cfg.data.test_split)
     history, trained_now, prior_seconds = [], 0, 0.0
 
     # The untrained model: where learning starts.
@@ -196,7 +206,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     if model.trainable_parameters():
         history, best, trained_now, prior_seconds = _fit(
             cfg, model, train_source, val_source, run, config_dict, resume, progress, context,
-            lambda: time.time() - started)
+            lambda: time.time() - started, splits["val"])
         context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
@@ -235,6 +245,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "history": history,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "thresholds": thresholds,
+        "init_from": cfg.init_from,
         "seconds": round(seconds, 1),
         "seconds_this_call": round(call_seconds, 1),
     }
@@ -296,9 +307,10 @@ class TrainingStep(nn.Module):
         return training_loss(self.model, self.loss_fn, dense, labels, blending, generator, contrastive)
 
 
-def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed):
+def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed, val_where):
     """Train the remaining epochs. Returns (history, best, epochs trained in this call, seconds
-    the run had taken before this call). Epochs are counted from 1 in every record and file."""
+    the run had taken before this call). Epochs are counted from 1 in every record and file.
+    `val_where` says where the validation split comes from (for the small-split warning)."""
     optim = cfg.optim
     optimizer = build_optimizer(optim, model)
     steps_per_epoch = len(train_source)
@@ -316,8 +328,17 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             history = [dict(record, epoch=record["epoch"] + 1) for record in history]
             best = dict(best, epoch=best["epoch"] + 1)
         prior_seconds = float(state.get("seconds", 0.0))  # the earlier calls' time, up to their last save
-        logger.info("resuming %s after epoch %d", run, start_epoch)
+        if start_epoch > optim.epochs:
+            raise ConfigError(f"{run} holds {start_epoch} trained epochs, more than optim.epochs={optim.epochs}; "
+                              f"raise optim.epochs to continue it, or start over with --no-resume")
+        # optim.epochs may have been raised: the cosine then runs over the new length, so training
+        # goes on at the rate the longer schedule has at this step and decays to 0 at its new end.
+        for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
+        logger.info("resuming %s after epoch %d of %d", run, start_epoch, optim.epochs)
 
+    if context.is_main and start_epoch < optim.epochs:
+        warn_small_validation(val_source.split, val_where)
     step = TrainingStep(model, loss_fn)
     if context.active:
         # Blend weights go unused before the blending epochs start.
