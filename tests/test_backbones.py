@@ -136,6 +136,25 @@ def test_resnet_pool_is_attention_mixture_of_dense_tokens(trained):
     torch.testing.assert_close(dense.pooled, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("positional", [True, False])
+def test_attention_pool_mean_token_is_the_pools_own(positional):
+    """DualCoOp's extra token: the pool's mean token through v_proj and c_proj, computed from the
+    dense tokens alone, equals the pool's own value path of that token (with and without the
+    pool's positional embedding, TaI-DPT's image features)."""
+    backbone = load_backbone(BackboneConfig("open_clip:clipml-tiny-rn", image_size=128, allow_random=True,
+                                            attnpool_positional=positional))
+    pool = backbone.model.visual.attnpool
+    images = images_for(backbone)
+    with torch.no_grad():
+        dense = backbone.encode_dense(images)
+        x = backbone.resnet_feature_map(images).flatten(2).transpose(1, 2)  # [B, N, C]
+        mean = x.mean(dim=1)
+        if positional:
+            mean = mean + pool.positional_embedding[0]
+        expected = pool.c_proj(pool.v_proj(mean))
+        torch.testing.assert_close(backbone.attention_pool_mean_token(dense.tokens), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "family,size,grid",
     [("open_clip_vit", 64, (8, 8)), ("open_clip_rn", 128, (4, 4)), ("hf_vit", 64, (8, 8))],
