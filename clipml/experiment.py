@@ -9,7 +9,7 @@ from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 import yaml
 
 from clipml.backbones.config import BackboneConfig
-from clipml.config import config_from_dict
+from clipml.config import config_from_dict, config_to_dict
 from clipml.data.captions import CaptionConfig
 from clipml.errors import ClipmlError, ConfigError
 from clipml.losses import REFERENCE_REDUCTION
@@ -22,10 +22,17 @@ logger = logging.getLogger(__name__)
 class DataConfig:
     dataset: str = "synthetic"  # a name of clipml.data.available_datasets()
     root: Optional[str] = None  # the dataset folder (a manifest file or folder for "manifest")
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset loader; {} clears
+    # Passed to the dataset loader; {} clears. manifest: `unlisted` (unknown or negative) must say
+    # what the classes a record leaves out are, unless every record lists every class.
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     train_split: str = "train"  # the split trained on (and the validation part is carved from)
     test_split: str = "test"  # the split of the final test evaluation
-    known_ratio: float = 0.1  # p of the partial-label protocol, in (0, 1]; 1.0 keeps all training labels
+    # p of the simulated partial-label protocol, in (0, 1], on datasets with complete labels;
+    # 1.0 keeps all training labels. Partial labels of the data itself: see partial_labels.
+    known_ratio: float = 0.1
+    # A training split whose own labels are partial (a manifest with unknown entries): "keep"
+    # them as they are (known_ratio is not applied) or "simulate" known_ratio's protocol on top.
+    partial_labels: Literal["keep", "simulate"] = "keep"
     mask_seed: int = 1  # mask and validation-carve seed; 0 reproduces the published protocol's masks, as configs/ set
     mask_dir: Optional[str] = "masks"  # mask files, shared by every run and method
     mask_file: Optional[str] = None  # an external partial-label matrix (SST/SARB/DSRB convention)
@@ -143,17 +150,49 @@ class ExperimentConfig:
         return self.output_dir.format(name=self.name)
 
 
-def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig, any_epochs: bool = False) -> bool:
-    """Whether a run's saved config (its config.yaml) describes `cfg` (with `any_epochs`: but for
-    optim.epochs, so that a finished run can be continued). Keys added to clipml since it was
-    written take their defaults, so a run from an older version still resumes."""
+# Keys that say where or how fast a run goes, not what it computes: resuming a run, reading back a
+# finished one (train, sweep) ignores them. Every other key is part of the experiment's identity.
+RUN_ONLY_KEYS = ("name", "output_dir", "device", "data.workers", "data.eval_batch_size", "data.cache_dir",
+                 "data.cache_device")
+
+
+def _leaves(cfg: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dotted key -> plain value of every key of a config but the RUN_ONLY_KEYS."""
+    out: Dict[str, Any] = {}
+    for field in dataclasses.fields(cfg):
+        key, value = prefix + field.name, getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, key + "."))
+        elif key not in RUN_ONLY_KEYS:
+            out[key] = config_to_dict(value)
+    return out
+
+
+def config_differences(saved: Dict[str, Any], cfg: ExperimentConfig) -> Dict[str, Tuple[Any, Any]]:
+    """Key -> (saved value, value in `cfg`) for every key that differs between a run's saved config
+    (its config.yaml) and `cfg`, leaving out RUN_ONLY_KEYS. Keys added to clipml since it was
+    written take their defaults, so a run from an older version still resumes; a saved config that
+    no longer reads differs as a whole (key "config.yaml")."""
     try:
-        previous = config_from_dict(ExperimentConfig, saved)
-    except ClipmlError:
-        return False
-    if any_epochs:
-        previous = dataclasses.replace(previous, optim=dataclasses.replace(previous.optim, epochs=cfg.optim.epochs))
-    return previous == cfg
+        old = _leaves(config_from_dict(ExperimentConfig, saved))
+    except ClipmlError as error:
+        return {"config.yaml": (str(error), None)}
+    new = _leaves(cfg)
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}
+
+
+def describe_differences(differences: Dict[str, Tuple[Any, Any]], limit: int = 5) -> str:
+    """'key: old -> new, ...' for the first `limit` differing keys."""
+    text = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(differences.items())[:limit])
+    return text + (f" and {len(differences) - limit} more" if len(differences) > limit else "")
+
+
+def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig) -> bool:
+    """Whether a run's saved config describes `cfg` in every key that changes results."""
+    return not config_differences(saved, cfg)
+
+
 def load_experiment(path: Optional[str], overrides: Sequence[str] = (),
                     base: Optional[Tuple[Dict[str, Any], str]] = None) -> ExperimentConfig:
     """An experiment config from a YAML file and ``key=value`` overrides. When the overrides

@@ -158,6 +158,16 @@ def test_finished_run_with_another_config_is_refused(swept):
         run_sweep(other)
 
 
+def test_finished_runs_are_read_back_on_another_device_or_worker_count(swept):
+    """Keys that change no result (device, workers, evaluation batch) do not make a finished run
+    "another config" (issue 25: sweep --device refused every finished run)."""
+    spec = swept["spec"]
+    again = SweepSpec(spec.configs, spec.proportions, spec.seeds, spec.name, spec.output_dir,
+                      ["device=cpu", "data.workers=1", "data.eval_batch_size=7"])
+    result = run_sweep(again)
+    assert result.trained == 0 and result.reused == len(plan(spec)[1])
+
+
 def test_spread_over_seeds_and_average(tmp_path):
     spec = SweepSpec(write_configs(tmp_path), PROPORTIONS, (0, 1), name="full", output_dir=str(tmp_path / "out"))
     folder, runs = plan(spec)

@@ -6,8 +6,11 @@ JSONL: one object per line,
 two columns optional), class names separated by `;` inside a field.
 
 Classes come from the `classes` file (one name per line, in class order) or, if not given,
-`classes.txt` next to the manifest. Classes not listed for an image get `unlisted`
-("negative", default, or "unknown"). Image paths are relative to `image_root` (default: the
+`classes.txt` next to the manifest. A record that leaves classes out must say what they are:
+`unlisted="unknown"` (not annotated: partial labels) or `"negative"` (absent); without it such a
+record is an error, since guessing "negative" would turn a user's missing labels into wrong
+ones. A split with unknown entries declares its labels partial (`labels_complete=False`), so
+training keeps them as they are instead of simulating more unknowns. Image paths are relative to `image_root` (default: the
 manifest's folder). Which file is which split is the caller's choice: `load_split("manifest",
 path_to_file, ...)`, or a folder holding `<split>.jsonl` or `<split>.csv`.
 """
@@ -95,14 +98,14 @@ def load_manifest(
     split: str = "train",
     *,
     classes: Optional[Union[str, Path, Sequence[str]]] = None,
-    unlisted: str = "negative",
+    unlisted: Optional[str] = None,
     image_root: Optional[Union[str, Path]] = None,
     name: Optional[str] = None,
     check_images: bool = True,
     on_missing_image: str = "error",
 ) -> MultiLabelSplit:
     """Load a manifest split. The dataset identity is `name` (default: the manifest folder's name)."""
-    if unlisted not in UNLISTED:
+    if unlisted is not None and unlisted not in UNLISTED:
         raise ConfigError(f"manifest: data.options.unlisted must be one of {sorted(UNLISTED)}, got {unlisted!r}")
     path = find_manifest(Path(root), split)
     if path.suffix.lower() == ".jsonl":
@@ -122,7 +125,7 @@ def load_manifest(
     column: Dict[str, int] = {c: i for i, c in enumerate(class_names)}
 
     items: List[str] = []
-    labels = np.full((len(records), len(class_names)), UNLISTED[unlisted], dtype=np.int8)
+    labels = np.full((len(records), len(class_names)), UNLISTED.get(unlisted, UNKNOWN), dtype=np.int8)
     for i, (number, image, fields) in enumerate(records):
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{path} line {number}: missing or empty 'image'")
@@ -135,6 +138,11 @@ def load_manifest(
                     raise DataError(f"{path} line {number}: class '{cls}' listed in both '{seen[cls]}' and '{field}'")
                 seen[cls] = field
                 labels[i, column[cls]] = CODES[field]
+        if unlisted is None and len(seen) < len(class_names):
+            raise DataError(
+                f"{path} line {number}: lists {len(seen)} of the {len(class_names)} classes; say what the others "
+                f"are: data.options.unlisted=unknown (not annotated: partial labels) or "
+                f"data.options.unlisted=negative (absent from the image)")
         items.append(image.strip())
     check_unique(items, str(path), "image")
 
@@ -144,4 +152,5 @@ def load_manifest(
         image_root, items, labels, check_images=check_images, on_missing_image=on_missing_image,
         where=f"manifest {path}",
     )
-    return finish_split(MultiLabelSplit(dataset, split, class_names, items, labels, image_root), skipped)
+    complete = not (labels == UNKNOWN).any()
+    return finish_split(MultiLabelSplit(dataset, split, class_names, items, labels, image_root, complete), skipped)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import carve_validation, import_mask, load_split, partial_split
@@ -24,24 +26,65 @@ def build_backbone(cfg: ExperimentConfig, device: Optional[str] = None) -> Froze
     return load_backbone(cfg.backbone, device or select_device(cfg.device))
 
 
-def build_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:
-    """(train, validation, test): the training split gets the partial-label mask, then a seeded
-    validation part is carved from it, or `data.val_split` names the validation split. The test
-    split is never used for model selection."""
+def label_source(cfg: ExperimentConfig, train: MultiLabelSplit) -> str:
+    """Where the training labels come from, given the loaded (unmasked) training split: an
+    imported mask, the simulated protocol at known_ratio (on complete labels, or on top of partial
+    ones with data.partial_labels=simulate), or the labels as they are."""
     data = cfg.data
-    train = load_split(data.dataset, data.root, data.train_split, **data.options)
-    test = load_split(data.dataset, data.root, data.test_split, **data.options)
     if data.mask_file:
+        return "imported mask"
+    if data.known_ratio < 1.0 and (train.labels_complete or data.partial_labels == "simulate"):
+        return "simulated" if train.labels_complete else "simulated on own partial labels"
+    return "complete labels, all kept" if train.labels_complete else "own partial labels, kept"
+
+
+def _describe(cfg: ExperimentConfig, source: str, before: float) -> str:
+    p = f"p={cfg.data.known_ratio:g}, data.mask_seed={cfg.data.mask_seed}"
+    return {
+        "imported mask": f"imported from data.mask_file={cfg.data.mask_file}",
+        "simulated": f"simulated protocol at {p} on complete labels",
+        "simulated on own partial labels": (f"simulated protocol at {p} on top of the dataset's own partial labels "
+                                            f"({100 * before:.1f}% known before; data.partial_labels=simulate)"),
+        "complete labels, all kept": "complete labels, all kept (data.known_ratio=1)",
+        "own partial labels, kept": (f"the dataset's own partial labels, kept as they are (data.known_ratio="
+                                     f"{cfg.data.known_ratio:g} not applied; data.partial_labels=simulate applies it)"),
+    }[source]
+
+
+def load_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit]:
+    """(train, test) as the dataset holds them: no mask applied, nothing carved."""
+    data = cfg.data
+    return (load_split(data.dataset, data.root, data.train_split, **data.options),
+            load_split(data.dataset, data.root, data.test_split, **data.options))
+
+
+def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, MultiLabelSplit]] = None
+                 ) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:
+    """(train, validation, test) from the `loaded` splits (default: `load_splits(cfg)`): the
+    training split gets its partial labels (see label_source), then a seeded validation part is
+    carved from it, or `data.val_split` names the validation split. The test split is never used
+    for model selection."""
+    data = cfg.data
+    train, test = loaded or load_splits(cfg)
+    source, before = label_source(cfg, train), train.known.mean()
+    if source == "imported mask":
         train = import_mask(data.mask_file, train)
-    elif data.known_ratio < 1.0:
+    elif source.startswith("simulated"):
         train = partial_split(train, data.known_ratio, data.mask_seed, data.mask_dir)
     if data.val_split:
         val = load_validation(cfg, train)
     else:
         train, val = carve_validation(train, data.val_fraction, seed=data.mask_seed)
-    logger.info("%s: %d train, %d val, %d test images; %.1f%% of training labels known",
-                data.dataset, len(train), len(val), len(test), 100 * train.known.mean())
+    logger.info("%s: %d train, %d val, %d test images; training labels: %s; %.1f%% of them known",
+                data.dataset, len(train), len(val), len(test), _describe(cfg, source, before),
+                known_percent(cfg, train, val))
     return train, val, test
+
+
+def known_percent(cfg: ExperimentConfig, train: MultiLabelSplit, val: MultiLabelSplit) -> float:
+    """% of the training split's label entries known, the carved validation part included."""
+    known = train.known if cfg.data.val_split else np.concatenate([train.known, val.known])
+    return 100 * float(known.mean())
 
 
 def load_validation(cfg: ExperimentConfig, train: MultiLabelSplit) -> MultiLabelSplit:
@@ -70,9 +113,25 @@ def validation_description(cfg: ExperimentConfig, val: MultiLabelSplit) -> str:
     data = cfg.data
     if data.val_split:
         return f"{len(val)} images of data.val_split={data.val_split!r} (labels as given)"
-    masked = "partial labels" if data.mask_file or data.known_ratio < 1.0 else "full labels"
+    masked = "full labels" if label_source(cfg, val) == "complete labels, all kept" else "partial labels"
     return (f"{len(val)} images carved from split '{data.train_split}' (data.val_fraction={data.val_fraction}, "
             f"data.mask_seed={data.mask_seed}; {masked})")
+
+
+def data_identity(loaded: Tuple[MultiLabelSplit, MultiLabelSplit], train: MultiLabelSplit,
+                  val: MultiLabelSplit) -> Dict[str, Dict[str, Optional[str]]]:
+    """What a run is trained and tested on, as digests: the dataset's train and test splits as
+    loaded (image list, labels, image files' sizes and times) and the training and validation
+    parts with their partial labels (the validation files too: data.val_split may name others). A run folder records it (data.json) so that a rerun on
+    edited labels or replaced images is refused instead of resumed."""
+    def digests(split: MultiLabelSplit, files: bool = True) -> Dict[str, Optional[str]]:
+        out = {"images": split.fingerprint(), "labels": split.labels_digest()}
+        if files:
+            out["image files"] = split.files_digest()
+        return out
+
+    return {"train split": digests(loaded[0]), "test split": digests(loaded[1]),
+            "training part": digests(train, files=False), "validation part": digests(val)}
 
 
 def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,

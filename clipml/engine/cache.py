@@ -12,8 +12,9 @@ View 0 is the evaluation transform; views 1.. are the training augmentation, eac
 from (seed, view, image index), so a cache is reproducible and resuming gives the same bytes.
 
 The folder name is a hash of the key, so a change of backbone, precision, image size, dense mode
-(`backbone.dense`), transform or image list lands in another folder and is built anew; a stale
-cache is never read. A folder whose stored key differs from the expected one is refused. A cache
+(`backbone.dense`), transform, image list, image folder or image files (size and modification
+time of each) lands in another folder and is built anew; a stale cache is never read (caches of
+format 1, keyed without the files, are never opened again). A folder whose stored key differs from the expected one is refused. A cache
 is built in `<folder>.partial/`, chunk by chunk (meta.json records progress), and renamed when
 complete: an interrupted build resumes where it stopped. On opening, file sizes are checked and the CRC
 of a sample of chunks is recomputed; `verify(full=True)` checks every chunk.
@@ -57,7 +58,7 @@ from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the layout or the meaning of the arrays changes
+FORMAT = 2  # bump when the layout, the meaning of the arrays or the key changes (2: image files in the key)
 META, TOKENS, POOLED = "meta.json", "tokens.npy", "pooled.npy"
 PROGRESS = "progress-{}.json"  # the chunks committed by rank {} > 0 of a sharded build
 DTYPE = np.dtype(np.float16)
@@ -67,7 +68,9 @@ READ_ROWS = 64  # rows per read when a whole chunk is checked or loaded
 
 def cache_key(split: MultiLabelSplit, backbone: FrozenCLIP, views: int, augment: str, seed: int) -> Dict:
     """Everything the cached features depend on. Augmentation policy and seed matter only when
-    there are augmented views, so a one-view cache survives a change of either."""
+    there are augmented views, so a one-view cache survives a change of either. The images are
+    identified by their folder and by each file's size and modification time (one stat per
+    file): replaced images, or other images under the same names elsewhere, get another cache."""
     augmented = views > 1
     return {
         "format": FORMAT,
@@ -81,7 +84,9 @@ def cache_key(split: MultiLabelSplit, backbone: FrozenCLIP, views: int, augment:
             "augment": augment if augmented else None,
             "seed": int(seed) if augmented else None,
         },
-        "images": {"dataset": split.dataset, "count": len(split), "fingerprint": split.fingerprint()},
+        "images": {"dataset": split.dataset, "count": len(split), "fingerprint": split.fingerprint(),
+                   "root": str(split.root.resolve()) if split.root is not None else None,
+                   "files": split.files_digest()},
     }
 
 

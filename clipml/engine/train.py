@@ -21,8 +21,8 @@ from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.data.splits import warn_small_validation
 from clipml.engine import distributed
-from clipml.engine.builders import (build_backbone, build_sources, build_splits, select_device,
-                                     validation_description)
+from clipml.engine.builders import (build_backbone, build_sources, build_splits, data_identity, known_percent,
+                                    label_source, load_splits, select_device, validation_description)
 from clipml.engine.captions import build_caption_source
 from clipml.engine.checkpoint import (
     learned_backbone,
@@ -36,7 +36,8 @@ from clipml.engine.checkpoint import (
 from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
 from clipml.engine.features import CountedPass
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
-from clipml.experiment import ExperimentConfig, LossConfig, OptimConfig, same_experiment
+from clipml.experiment import (DataConfig, ExperimentConfig, LossConfig, OptimConfig, config_differences,
+                               describe_differences)
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
+DATA = "data.json"  # the run's data identity (builders.data_identity)
 
 
 def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Optimizer:
@@ -119,24 +121,55 @@ def _headline(metrics: Dict[str, object]) -> Dict[str, float]:
             if key in ("mAP", "CF1", "OF1") or key.startswith(("CF1_", "OF1_"))}
 
 
+def _trained_files(run: Path) -> List[str]:
+    return [name for name in (STATE, LAST, BEST, "summary.json") if (run / name).is_file()]
+
+
 def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
     """A run folder with trained state belongs to one config: resuming with another would mix two
-    experiments, except that optim.epochs may change (raising it continues the run). A folder
-    with only its config (a run that failed before training) is free."""
+    experiments. Only keys that change results count (RUN_ONLY_KEYS aside), and optim.epochs may
+    change (raising it continues the run). A folder with only its config (a run that failed before
+    training) is free."""
     saved = run / "config.yaml"
-    trained = [name for name in (STATE, LAST, BEST, "summary.json") if (run / name).is_file()]
+    trained = _trained_files(run)
     if saved.is_file() and trained:
         import yaml
 
         previous = yaml.safe_load(saved.read_text())
-        if same_experiment(previous, cfg, any_epochs=True) and not same_experiment(previous, cfg):
+        differences = config_differences(previous, cfg)
+        if list(differences) == ["optim.epochs"]:
             logger.info("%s: optim.epochs is now %d (was %s): the run continues from its last epoch",
-                        run, cfg.optim.epochs, previous.get("optim", {}).get("epochs"))
-        elif not same_experiment(previous, cfg):
+                        run, cfg.optim.epochs, differences["optim.epochs"][0])
+        elif differences:
             raise ConfigError(
-                f"{run} holds a run with another config ({', '.join(trained)}); choose another name or "
-                f"output_dir, or start it over with --no-resume (train(..., resume=False))"
+                f"{run} holds a run with another config ({describe_differences(differences)}) in "
+                f"{', '.join(trained)}; choose another name or output_dir, or start it over with --no-resume "
+                f"(train(..., resume=False))"
             )
+
+
+def _claim_data(run: Path, identity: Dict[str, Dict[str, Optional[str]]], resume: bool,
+                data: DataConfig) -> None:
+    """Record the data a run is trained on (data.json); a run folder with trained state resumes
+    only on the same data, so a summary never mixes two versions of the labels or images."""
+    recorded = run / DATA
+    trained = _trained_files(run)
+    if resume and trained:
+        hint = "choose another name or output_dir, or start it over with --no-resume (train(..., resume=False))"
+        try:
+            before = json.loads(recorded.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{run} holds a run ({', '.join(trained)}) that does not record the data it was "
+                              f"trained on ({DATA}, written since clipml fingerprints the data); {hint}") from None
+        except ValueError as error:
+            raise ConfigError(f"{run}/{DATA} cannot be read ({error}); {hint}") from None
+        changed = [f"{part} {what}" for part, digests in identity.items() for what, value in digests.items()
+                   if (before.get(part) or {}).get(what) != value]
+        if changed:
+            raise ConfigError(
+                f"{run} holds a run trained on other data: {', '.join(changed)} differ (data.dataset="
+                f"{data.dataset}, data.root={data.root}, splits '{data.train_split}' and '{data.test_split}'); {hint}")
+    recorded.write_text(json.dumps(identity, indent=1))
 
 
 def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None,
@@ -173,7 +206,10 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     np.random.seed(cfg.seed)
     # Data before weights: a wrong root or file fails before a backbone is loaded or downloaded.
     # Rank 0 writes the mask files first; the other ranks then read them.
-    train_split, val_split, test_split = context.main_first(lambda: build_splits(cfg))
+    loaded = load_splits(cfg)
+    train_split, val_split, test_split = context.main_first(lambda: build_splits(cfg, loaded))
+    identity = data_identity(loaded, train_split, val_split)
+    context.on_main(lambda: _claim_data(run, identity, resume, cfg.data))
     classnames = readable_names(train_split)
     backbone = build_backbone(cfg, context.device)
     # Every rank encodes its share of the feature caches.
@@ -189,6 +225,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         load_into(model, *read_prompt_checkpoint(cfg.init_from), cfg.init_from)
         logger.info("training starts from the tensors of %s", cfg.init_from)
     config_dict = config_to_dict(cfg)
+    labels = label_source(cfg, train_split)
     splits = {"val": validation_description(cfg, val_split),
               "test": f"split '{cfg.data.test_split}' ({len(test_split)} images)"}
 
@@ -226,6 +263,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "method": cfg.model.method,
         "dataset": cfg.data.dataset,
         "known_ratio": cfg.data.known_ratio,
+        # Where the training labels came from (label_source) and the % of entries known.
+        "training_labels": {"source": labels, "known": round(known_percent(cfg, train_split, val_split), 3)},
         "backbone": backbone.identity,
         "loss": f"{cfg.loss.name} ({cfg.loss.reduction} over known entries)"
                 + (f" x {cfg.loss.weight:g}" if cfg.loss.weight != 1 else ""),
@@ -487,7 +526,7 @@ def _markdown(summary: Dict[str, object]) -> str:
     notes = summary["evaluation"]
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
-        f"{100 * summary['known_ratio']:.0f}% of training labels known, backbone "
+        f"{_labels_text(summary)}, backbone "
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}, dense map "
         f"{summary['backbone'].get('dense', 'tokens')}), loss {summary['loss']}, "
         f"{summary['trainable_parameters']} trainable parameters, {best}, "
@@ -496,6 +535,18 @@ def _markdown(summary: Dict[str, object]) -> str:
         + _details_markdown(summary)
         + "\n## AP per class (test)\n\n" + "\n".join(per_class) + "\n"
     )
+
+
+def _labels_text(summary: Dict[str, object]) -> str:
+    """The training labels in a few words (summaries written before `training_labels`: p)."""
+    labels = summary.get("training_labels")
+    if labels is None:
+        return f"{100 * summary['known_ratio']:.0f}% of training labels known"
+    source = {"own partial labels, kept": "the dataset's own partial labels kept as they are",
+              "simulated": f"simulated protocol at p={summary['known_ratio']:g}",
+              "simulated on own partial labels": f"simulated protocol at p={summary['known_ratio']:g} on top of the "
+                                                 "dataset's own partial labels"}.get(labels["source"], labels["source"])
+    return f"{labels['known']:.1f}% of training labels known ({source})"
 
 
 def _ap_text(ap: Optional[float]) -> str:
