@@ -28,9 +28,11 @@ import numpy as np
 import yaml
 
 from clipml.engine.evaluate import AP_NAMES
-from clipml.engine.train import train
+from clipml.data.base import MultiLabelSplit
+from clipml.engine.builders import load_splits, loaded_identity
+from clipml.engine.train import check_same_data, train
 from clipml.errors import ConfigError
-from clipml.experiment import ExperimentConfig, load_experiment, same_experiment
+from clipml.experiment import ExperimentConfig, config_differences, describe_differences, load_experiment
 from clipml.metrics import PROPORTIONS, sweep_average
 
 logger = logging.getLogger(__name__)
@@ -140,30 +142,46 @@ def _check_same_data(configs: Dict[str, ExperimentConfig], paths: Dict[str, str]
                 )
 
 
-def _finished_summary(run: SweepRun) -> Optional[Dict[str, object]]:
-    """The summary of a finished run, checked to belong to this run's config; None if unfinished."""
+def _finished_summary(run: SweepRun, data: Dict[str, Dict[str, Optional[str]]]) -> Optional[Dict[str, object]]:
+    """The summary of a finished run, checked to belong to this run's config and to the dataset
+    as it is now (`data`: builders.loaded_identity); None if unfinished."""
     summary = run.folder / "summary.json"
     if not summary.is_file():
         return None
     saved = run.folder / "config.yaml"
-    if not saved.is_file() or not same_experiment(yaml.safe_load(saved.read_text()), run.config):
-        raise ConfigError(
-            f"{run.folder} holds a finished run with another config (other overrides or config file?); "
-            f"give the sweep another name or output_dir, or remove that folder"
-        )
+    hint = "give the sweep another name or output_dir, or remove that folder"
+    differences = (config_differences(yaml.safe_load(saved.read_text()), run.config) if saved.is_file()
+                   else {"config.yaml": ("missing", None)})
+    if differences:
+        raise ConfigError(f"{run.folder} holds a finished run with another config ({describe_differences(differences)}); "
+                          f"{hint}")
+    check_same_data(run.folder, data, run.config.data, hint)
     return json.loads(summary.read_text())
+
+
+def _check_p_applies(cfg: ExperimentConfig, train_split: MultiLabelSplit) -> None:
+    """A sweep over p on labels that are already partial needs data.partial_labels=simulate: kept
+    as they are, every p would train the same run."""
+    if not train_split.labels_complete and cfg.data.partial_labels == "keep" and not cfg.data.mask_file:
+        raise ConfigError(
+            f"sweep: the training labels of {cfg.data.dataset} (data.root={cfg.data.root}) are already partial "
+            f"({100 * train_split.known.mean():.1f}% known), and data.partial_labels=keep uses them as they are at "
+            f"every p; add --set data.partial_labels=simulate to simulate each p on top of them")
 
 
 def run_sweep(spec: SweepSpec, progress: Progress = None) -> SweepResult:
     """Train (or read back) every run of the sweep, then write its tables and plot."""
     folder, runs = plan(spec)
+    loaded = load_splits(runs[0].config)  # the configs agree on the data (plan checks it)
+    _check_p_applies(runs[0].config, loaded[0])
+    data = loaded_identity(loaded)
     folder.mkdir(parents=True, exist_ok=True)
     logger.info("sweep %s: %d runs (%d methods x %d proportions x %d seeds)", folder, len(runs),
                 len({r.method for r in runs}), len({r.p for r in runs}), len({r.seed for r in runs}))
     summaries, trained, reused = [], 0, 0
     iterable = progress(runs, "sweep") if progress is not None else runs
     for index, run in enumerate(iterable):
-        summary = _finished_summary(run)
+        summary = _finished_summary(run, data)
         if summary is None:
             logger.info("run %d/%d: %s p=%g seed %d", index + 1, len(runs), run.method, run.p, run.seed)
             summary = train(run.config, resume=True, progress=progress)

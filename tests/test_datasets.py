@@ -232,7 +232,7 @@ def test_nuswide_vocabulary_has_81_concepts():
 EXPECTED_MANIFEST = np.array(
     [
         [1, 1, 0, -1],   # cat, dog positive; car negative; bus unknown
-        [0, 0, 1, 0],    # car positive; rest unlisted -> negative
+        [0, 0, 1, 0],    # car positive; rest unlisted -> negative (unlisted="negative")
         [-1, 0, 0, 0],   # cat unknown; rest unlisted -> negative
     ],
     dtype=np.int8,
@@ -242,14 +242,14 @@ EXPECTED_MANIFEST = np.array(
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_manifest_formats_agree(tmp_path, fmt):
     path = make_manifest(tmp_path / "mydata", fmt)
-    split = load_split("manifest", path, "train")
+    split = load_split("manifest", path, "train", unlisted="negative")
     assert split.classes == MANIFEST_CLASSES
     assert split.items == ["img/a.jpg", "img/b.jpg", "img/c.jpg"]
     np.testing.assert_array_equal(split.labels, EXPECTED_MANIFEST)
     assert split.dataset == "mydata"
     assert split.open_image(1).size == (8, 6)
     # a folder finds <split>.<fmt>
-    again = load_split("manifest", tmp_path / "mydata", "train")
+    again = load_split("manifest", tmp_path / "mydata", "train", unlisted="negative")
     np.testing.assert_array_equal(again.labels, split.labels)
 
 
@@ -267,8 +267,8 @@ def test_manifest_image_root(tmp_path):
     path = make_manifest(tmp_path / "lists", "jsonl")
     (tmp_path / "lists" / "img").rename(tmp_path / "img")
     with pytest.raises(DataError, match="3 of 3 image files not found"):
-        load_split("manifest", path, "train")  # default root: the manifest's folder
-    split = load_split("manifest", path, "train", image_root=tmp_path)
+        load_split("manifest", path, "train", unlisted="negative")  # default root: the manifest's folder
+    split = load_split("manifest", path, "train", image_root=tmp_path, unlisted="negative")
     assert split.items[0] == "img/a.jpg" and split.root == tmp_path
     assert split.open_image(0).size == (8, 6)
 
@@ -314,13 +314,13 @@ def test_manifest_missing_image_skip(tmp_path, caplog):
     path = make_manifest(tmp_path, "jsonl")
     (tmp_path / "img" / "b.jpg").unlink()
     with pytest.raises(DataError, match="1 of 3 image files not found .*img/b.jpg"):
-        load_split("manifest", path, "train")
+        load_split("manifest", path, "train", unlisted="negative")
     with caplog.at_level(logging.WARNING):
-        split = load_split("manifest", path, "train", on_missing_image="skip")
+        split = load_split("manifest", path, "train", on_missing_image="skip", unlisted="negative")
     assert split.items == ["img/a.jpg", "img/c.jpg"] and split.skipped_images == ["img/b.jpg"]
     np.testing.assert_array_equal(split.labels, EXPECTED_MANIFEST[[0, 2]])
     with pytest.raises(ConfigError, match="on_missing_image"):
-        load_split("manifest", path, "train", on_missing_image="ignore")
+        load_split("manifest", path, "train", on_missing_image="ignore", unlisted="negative")
 
 
 def test_manifest_split_file_lookup(tmp_path):
@@ -416,7 +416,7 @@ def test_classes_that_read_alike_are_refused(tmp_path):
     records = [{"image": "img/a.jpg", "positive": ["hot_dog"]}, {"image": "img/b.jpg", "positive": ["hot dog"]}]
     path = make_manifest(tmp_path, "jsonl", records=records, classes=False)
     (tmp_path / "classes.txt").write_text("hot_dog\nbun\nhot dog\n")
-    split = load_split("manifest", path, "train")
+    split = load_split("manifest", path, "train", unlisted="negative")
     with pytest.raises(DataError, match=r"classes 'hot_dog' \(index 0\) and 'hot dog' \(index 2\) both read as 'hot dog'"):
         readable_names(split)
     with pytest.raises(ConfigError, match=r"class names must be distinct, found \['cat'\]"):

@@ -257,7 +257,8 @@ def test_two_class_dataset_trains_and_says_top3_is_left_out(tmp_path):
         make_manifest(tmp_path / "pets", "jsonl", split=split, records=records, classes=False)
     (tmp_path / "pets" / "classes.txt").write_text("cat\ndog\n")
     cfg = tiny_config(tmp_path, "name=two", "data.dataset=manifest", f"data.root={tmp_path / 'pets'}",
-                      "data.known_ratio=0.5", "data.val_fraction=0.25", "optim.epochs=1", synthetic=False)
+                      "data.options.unlisted=negative", "data.known_ratio=0.5", "data.val_fraction=0.25",
+                      "optim.epochs=1", synthetic=False)
     summary = train(cfg, resume=False)
     assert summary["test"]["mAP"] > 0 and "CF1" in summary["test"]
     assert not [key for key in summary["test"] if "top" in key]

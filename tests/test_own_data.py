@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from clipml.cli import train_prompts
-from clipml.config import config_to_dict
+from clipml.config import config_to_dict, save_config
 from clipml.data import UNKNOWN, load_split
 from clipml.engine.builders import build_backbone, build_splits
 from clipml.engine.cache import build_feature_cache
@@ -22,6 +22,7 @@ from clipml.engine.train import train
 from clipml.errors import ConfigError, DataError
 from clipml.experiment import config_differences, load_experiment, same_experiment
 from clipml.lab.world import write_synthetic_dataset
+from clipml.sweep import SweepSpec, run_sweep
 
 TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4",
@@ -169,6 +170,22 @@ def test_resume_refuses_a_run_trained_on_other_labels(complete_world, tmp_path):
     (Path(cfg.run_dir()) / "data.json").unlink()
     with pytest.raises(ConfigError, match="does not record the data it was trained on"):
         train(complete)
+
+
+def test_sweep_refuses_p_on_kept_partial_labels_and_finished_runs_on_edited_data(complete_world, tmp_path):
+    root = partial_copy(complete_world, tmp_path / "partial", known=0.6)
+    method = tmp_path / "sdm_csp.yaml"
+    save_config(config(tmp_path, root), method)
+    spec = dict(configs=[str(method)], proportions=(0.5,), seeds=(0,), name="mine", output_dir=str(tmp_path / "sweeps"))
+    with pytest.raises(ConfigError, match=r"already partial .* --set data\.partial_labels=simulate"):
+        run_sweep(SweepSpec(**spec))  # kept as they are, every p would train the same run
+    simulate = SweepSpec(**spec, overrides=["data.partial_labels=simulate"])
+    assert run_sweep(simulate).trained == 1
+    assert run_sweep(simulate).reused == 1
+    test = (root / "test.jsonl").read_text().splitlines()
+    (root / "test.jsonl").write_text("\n".join(test[1:] + test[:1]) + "\n")  # another image order
+    with pytest.raises(ConfigError, match="other data: test split images, test split labels, test split image files"):
+        run_sweep(simulate)
 
 
 # 5: only keys that change results decide whether a run resumes -------------------------------------

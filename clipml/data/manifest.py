@@ -125,6 +125,7 @@ def load_manifest(
     column: Dict[str, int] = {c: i for i, c in enumerate(class_names)}
 
     items: List[str] = []
+    first_incomplete = None  # (line, classes listed) of the first record leaving classes out
     labels = np.full((len(records), len(class_names)), UNLISTED.get(unlisted, UNKNOWN), dtype=np.int8)
     for i, (number, image, fields) in enumerate(records):
         if not isinstance(image, str) or not image.strip():
@@ -138,13 +139,16 @@ def load_manifest(
                     raise DataError(f"{path} line {number}: class '{cls}' listed in both '{seen[cls]}' and '{field}'")
                 seen[cls] = field
                 labels[i, column[cls]] = CODES[field]
-        if unlisted is None and len(seen) < len(class_names):
-            raise DataError(
-                f"{path} line {number}: lists {len(seen)} of the {len(class_names)} classes; say what the others "
-                f"are: data.options.unlisted=unknown (not annotated: partial labels) or "
-                f"data.options.unlisted=negative (absent from the image)")
+        if unlisted is None and len(seen) < len(class_names) and first_incomplete is None:
+            first_incomplete = (number, len(seen))
         items.append(image.strip())
     check_unique(items, str(path), "image")
+    if first_incomplete is not None:
+        number, listed = first_incomplete
+        raise DataError(
+            f"{path} line {number}: lists {listed} of the {len(class_names)} classes; say what the others are: "
+            f"data.options.unlisted=unknown (not annotated: partial labels) or data.options.unlisted=negative "
+            f"(absent from the image)")
 
     image_root = Path(image_root) if image_root is not None else path.parent
     dataset = name or path.parent.resolve().name or "manifest"

@@ -122,16 +122,23 @@ def data_identity(loaded: Tuple[MultiLabelSplit, MultiLabelSplit], train: MultiL
                   val: MultiLabelSplit) -> Dict[str, Dict[str, Optional[str]]]:
     """What a run is trained and tested on, as digests: the dataset's train and test splits as
     loaded (image list, labels, image files' sizes and times) and the training and validation
-    parts with their partial labels (the validation files too: data.val_split may name others). A run folder records it (data.json) so that a rerun on
-    edited labels or replaced images is refused instead of resumed."""
-    def digests(split: MultiLabelSplit, files: bool = True) -> Dict[str, Optional[str]]:
-        out = {"images": split.fingerprint(), "labels": split.labels_digest()}
-        if files:
-            out["image files"] = split.files_digest()
-        return out
+    parts with their partial labels (the validation files too: data.val_split may name others).
+    A run folder records it (data.json) so that a rerun on edited labels or replaced images is
+    refused instead of resumed."""
+    return {**loaded_identity(loaded), "training part": _digests(train, files=False),
+            "validation part": _digests(val)}
 
-    return {"train split": digests(loaded[0]), "test split": digests(loaded[1]),
-            "training part": digests(train, files=False), "validation part": digests(val)}
+
+def loaded_identity(loaded: Tuple[MultiLabelSplit, MultiLabelSplit]) -> Dict[str, Dict[str, Optional[str]]]:
+    """The part of `data_identity` that every run on the same dataset shares (no mask applied)."""
+    return {"train split": _digests(loaded[0]), "test split": _digests(loaded[1])}
+
+
+def _digests(split: MultiLabelSplit, files: bool = True) -> Dict[str, Optional[str]]:
+    out = {"images": split.fingerprint(), "labels": split.labels_digest()}
+    if files:
+        out["image files"] = split.files_digest()
+    return out
 
 
 def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabelSplit,

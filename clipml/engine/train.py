@@ -148,28 +148,32 @@ def _check_resumable(run: Path, cfg: ExperimentConfig) -> None:
             )
 
 
+def check_same_data(run: Path, identity: Dict[str, Dict[str, Optional[str]]], data: DataConfig, hint: str) -> None:
+    """Refuse a run folder whose data.json records other data than `identity` (all its parts, or
+    those `identity` has), naming what differs; a folder without data.json is refused too."""
+    try:
+        before = json.loads((run / DATA).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run} holds a run ({', '.join(_trained_files(run))}) that does not record the data it "
+                          f"was trained on ({DATA}, written since clipml fingerprints the data); {hint}") from None
+    except ValueError as error:
+        raise ConfigError(f"{run / DATA} cannot be read ({error}); {hint}") from None
+    changed = [f"{part} {what}" for part, digests in identity.items() for what, value in digests.items()
+               if (before.get(part) or {}).get(what) != value]
+    if changed:
+        raise ConfigError(
+            f"{run} holds a run trained on other data: {', '.join(changed)} differ (data.dataset={data.dataset}, "
+            f"data.root={data.root}, splits '{data.train_split}' and '{data.test_split}'); {hint}")
+
+
 def _claim_data(run: Path, identity: Dict[str, Dict[str, Optional[str]]], resume: bool,
                 data: DataConfig) -> None:
     """Record the data a run is trained on (data.json); a run folder with trained state resumes
     only on the same data, so a summary never mixes two versions of the labels or images."""
-    recorded = run / DATA
-    trained = _trained_files(run)
-    if resume and trained:
-        hint = "choose another name or output_dir, or start it over with --no-resume (train(..., resume=False))"
-        try:
-            before = json.loads(recorded.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{run} holds a run ({', '.join(trained)}) that does not record the data it was "
-                              f"trained on ({DATA}, written since clipml fingerprints the data); {hint}") from None
-        except ValueError as error:
-            raise ConfigError(f"{run}/{DATA} cannot be read ({error}); {hint}") from None
-        changed = [f"{part} {what}" for part, digests in identity.items() for what, value in digests.items()
-                   if (before.get(part) or {}).get(what) != value]
-        if changed:
-            raise ConfigError(
-                f"{run} holds a run trained on other data: {', '.join(changed)} differ (data.dataset="
-                f"{data.dataset}, data.root={data.root}, splits '{data.train_split}' and '{data.test_split}'); {hint}")
-    recorded.write_text(json.dumps(identity, indent=1))
+    if resume and _trained_files(run):
+        check_same_data(run, identity, data, "choose another name or output_dir, or start it over with "
+                                             "--no-resume (train(..., resume=False))")
+    (run / DATA).write_text(json.dumps(identity, indent=1))
 
 
 def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None,
