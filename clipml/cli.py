@@ -179,14 +179,15 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_intermixed_args(argv)  # overrides may follow flags
 
     def main():
-        from clipml.engine.train import train
+        from clipml.engine.train import labels_text, train
 
         if args.init_from:
             args.overrides.append(f"init_from={json.dumps(args.init_from)}")  # quoted: any path is a string
         cfg = _config(args)
         if not _rank():
             print(f"run folder: {cfg.run_dir()}  (method {cfg.model.method}, {cfg.data.dataset}, "
-                  f"p={cfg.data.known_ratio}, backbone {cfg.backbone.spec}, loss {cfg.loss.name} "
+                  f"p={cfg.data.known_ratio} on complete labels, own partial labels: {cfg.data.partial_labels}, "
+                  f"backbone {cfg.backbone.spec}, loss {cfg.loss.name} "
                   f"reduction {cfg.loss.reduction})", file=sys.stderr)
         summary = train(cfg, resume=not args.no_resume, progress=_progress, scores_path=args.export_scores)
         ap = [[name, _ap(value), _ap(summary["zero_shot_test_ap"][name])] for name, value in summary["test_ap"].items()]
@@ -204,7 +205,8 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
         if summary["seconds_this_call"] != summary["seconds"]:
             took += f" (this call: {summary['seconds_this_call']} s)"
         saved = f"; prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}" if summary["trainable_parameters"] else ""
-        print(f"\n{summary['trainable_parameters']} trainable parameters, {took}{saved}")
+        print(f"\ntraining labels: {labels_text(summary)}")
+        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}")
         if args.export_scores:
             print(f"test scores: {args.export_scores}")
 

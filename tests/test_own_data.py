@@ -117,14 +117,19 @@ def test_partial_labels_of_a_manifest_are_kept_as_they_are_by_default(complete_w
     assert 0.05 < train_split.known.mean() < 0.15
 
 
-def test_summary_says_which_labels_were_used(complete_world, tmp_path):
+def test_header_and_summary_say_which_labels_were_used(complete_world, tmp_path, capsys):
     root = partial_copy(complete_world, tmp_path / "partial", known=0.4)
     cfg = config(tmp_path, root)
-    summary = train(cfg)
+    train_prompts([*TINY, f"data.root={root}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=false",
+                   f"output_dir={tmp_path / 'runs' / '{name}'}", "name=run"])
+    captured = capsys.readouterr()
+    assert "own partial labels: keep" in captured.err  # the header, before the data is read
+    summary = json.loads((Path(cfg.run_dir()) / "summary.json").read_text())
     own = load_split("manifest", root, "train").known.mean()
     assert summary["training_labels"]["source"] == "own partial labels, kept"
     assert summary["training_labels"]["known"] == pytest.approx(100 * own, abs=0.05)
-    assert "kept as they are" in (Path(cfg.run_dir()) / "summary.md").read_text()
+    line = f"training labels: {100 * own:.1f}% of training labels known (the dataset's own partial labels kept as they are)"
+    assert line in captured.out and line.split(": ", 1)[1] in (Path(cfg.run_dir()) / "summary.md").read_text()
 
 
 # 3: classes a record leaves out ----------------------------------------------------------------
@@ -138,6 +143,17 @@ def test_unlisted_classes_are_a_required_choice(complete_world, tmp_path):
     negative = load_split("manifest", root, "train", unlisted="negative")
     assert negative.known.all() and negative.labels_complete
     assert load_split("manifest", complete_world, "train").known.all()  # every class listed: no choice needed
+
+
+def test_a_test_split_without_negatives_is_named(complete_world, tmp_path, caplog):
+    root = tmp_path / "positives"
+    shutil.copytree(complete_world, root)
+    records = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+    (root / "test.jsonl").write_text("".join(json.dumps({"image": r["image"], "positive": r["positive"]}) + "\n"
+                                             for r in records))
+    with caplog.at_level(logging.WARNING, logger="clipml"):
+        build_splits(config(tmp_path, root, "run", "data.options.unlisted=unknown"))
+    assert "test labels are unknown" in caplog.text and "no known negative, so their AP is 100" in caplog.text
 
 
 def test_print_config_documents_the_new_defaults(tmp_path, capsys):

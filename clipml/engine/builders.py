@@ -58,6 +58,20 @@ def load_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit
             load_split(data.dataset, data.root, data.test_split, **data.options))
 
 
+def _warn_unknown_test_labels(test: MultiLabelSplit) -> None:
+    """Unknown test entries are left out of the scores; a class with positives but no known
+    negative then scores a perfect AP whatever the model does, so say so."""
+    if test.labels_complete:
+        return
+    no_negative = [name for c, name in enumerate(test.classes)
+                   if (test.labels[:, c] == 1).any() and not (test.labels[:, c] == 0).any()]
+    logger.warning("%s/%s: %.1f%% of the test labels are unknown and left out of the scores%s",
+                   test.dataset, test.split, 100 * (1 - test.known.mean()),
+                   f"; {len(no_negative)} classes have no known negative, so their AP is 100 whatever the model "
+                   f"does (e.g. {no_negative[0]!r}): list the test split's negatives, or data.options.unlisted=negative"
+                   if no_negative else "")
+
+
 def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, MultiLabelSplit]] = None
                  ) -> Tuple[MultiLabelSplit, MultiLabelSplit, MultiLabelSplit]:
     """(train, validation, test) from the `loaded` splits (default: `load_splits(cfg)`): the
@@ -75,6 +89,7 @@ def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, 
         val = load_validation(cfg, train)
     else:
         train, val = carve_validation(train, data.val_fraction, seed=data.mask_seed)
+    _warn_unknown_test_labels(test)
     logger.info("%s: %d train, %d val, %d test images; training labels: %s; %.1f%% of them known",
                 data.dataset, len(train), len(val), len(test), _describe(cfg, source, before),
                 known_percent(cfg, train, val))

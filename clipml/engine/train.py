@@ -530,7 +530,7 @@ def _markdown(summary: Dict[str, object]) -> str:
     notes = summary["evaluation"]
     return (
         f"# {summary['name']}\n\n{summary['method']} on {summary['dataset']}, "
-        f"{_labels_text(summary)}, backbone "
+        f"{labels_text(summary)}, backbone "
         f"{summary['backbone']['model']} ({summary['backbone']['weights']}, dense map "
         f"{summary['backbone'].get('dense', 'tokens')}), loss {summary['loss']}, "
         f"{summary['trainable_parameters']} trainable parameters, {best}, "
@@ -541,11 +541,9 @@ def _markdown(summary: Dict[str, object]) -> str:
     )
 
 
-def _labels_text(summary: Dict[str, object]) -> str:
-    """The training labels in a few words (summaries written before `training_labels`: p)."""
-    labels = summary.get("training_labels")
-    if labels is None:
-        return f"{100 * summary['known_ratio']:.0f}% of training labels known"
+def labels_text(summary: Dict[str, object]) -> str:
+    """The training labels in a few words: how many are known, and where they come from."""
+    labels = summary["training_labels"]
     source = {"own partial labels, kept": "the dataset's own partial labels kept as they are",
               "simulated": f"simulated protocol at p={summary['known_ratio']:g}",
               "simulated on own partial labels": f"simulated protocol at p={summary['known_ratio']:g} on top of the "
