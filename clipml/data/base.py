@@ -129,18 +129,18 @@ class MultiLabelSplit:
     def files_digest(self) -> Optional[str]:
         """A digest of every image file's (name, size, modification time in ns), in order: it
         changes when an image is replaced, even under the same name, at one stat per file
-        (COCO's 123k files: about a second). None where there are no files."""
+        (COCO's 123k files: 1-2 s on 2 busy CPU cores, warm file cache). None where there are no files."""
         if self.root is None:
             return None
-        digest = hashlib.sha256()
-        for index, item in enumerate(self.items):
+        root, lines = os.fspath(self.root), []
+        for item in self.items:
+            path = os.path.join(root, item)  # strings, not Paths: a third of the time at COCO's size
             try:
-                info = os.stat(self.image_path(index))
+                info = os.stat(path)
             except OSError as error:
-                raise DataError(f"{self.dataset}/{self.split}: cannot read image file {self.image_path(index)}: "
-                                f"{error.strerror}") from None
-            digest.update(f"{item}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:16]
+                raise DataError(f"{self.dataset}/{self.split}: cannot read image file {path}: {error.strerror}") from None
+            lines.append(f"{item}\0{info.st_size}\0{info.st_mtime_ns}\n")
+        return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
     def labels_digest(self) -> str:
         """A hash of the label matrix with the class and image lists it belongs to."""
