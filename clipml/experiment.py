@@ -46,7 +46,9 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes that decode images
     # Feature cache (clipml.engine.cache): the frozen image tower runs once per image and view.
     cache: bool = False
-    cache_dir: str = "cache"  # one folder per key (backbone, size, dense mode, transform, image list)
+    # One folder per key: backbone, size, dense mode, transform, image list, image folder and each
+    # image file's size and modification time (replaced images get a new cache).
+    cache_dir: str = "cache"
     cache_views: int = 1  # view 0: the eval transform; views 1..: `augment`, seeded by cache_seed
     cache_seed: int = 0  # seed of the augmented cached views
     cache_device: Literal["cpu", "cuda"] = "cpu"  # "cuda": hold the train/val cache on the GPU if it fits
@@ -186,11 +188,6 @@ def describe_differences(differences: Dict[str, Tuple[Any, Any]], limit: int = 5
     """'key: old -> new, ...' for the first `limit` differing keys."""
     text = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(differences.items())[:limit])
     return text + (f" and {len(differences) - limit} more" if len(differences) > limit else "")
-
-
-def same_experiment(saved: Dict[str, Any], cfg: ExperimentConfig) -> bool:
-    """Whether a run's saved config describes `cfg` in every key that changes results."""
-    return not config_differences(saved, cfg)
 
 
 def load_experiment(path: Optional[str], overrides: Sequence[str] = (),
