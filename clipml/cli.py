@@ -520,3 +520,24 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
             print(f"{len(result.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
 
     _run(main)
+
+
+# report ----------------------------------------------------------------------------------------
+def report(argv: Optional[List[str]] = None) -> None:
+    parser = _parser(
+        "Write a run's report.html (per-class AP, precision-recall curves, mAP breakdowns, training curves, "
+        "attention on test images, config): one file that opens offline. Training writes it too.",
+        epilog="Example: report.py runs/demo --images 8")
+    parser.add_argument("run", help="a finished run folder (with summary.json)")
+    parser.add_argument("--images", type=int, help="test images with attention overlays (default: the run's "
+                                                    "train.report_images)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.report import write_report
+
+        device = select_device(args.device)
+        print(f"wrote {write_report(args.run, images=args.images, device=device)}")
+
+    _run(main)

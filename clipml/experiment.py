@@ -129,6 +129,23 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class TrainOutputsConfig:
+    """What a training run writes beside its checkpoints, log.jsonl and summary. Not part of the
+    experiment (RUN_ONLY_KEYS): a run resumes under other values here."""
+
+    # TensorBoard scalars per epoch (train/loss, train/lr, val/mAP, ...) in <run>/tensorboard/:
+    # auto when the tensorboard package is installed; true needs it (pip install tensorboard); false: none
+    tensorboard: Literal["auto", True, False] = "auto"
+    report: bool = True  # write <run>/report.html at the end (clipml.report; also clipml-report RUN_DIR)
+    # test images with attention overlays in the report (methods with spatial attention; needs matplotlib)
+    report_images: int = 4
+
+    def __post_init__(self) -> None:
+        if self.report_images < 0:
+            raise ConfigError(f"train.report_images must be >= 0, got {self.report_images}")
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     name: str = "experiment"  # names the run folder (see output_dir)
     seed: int = 0  # initialisation, shuffling and augmentation (not the mask: data.mask_seed)
@@ -143,6 +160,7 @@ class ExperimentConfig:
     # A prompt checkpoint (e.g. another run's prompts.safetensors) whose tensors start this run's
     # training, classes matched by name; the optimizer and schedule start fresh (train_prompts --init-from)
     init_from: Optional[str] = None
+    train: TrainOutputsConfig = dataclasses.field(default_factory=TrainOutputsConfig)
 
     def __post_init__(self) -> None:
         if self.loss.reduction is None:  # each loss's own reference reduction (see LossConfig)
@@ -155,7 +173,7 @@ class ExperimentConfig:
 # Keys that say where or how fast a run goes, not what it computes: resuming a run, reading back a
 # finished one (train, sweep) ignores them. Every other key is part of the experiment's identity.
 RUN_ONLY_KEYS = ("name", "output_dir", "device", "data.workers", "data.eval_batch_size", "data.cache_dir",
-                 "data.cache_device")
+                 "data.cache_device", "train.tensorboard", "train.report", "train.report_images")
 
 
 def _leaves(cfg: Any, prefix: str = "") -> Dict[str, Any]:

@@ -95,6 +95,24 @@ def average_precision(scores, labels, kind: str = "envelope") -> np.ndarray:
     return ap
 
 
+def precision_recall_curve(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) of one class at each distinct score threshold, from the highest
+    recall down, ending at (1, 0): scikit-learn's `precision_recall_curve` convention. Unknown
+    (-1) entries are left out; a class without a positive is a DataError."""
+    scores, labels = _inputs(np.reshape(scores, (-1, 1)), np.reshape(labels, (-1, 1)))
+    known = labels[:, 0] != -1
+    scores, positive = scores[known, 0], labels[known, 0] == 1
+    if not positive.any():
+        raise DataError("a precision-recall curve needs at least one positive")
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # the last image of each tied group
+    tp = np.cumsum(positive)[last]
+    precision = tp / (last + 1)
+    recall = tp / tp[-1]
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
+
+
 def mean_average_precision(scores, labels, kind: str = "envelope") -> float:
     """mAP over the classes with at least one positive."""
     ap = average_precision(scores, labels, kind)

@@ -35,6 +35,7 @@ from clipml.engine.checkpoint import (
 )
 from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
 from clipml.engine.features import CountedPass
+from clipml.engine.tensorboard import EpochScalars, summary_writer_class
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import (DataConfig, ExperimentConfig, LossConfig, OptimConfig, config_differences,
                                describe_differences)
@@ -46,6 +47,7 @@ Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
 DATA = "data.json"  # the run's data identity (builders.data_identity)
+SCORES = "test_scores.npz"  # the final model's test logits and labels, for the report's curves
 
 
 def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Optimizer:
@@ -192,6 +194,7 @@ def train(cfg: ExperimentConfig, resume: bool = True, progress: Progress = None,
 
 def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
            scores_path: Optional[str]) -> Dict[str, object]:
+    writer_class = summary_writer_class(cfg.train.tensorboard)  # `true` without TensorBoard: stop here
     context = distributed.setup(select_device(cfg.device))
 
     def claim_run_folder() -> None:
@@ -247,7 +250,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     if model.trainable_parameters():
         history, best, trained_now, prior_seconds = _fit(
             cfg, model, train_source, val_source, run, config_dict, resume, progress, context,
-            lambda: time.time() - started, splits["val"])
+            lambda: time.time() - started, splits["val"], writer_class)
         context.barrier()  # rank 0 has written the best checkpoint
         tensors, metadata = read_prompt_checkpoint(run / BEST)
         load_into(model, tensors, metadata, run / BEST)
@@ -257,7 +260,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
 
     thresholds = decision_thresholds(model, val_source, progress)  # chosen on validation, reported on test
     test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds,
-                            scores_path=scores_path)
+                            scores_path=scores_path, arrays_path=str(run / SCORES))
     test = _headline(test_metrics)
     call_seconds = time.time() - started
     # A finished run read back again keeps the time it took; a resumed one adds this call's.
@@ -300,6 +303,10 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
                                    thresholds=thresholds)
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
         (run / "summary.md").write_text(_markdown(summary))
+        if cfg.train.report:
+            from clipml.report import write_report
+
+            write_report(run, model=model, test_split=test_split)
     context.barrier()
     return summary
 
@@ -350,10 +357,12 @@ class TrainingStep(nn.Module):
         return training_loss(self.model, self.loss_fn, dense, labels, blending, generator, contrastive)
 
 
-def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed, val_where):
+def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed, val_where,
+         writer_class=None):
     """Train the remaining epochs. Returns (history, best, epochs trained in this call, seconds
     the run had taken before this call). Epochs are counted from 1 in every record and file.
-    `val_where` says where the validation split comes from (for the small-split warning)."""
+    `val_where` says where the validation split comes from (for the small-split warning);
+    `writer_class`: TensorBoard's SummaryWriter, to log each record there too (None: log.jsonl only)."""
     optim = cfg.optim
     optimizer = build_optimizer(optim, model)
     steps_per_epoch = len(train_source)
@@ -390,8 +399,11 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     loss_scale = context.world if cfg.loss.reduction == "sum" else 1
     weight = cfg.loss.weight  # the objective is weight × loss; logged as such
     log = open(run / LOG, "w") if context.is_main else None  # rewritten from the state: no stale lines
+    board = EpochScalars(writer_class, run) if writer_class is not None and context.is_main else None
     for record in history if log is not None else []:
         log.write(json.dumps(record) + "\n")
+        if board is not None:
+            board.write(record)
     try:
         for epoch in range(start_epoch, optim.epochs):  # 0-based here; every record counts from 1
             model.train()
@@ -424,6 +436,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 continue
             log.write(json.dumps(record) + "\n")
             log.flush()
+            if board is not None:
+                board.write(record)
             logger.info("epoch %d loss %.4f val mAP %.2f", epoch + 1, record["loss"], val["mAP"])
             if best["epoch"] == epoch + 1:
                 save_prompt_checkpoint(run / BEST, model, config_dict, {"val": val, "epoch": epoch + 1})
@@ -442,6 +456,8 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     finally:
         if log is not None:
             log.close()
+        if board is not None:
+            board.close()
     return history, best, optim.epochs - start_epoch, prior_seconds
 
 

@@ -1,0 +1,252 @@
+"""A run's pictures in one offline HTML file (<run>/report.html): per-class AP, precision-recall
+curves, mAP by labels per image and object size, the training curves, attention overlays on a
+sample of test images with their true labels, and the config. Charts are inline SVG drawn by
+clipml.svg (no matplotlib needed); the overlays are visualize.plot_attention's figures, inlined as JPEG,
+and are left out with a note where matplotlib is missing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from html import escape
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import yaml
+
+import clipml
+from clipml import svg
+from clipml.breakdown import LABEL_BUCKETS, SIZE_BUCKETS
+from clipml.config import config_from_dict
+from clipml.errors import DataError
+from clipml.experiment import ExperimentConfig
+from clipml.metrics import precision_recall_curve
+
+logger = logging.getLogger(__name__)
+REPORT = "report.html"
+MAX_CURVE_POINTS = 400  # per precision-recall curve; larger test splits are thinned to about this
+TOP_K = 3  # classes per attention figure
+
+STYLE = """
+body { font-family: sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 13px; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f3f3f3; } td.number { text-align: right; }
+.grid { display: flex; flex-wrap: wrap; gap: 6px; } .note { color: #666; font-size: 13px; }
+figure { margin: 12px 0; } figcaption { font-size: 13px; margin-bottom: 4px; }
+figure img { max-width: 100%; } pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; }
+"""
+
+
+def write_report(run_dir: Union[str, Path], model=None, test_split=None, images: Optional[int] = None,
+                 device: str = "cpu") -> Path:
+    """Write <run_dir>/report.html from what the run saved (summary.json, config.yaml,
+    test_scores.npz, prompts.safetensors) and return its path. Training passes its `model` and
+    `test_split`; otherwise they are loaded (on `device`) for the attention overlays.
+    `images`: test images with overlays (default: the config's train.report_images)."""
+    run = Path(run_dir)
+    summary = _read_json(run / "summary.json")
+    config_path = run / "config.yaml"
+    if not config_path.is_file():
+        raise DataError(f"{run} has no config.yaml: not a clipml run folder")
+    config_text = config_path.read_text()
+    cfg = config_from_dict(ExperimentConfig, yaml.safe_load(config_text) or {}, source=str(config_path))
+    count = cfg.train.report_images if images is None else images
+    if count < 0:
+        raise DataError(f"the number of attention images must be >= 0, got {count}")
+    sections = [
+        _header(summary),
+        _section("Per-class AP (test)", _ap_bars(summary)),
+        _section("Precision-recall curves (test)", _pr_curves(run / "test_scores.npz", summary)),
+        _section("mAP by labels per image and by object size (test)", _breakdowns(summary)),
+        _section("Training", _training(summary.get("history", []))),
+        _section("Attention on test images", _attention(run, cfg, model, test_split, count, device)),
+        _section("Config", f"<pre>{escape(config_text)}</pre>"),
+    ]
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
+            f"<title>{escape(str(summary.get('name', run.name)))}: clipml report</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    path = run / REPORT
+    path.write_text(page, encoding="utf-8")
+    logger.info("report written to %s (%.0f kB)", path, path.stat().st_size / 1024)
+    return path
+
+
+def _read_json(path: Path) -> Dict[str, object]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: the report needs a finished run (summary.json is written at its end)") from None
+    except ValueError as error:
+        raise DataError(f"{path} is not valid JSON: {error}") from None
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{escape(title)}</h2>\n{body}"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def _header(summary: Dict[str, object]) -> str:
+    backbone = summary.get("backbone", {})
+    best = f"best epoch {summary['best_epoch']}" if summary.get("best_epoch") else "nothing trained"
+    facts = (f"{summary.get('method')} on {summary.get('dataset')}, {100 * float(summary.get('known_ratio', 1)):.0f}% "
+             f"of training labels known; backbone {backbone.get('model')} ({backbone.get('weights')}); "
+             f"loss {summary.get('loss')}; {summary.get('trainable_parameters')} trainable parameters; {best}; "
+             f"{summary.get('seconds')} s. Written by clipml {clipml.__version__}.")
+    keys = list(summary.get("test", {}))
+    rows = [("validation (best epoch)", summary.get("val", {})), ("test", summary.get("test", {})),
+            ("test, zero-shot CLIP", summary.get("zero_shot_test", {}))]
+    table = ["<table><tr><th></th>" + "".join(f"<th>{escape(k)}</th>" for k in keys) + "</tr>"]
+    for label, values in rows:
+        cells = "".join(f'<td class="number">{values[k]:.2f}</td>' if k in values else "<td>-</td>" for k in keys)
+        table.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
+    table.append("</table>")
+    notes = "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in summary.get("evaluation", {}).items())
+    splits = "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in summary.get("splits", {}).items())
+    return (f"<h1>{escape(str(summary.get('name')))}</h1>\n<p>{escape(facts)}</p>\n" + "\n".join(table)
+            + f"\n<ul>{splits}{notes}</ul>")
+
+
+def _ap_bars(summary: Dict[str, object]) -> str:
+    ap, zero_shot = summary.get("test_ap", {}), summary.get("zero_shot_test_ap", {})
+    if not ap:
+        return _note("summary.json has no per-class AP")
+    rows = [(name, value, zero_shot.get(name)) for name, value in ap.items()]
+    return (svg.horizontal_bars(rows, "trained", "zero-shot CLIP")
+            + _note("AP in % per class; n/a: no positive in the test split."))
+
+
+def _pr_curves(path: Path, summary: Dict[str, object]) -> str:
+    if not path.is_file():
+        return _note(f"this run saved no {path.name} (runs trained before clipml wrote it): no curves")
+    with np.load(path) as arrays:
+        classes, logits, labels = list(arrays["classes"]), arrays["logits"], arrays["labels"]
+    if logits.shape != labels.shape or logits.shape[1:] != (len(classes),):
+        raise DataError(f"{path}: logits {logits.shape}, labels {labels.shape} and {len(classes)} classes do not match")
+    ap = summary.get("test_ap", {})
+    plots = []
+    for column, name in enumerate(classes):
+        if not (labels[:, column] == 1).any():
+            continue
+        precision, recall = thin_curve(*precision_recall_curve(logits[:, column], labels[:, column]))
+        value = ap.get(name)
+        title = name if value is None else f"{name} (AP {value:.1f})"
+        plots.append(svg.line_plot([(name, recall, precision)], title, "recall", "precision", (0.0, 1.0),
+                                   (0.0, 1.0), width=230, height=200, legend=False))
+    return (f'<div class="grid">{"".join(plots)}</div>'
+            + _note("Precision against recall of the trained model at every distinct score (scikit-learn's "
+                    "convention); the titles' AP is the run's: " + str(summary.get("evaluation", {}).get("AP", ""))))
+
+
+def thin_curve(precision: np.ndarray, recall: np.ndarray,
+               max_points: int = MAX_CURVE_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+    """A curve short enough to inline: unchanged up to `max_points`; longer ones keep the ends
+    of each run of equal recall (the drawn shape does not change), then evenly spaced points."""
+    if precision.size <= max_points:
+        return precision, recall
+    edges = np.r_[True, np.diff(recall[:-1]) != 0, True] | np.r_[True, np.diff(recall[1:]) != 0, True]
+    keep = np.flatnonzero(edges)
+    if keep.size > max_points:
+        keep = keep[np.unique(np.linspace(0, keep.size - 1, max_points).round().astype(int))]
+    return precision[keep], recall[keep]
+
+
+def _breakdowns(summary: Dict[str, object]) -> str:
+    trained, zero_shot = summary.get("test_details", {}), summary.get("zero_shot_test_details", {})
+    charts = []
+    for key, counts, buckets, title in (
+            ("mAP_by_labels", "images_by_labels", [name for name, _, _ in LABEL_BUCKETS], "mAP by labels per image"),
+            ("mAP_by_size", "positives_by_size", list(SIZE_BUCKETS), "mAP by object size")):
+        if key not in trained:
+            continue
+        groups = [(f"{bucket} (n={trained[counts].get(bucket, 0)})",
+                   [trained[key].get(bucket), zero_shot.get(key, {}).get(bucket)]) for bucket in buckets]
+        charts.append(svg.grouped_bars(groups, ["trained", "zero-shot CLIP"], title))
+    if not charts:
+        return _note("the test split gave no breakdowns")
+    localisation = [(name, key) for name, key in (("pointing game", "pointing_game"), ("mass inside", "mass_inside"))
+                    if key in trained]
+    table = ""
+    if localisation:
+        table = ("<table><tr><th></th>" + "".join(f"<th>{name}</th>" for name, _ in localisation) + "</tr>"
+                 + "".join(f"<tr><th>{label}</th>" + "".join(
+                     f'<td class="number">{details[key]:.2f}</td>' if key in details else "<td>-</td>"
+                     for _, key in localisation) + "</tr>"
+                     for label, details in (("trained", trained), ("zero-shot CLIP", zero_shot))) + "</table>")
+    return (f'<div class="grid">{"".join(charts)}</div>{table}'
+            + _note("n: images with that many positive labels, or positives of that size (small < 2 %, "
+                    "large >= 10 % of the image); a missing bar: an empty bucket."))
+
+
+def _training(history: Sequence[Dict[str, object]]) -> str:
+    if not history:
+        return _note("nothing trained (no epochs)")
+    epochs = [float(record["epoch"]) for record in history]
+    plots = [svg.line_plot([("training loss", epochs, [float(r["loss"]) for r in history])], "training loss",
+                           "epoch", "loss", legend=False),
+             svg.line_plot([("validation mAP", epochs, [float(r["val"]["mAP"]) for r in history])],
+                           "validation mAP", "epoch", "mAP (%)", legend=False),
+             svg.line_plot([("learning rate", epochs, [float(r["lr"]) for r in history])], "learning rate",
+                           "epoch", "lr", legend=False)]
+    return f'<div class="grid">{"".join(plots)}</div>'
+
+
+def _attention(run: Path, cfg: ExperimentConfig, model, test_split, count: int, device: str) -> str:
+    """Figures of visualize.plot_attention for `count` test images drawn with the run's seed,
+    each captioned with its file, true labels and top classes (true ones marked)."""
+    from clipml.model import METHODS
+    from clipml.visualize import SPATIAL_HEADS
+
+    if count == 0:
+        return _note("none asked for (train.report_images=0)")
+    if METHODS[cfg.model.method][1] not in SPATIAL_HEADS:
+        return _note(f"model.method {cfg.model.method} scores the pooled image feature: no spatial attention")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return _note("attention overlays need matplotlib (pip install clipml[plot]); the rest of the report does not")
+    if model is None:
+        from clipml.engine.train import load_model
+
+        checkpoint = run / "prompts.safetensors"
+        if not checkpoint.is_file():
+            return _note(f"{checkpoint.name} not found in the run: no overlays")
+        model = load_model(str(checkpoint), device=device)
+    if test_split is None:
+        from clipml.data import load_split
+
+        data = cfg.data
+        test_split = load_split(data.dataset, data.root, data.test_split, **data.options)
+    if len(model.classnames) != test_split.num_classes:
+        raise DataError(f"the model has {len(model.classnames)} classes, test split "
+                        f"'{test_split.split}' has {test_split.num_classes}")
+    rng = np.random.default_rng(cfg.seed)
+    chosen = sorted(rng.choice(len(test_split), size=min(count, len(test_split)), replace=False).tolist())
+    return "\n".join(_attention_figure(model, test_split, index) for index in chosen)
+
+
+def _attention_figure(model, split, index: int) -> str:
+    from clipml.visualize import attention_maps, plot_attention
+
+    maps = attention_maps(model, split.open_image(index), top_k=TOP_K)
+    figure = plot_attention(maps)
+    buffer = io.BytesIO()
+    # JPEG: heatmaps over photos take about a fifth of the bytes of PNG at no visible cost
+    figure.savefig(buffer, format="jpeg", dpi=figure.dpi, pil_kwargs={"quality": 85})
+    true = [model.classnames[c] for c in np.flatnonzero(split.labels[index] == 1)]
+    shown = [f"{name} {'(true)' if name in true else '(not true)'}" for name in maps.classes]
+    caption = (f"<b>{escape(split.items[index])}</b>; true labels: {escape(', '.join(true) or 'none')}; "
+               f"top {len(maps.classes)} predicted: {escape(', '.join(shown))}")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    alt = escape(f"attention of {', '.join(maps.classes)} on {split.items[index]}")
+    return (f'<figure data-image="{escape(split.items[index])}"><figcaption>{caption}</figcaption>'
+            f'<img alt="{alt}" src="data:image/jpeg;base64,{data}"/></figure>')
+
+
+__all__ = ["write_report", "thin_curve", "REPORT"]
