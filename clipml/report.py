@@ -21,7 +21,7 @@ import clipml
 from clipml import svg
 from clipml.breakdown import LABEL_BUCKETS, SIZE_BUCKETS
 from clipml.config import config_from_dict
-from clipml.errors import DataError
+from clipml.errors import ConfigError, DataError
 from clipml.experiment import ExperimentConfig
 from clipml.metrics import precision_recall_curve
 
@@ -57,7 +57,7 @@ def write_report(run_dir: Union[str, Path], model=None, test_split=None, images:
     cfg = config_from_dict(ExperimentConfig, yaml.safe_load(config_text) or {}, source=str(config_path))
     count = cfg.train.report_images if images is None else images
     if count < 0:
-        raise DataError(f"the number of attention images must be >= 0, got {count}")
+        raise ConfigError(f"the number of attention images must be >= 0, got {count}")
     sections = [
         _header(summary),
         _section("Per-class AP (test)", _ap_bars(summary)),
@@ -80,7 +80,8 @@ def _read_json(path: Path) -> Dict[str, object]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path} not found: the report needs a finished run (summary.json is written at its end)") from None
+        raise DataError(f"{path} not found: the report needs a finished run "
+                        "(summary.json is written at its end)") from None
     except ValueError as error:
         raise DataError(f"{path} is not valid JSON: {error}") from None
 
@@ -108,10 +109,13 @@ def _header(summary: Dict[str, object]) -> str:
         cells = "".join(f'<td class="number">{values[k]:.2f}</td>' if k in values else "<td>-</td>" for k in keys)
         table.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
     table.append("</table>")
-    notes = "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in summary.get("evaluation", {}).items())
-    splits = "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in summary.get("splits", {}).items())
+    notes = _items({**summary.get("splits", {}), **summary.get("evaluation", {})})
     return (f"<h1>{escape(str(summary.get('name')))}</h1>\n<p>{escape(facts)}</p>\n" + "\n".join(table)
-            + f"\n<ul>{splits}{notes}</ul>")
+            + f"\n<ul>{notes}</ul>")
+
+
+def _items(named: Dict[str, object]) -> str:
+    return "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in named.items())
 
 
 def _ap_bars(summary: Dict[str, object]) -> str:

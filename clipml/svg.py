@@ -55,7 +55,8 @@ def horizontal_bars(rows: Sequence[Tuple[str, Optional[float], Optional[float]]]
             parts.append(f'<rect class="bar" data-label="{name}" data-value="{_number(value)}" x="{label_width}" '
                          f'y="{y + 2}" width="{value * scale:.2f}" height="{row_height - 4}" fill="{COLOURS[0]}">'
                          f'<title>{name}: {value:.2f}</title></rect>')
-            parts.append(f'<text x="{label_width + value * scale + 4:.1f}" y="{y + row_height - 4}">{value:.1f}</text>')
+            end = max(value, reference if reference is not None else value)  # past the tick, not over it
+            parts.append(f'<text x="{label_width + end * scale + 5:.1f}" y="{y + row_height - 4}">{value:.1f}</text>')
         if reference is not None:
             x = label_width + reference * scale
             parts.append(f'<line class="reference" data-label="{name}" data-value="{_number(reference)}" '

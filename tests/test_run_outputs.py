@@ -91,7 +91,8 @@ def test_one_bar_per_class_at_its_ap(run):
             assert float(bars[name]["data-value"]) == pytest.approx(expected, abs=1e-3)
             assert float(bars[name]["data-value"]) == summary["test_ap"][name]
             assert float(bars[name]["width"]) == pytest.approx(expected * 4.2, abs=0.01)  # 420 px for 100 %
-    ticks = {tick["data-label"]: float(tick["data-value"]) for tick in page(run_dir).find("line", **{"class": "reference"})}
+    ticks = {tick["data-label"]: float(tick["data-value"])
+             for tick in page(run_dir).find("line", **{"class": "reference"})}
     assert ticks == {name: value for name, value in summary["zero_shot_test_ap"].items() if value is not None}
 
 
