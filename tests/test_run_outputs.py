@@ -31,7 +31,8 @@ IMAGES = 2
 def run(tmp_path_factory):
     """A tiny trained run scored with raw AP, so scikit-learn's average_precision_score is its oracle."""
     tmp_path = tmp_path_factory.mktemp("outputs")
-    cfg = tiny_config(tmp_path, "name=outputs", "optim.epochs=2", "eval.ap=raw", f"train.report_images={IMAGES}")
+    cfg = tiny_config(tmp_path, "name=outputs", "optim.epochs=2", "eval.ap=raw", f"train.report_images={IMAGES}",
+                      "train.tensorboard=auto")
     summary = train(cfg, resume=False)
     return cfg, summary, Path(cfg.run_dir())
 
