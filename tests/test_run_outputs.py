@@ -151,6 +151,16 @@ def test_report_without_matplotlib_keeps_the_charts_and_says_why_no_overlays(run
     assert "attention overlays need matplotlib (pip install clipml[plot])" in " ".join(elements.text)
 
 
+def test_report_false_writes_none_and_a_zero_shot_report_says_what_it_lacks(tmp_path):
+    cfg = tiny_config(tmp_path, "name=plain", "model.method=zero_shot", "train.report=false")
+    train(cfg, resume=False)
+    run_dir = Path(cfg.run_dir())
+    assert (run_dir / "summary.json").is_file() and not (run_dir / "report.html").exists()
+    text = "".join(page(write_report(run_dir, images=1).parent).text)
+    assert "nothing trained (no epochs)" in text
+    assert "model.method zero_shot scores the pooled image feature: no spatial attention" in text
+
+
 def test_report_of_an_unfinished_run_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="summary.json not found: the report needs a finished run"):
         write_report(tmp_path)
