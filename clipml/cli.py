@@ -431,6 +431,43 @@ def _predict_model(args):
     return MultiLabelCLIP(backbone, names, zero_shot_config(args.templates, "global"))
 
 
+# complete_labels -------------------------------------------------------------------------------
+def complete_labels(argv: Optional[List[str]] = None) -> None:
+    parser = _parser(
+        "Fill the unknown entries of a training manifest with a prompt checkpoint's probabilities and "
+        "labels (at its validation thresholds); known entries are copied unchanged.",
+        epilog="Example: complete_labels.py --checkpoint runs/demo/prompts.safetensors data/train.jsonl "
+               "--output data/train_completed.jsonl")
+    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
+    parser.add_argument("manifest", help="the manifest to complete (.jsonl or .csv)")
+    parser.add_argument("--output", required=True, help="the completed manifest to write (.jsonl) (required)")
+    parser.add_argument("--classes", help="classes file, one name a line (default: classes.txt beside the manifest)")
+    parser.add_argument("--unlisted", choices=["negative", "unknown"], default=None,
+                        help="what the classes a record does not list are, as data.options.unlisted; 'unknown' "
+                             "fills them too (default: none, every record lists every class)")
+    parser.add_argument("--image-root", help="folder the image paths are relative to (default: the manifest's folder)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="label a filled entry positive at probability >= this, in [0, 1] (default: the "
+                             "per-class thresholds stored in the checkpoint; 0.5 for older checkpoints)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.completion import complete_labels as complete
+
+        select_device(args.device)
+        result = complete(args.checkpoint, args.manifest, args.output, classes=args.classes, unlisted=args.unlisted,
+                          image_root=args.image_root, threshold=args.threshold, batch_size=args.batch_size,
+                          device=args.device, progress=_progress)
+        for path, why in result.skipped:
+            print(f"skipped {path}: {why} (its unknown entries stay unknown)", file=sys.stderr)
+        print(f"filled {result.filled} unknown entries of {result.completed_images} of {result.images} images "
+              f"({result.predicted_positive} predicted positive, at {result.rule}); wrote {result.output}")
+
+    _run(main)
+
+
 # sweep -----------------------------------------------------------------------------------------
 def sweep(argv: Optional[List[str]] = None) -> None:
     from clipml.metrics import PROPORTIONS
