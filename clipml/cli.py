@@ -468,6 +468,31 @@ def complete_labels(argv: Optional[List[str]] = None) -> None:
     _run(main)
 
 
+# export_onnx -----------------------------------------------------------------------------------
+def export_onnx(argv: Optional[List[str]] = None) -> None:
+    parser = _parser(
+        "Export a prompt checkpoint as ONNX for serving: normalised images in, per-class probabilities "
+        "out (the prompts' text features folded in as constants), checked against PyTorch with onnxruntime.",
+        epilog="Example: export_onnx.py --checkpoint runs/demo/prompts.safetensors --output model.onnx")
+    parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
+    parser.add_argument("--output", required=True, help="the .onnx file to write (required)")
+    parser.add_argument("--device", default="cpu", help="cpu only: the export traces on the CPU")
+    args = parser.parse_args(argv)
+
+    def main():
+        from clipml.export import export_onnx as export
+
+        if select_device(args.device) != "cpu":
+            raise ClipmlError(f"--device {args.device}: the ONNX export runs on the CPU; pass --device cpu")
+        result = export(args.checkpoint, args.output)
+        prep = result.preprocessing
+        print(f"wrote {result.path}: image [batch, 3, {prep['image_size']}, {prep['image_size']}] -> probabilities "
+              f"[batch, {len(result.classes)}]; max |ONNX - PyTorch| {result.max_abs_difference:.2g}")
+        print(f"preprocess: resize {prep['resize']}; {prep['scaling']}; mean {prep['mean']}, std {prep['std']}")
+
+    _run(main)
+
+
 # sweep -----------------------------------------------------------------------------------------
 def sweep(argv: Optional[List[str]] = None) -> None:
     from clipml.metrics import PROPORTIONS

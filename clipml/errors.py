@@ -24,3 +24,7 @@ class CheckpointError(ClipmlError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, with a message saying what the run folder holds and how to resume.
     A KeyboardInterrupt (not a ClipmlError), so code that catches clipml's errors still stops."""
+
+
+class ExportError(ClipmlError):
+    """A model cannot be exported (a missing exporter package) or its export disagrees with PyTorch."""

@@ -21,7 +21,8 @@ import yaml
 from PIL import Image
 
 from clipml.backbones import load_backbone, register_test_models
-from clipml.cli import predict, sweep, train_prompts, visualize_attention, zero_shot_eval
+from clipml.cli import (complete_labels, export_onnx, predict, sweep, train_prompts, visualize_attention,
+                        zero_shot_eval)
 from clipml.config import _schema_keys, load_config
 from clipml.data import load_split, readable_names
 from clipml.data.transforms import eval_transform
@@ -466,7 +467,8 @@ def test_visualize_several_images_in_one_call(tmp_path, capsys, monkeypatch):
 
 
 TOOLS = {"train_prompts": train_prompts, "zero_shot_eval": zero_shot_eval, "predict": predict,
-         "sweep": sweep, "visualize_attention": visualize_attention}
+         "sweep": sweep, "visualize_attention": visualize_attention, "complete_labels": complete_labels,
+         "export_onnx": export_onnx}
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))
