@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Dict, List, Union
 
@@ -26,8 +25,6 @@ from clipml.engine.checkpoint import atomic_write, read_prompt_checkpoint
 from clipml.engine.inference import decision_rule
 from clipml.errors import ConfigError, ExportError
 from clipml.model import MultiLabelCLIP
-
-logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| probability accepted by the check
 RESIZE = "bicubic with antialiasing to image_size x image_size, no crop (clipml.data.transforms.eval_transform)"
@@ -145,7 +142,6 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
 
     result: Dict[str, float] = {}
     atomic_write(output, write)
-    logger.info("exported %s to %s (max |ONNX - PyTorch| %.2g)", checkpoint, output, result["difference"])
     return Export(output, list(model.classnames), preprocessing(model), result["difference"])
 
 
