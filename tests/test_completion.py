@@ -140,6 +140,20 @@ def test_csv_manifest_and_unlisted_unknown_are_completed(partial_world, tmp_path
         np.testing.assert_array_equal(again.labels, original.labels)
 
 
+def test_probabilities_follow_class_names_not_columns(partial_world, tmp_path):
+    """A classes file in another order than the checkpoint's: each class keeps its own probability."""
+    root, checkpoint = partial_world
+    names = (root / "classes.txt").read_text().split("\n")
+    (tmp_path / "reversed.txt").write_text("\n".join(reversed([n for n in names if n])) + "\n")
+    natural, reversed_out = root / "natural.jsonl", root / "reversed.jsonl"
+    complete_labels(checkpoint, root / "train.jsonl", natural)
+    complete_labels(checkpoint, root / "train.jsonl", reversed_out, classes=tmp_path / "reversed.txt")
+    for a, b in zip(natural.read_text().splitlines(), reversed_out.read_text().splitlines()):
+        a, b = json.loads(a)["predicted"], json.loads(b)["predicted"]  # every train record has unknowns
+        assert a["probability"] == b["probability"] and sorted(a["positive"]) == sorted(b["positive"])
+        assert a["probability"].keys() == set(a["positive"]) | set(a["negative"])
+
+
 def test_undecodable_image_keeps_its_unknown_entries(partial_world, tmp_path, caplog):
     import shutil
 
