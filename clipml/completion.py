@@ -52,8 +52,8 @@ def complete_labels(
 ) -> Completion:
     """Fill every unknown entry of `manifest` (a .jsonl or .csv file read with `classes`, `unlisted`
     and `image_root` as `load_manifest` reads them) and write the completed manifest to `output`
-    (.jsonl; image paths as written, so beside `manifest` it reads with the same options). Labels are cut at the checkpoint's per-class thresholds, or at `threshold` (a
-    probability) when given."""
+    (.jsonl; image paths as written, so beside `manifest` it reads with the same options). Labels
+    are cut at the checkpoint's per-class thresholds, or at `threshold` (a probability) if given."""
     from clipml.engine.train import load_model
 
     manifest, output = Path(manifest), Path(output)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Union
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 import clipml
-from clipml.engine.checkpoint import atomic_write, read_prompt_checkpoint
+from clipml.engine.checkpoint import read_prompt_checkpoint
 from clipml.engine.inference import decision_rule
 from clipml.errors import ConfigError, ExportError
 from clipml.model import MultiLabelCLIP
@@ -110,39 +111,37 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
     example = torch.randn(2, 3, size, size, generator=generator)
     check = torch.randn(check_batch, 3, size, size, generator=generator)
 
-    def write(temporary: Path) -> None:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, verbose=False, input_names=["image"],
-                output_names=["probabilities"], dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
-        proto = program.model_proto
-        proto.doc_string = (f"clipml {metadata['method']} model from {Path(checkpoint).name}: normalised images "
-                            f"[batch, 3, {size}, {size}] -> per-class probabilities [batch, {len(model.classnames)}]")
-        fields = {
-            "clipml.version": clipml.__version__,
-            "clipml.method": metadata["method"],
-            "clipml.classes": json.dumps(model.classnames),
-            "clipml.preprocessing": json.dumps(preprocessing(model)),
-            "clipml.thresholds": json.dumps({name: float(1 / (1 + np.exp(-t)))
-                                             for name, t in zip(model.classnames, thresholds)}),
-            "clipml.threshold_rule": rule,
-        }
-        for key, value in fields.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(temporary))
-        with torch.no_grad():
-            expected = wrapper(check).numpy()
-        difference = float(np.abs(run_onnx(temporary, check.numpy()) - expected).max())
-        if not difference <= TOLERANCE:
-            temporary.unlink()
-            raise ExportError(f"the ONNX export of {checkpoint} differs from PyTorch by {difference:.3g} "
-                              f"(more than {TOLERANCE:g}) on {check_batch} images; not written")
-        result["difference"] = difference
+    fields = {
+        "clipml.version": clipml.__version__,
+        "clipml.method": metadata["method"],
+        "clipml.classes": json.dumps(model.classnames),
+        "clipml.preprocessing": json.dumps(preprocessing(model)),
+        "clipml.thresholds": json.dumps({name: float(1 / (1 + np.exp(-t)))
+                                         for name, t in zip(model.classnames, thresholds)}),
+        "clipml.threshold_rule": rule,
+    }
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, verbose=False, input_names=["image"],
+            output_names=["probabilities"], dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+        expected = wrapper(check).numpy()
+    proto = program.model_proto
+    proto.doc_string = (f"clipml {metadata['method']} model from {Path(checkpoint).name}: normalised images "
+                        f"[batch, 3, {size}, {size}] -> per-class probabilities [batch, {len(model.classnames)}]")
+    for key, value in fields.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
-    result: Dict[str, float] = {}
-    atomic_write(output, write)
-    return Export(output, list(model.classnames), preprocessing(model), result["difference"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(output.name + ".tmp")  # renamed into place once checked
+    onnx.save(proto, str(temporary))
+    difference = float(np.abs(run_onnx(temporary, check.numpy()) - expected).max())
+    if not difference <= TOLERANCE:
+        temporary.unlink()
+        raise ExportError(f"the ONNX export of {checkpoint} differs from PyTorch by {difference:.3g} "
+                          f"(more than {TOLERANCE:g}) on {check_batch} images; not written")
+    os.replace(temporary, output)
+    return Export(output, list(model.classnames), preprocessing(model), difference)
 
 
 def onnx_metadata(path: Union[str, Path]) -> Dict[str, object]:

@@ -39,13 +39,26 @@ SETTINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """setting -> its checkpoint, trained once per module."""
+    checkpoints = {}
+
+    def checkpoint(setting):
+        if setting not in checkpoints:
+            tmp = tmp_path_factory.mktemp(setting)
+            cfg = load_experiment(None, [*FEW_STEPS, *SETTINGS[setting], f"data.mask_dir={tmp / 'masks'}",
+                                         f"output_dir={tmp / 'runs' / '{name}'}", "name=run"])
+            train(cfg, resume=False)
+            checkpoints[setting] = tmp / "runs" / "run" / "prompts.safetensors"
+        return checkpoints[setting]
+    return checkpoint
+
+
 @pytest.fixture(scope="module", params=sorted(SETTINGS))
-def exported(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(request.param)
-    cfg = load_experiment(None, [*FEW_STEPS, *SETTINGS[request.param], f"data.mask_dir={tmp / 'masks'}",
-                                 f"output_dir={tmp / 'runs' / '{name}'}", "name=run"])
-    train(cfg, resume=False)
-    checkpoint = tmp / "runs" / "run" / "prompts.safetensors"
+def exported(request, trained):
+    checkpoint = trained(request.param)
+    tmp = checkpoint.parent
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # through the tool, as a user exports
         export_onnx_cli(["--checkpoint", str(checkpoint), "--output", str(tmp / "model.onnx")])
@@ -95,7 +108,8 @@ def test_text_features_are_constants_not_the_text_tower(exported):
     folded = sum(t.numel() for t in (text if isinstance(text, tuple) else (text,)))
     head = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("backbone", "prompts")))
     assert weights <= 1.01 * (visual + folded + head) + 1000
-    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["probabilities"]
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
 
 
 def test_metadata_says_how_to_prepare_images_and_where_to_cut(exported):
@@ -124,3 +138,12 @@ def test_careless_outputs_and_a_missing_exporter_are_one_error(tmp_path, capsys,
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when not installed
     with pytest.raises(ExportError, match=r"pip install 'clipml\[export\]'"):
         export_onnx(tmp_path / "prompts.safetensors", tmp_path / "model.onnx")
+
+
+def test_an_export_that_disagrees_with_pytorch_is_refused_and_not_written(trained, tmp_path, monkeypatch):
+    import clipml.export
+
+    monkeypatch.setattr(clipml.export, "TOLERANCE", -1.0)  # any difference, even 0, is too large
+    with pytest.raises(ExportError, match="differs from PyTorch by .* not written"):
+        export_onnx(trained("toy-vit-sdm_csp"), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -85,7 +85,8 @@ def _predicted(value: object, where: str) -> Dict[str, object]:
     """A record's "predicted" object, checked: lists of class names and a probability in [0, 1] for
     exactly the classes they list."""
     if not isinstance(value, dict) or set(value) - set(PREDICTED_KEYS):
-        raise DataError(f"{where}: 'predicted' must be an object with keys {', '.join(PREDICTED_KEYS)}, found {value!r}")
+        raise DataError(f"{where}: 'predicted' must be an object with keys {', '.join(PREDICTED_KEYS)}, "
+                        f"found {value!r}")
     lists = {}
     for key in ("positive", "negative"):
         names = value.get(key, [])
