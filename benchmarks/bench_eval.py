@@ -59,7 +59,7 @@ def measure(split: MultiLabelSplit, backbone: FrozenCLIP, method: str, batch: in
     their first quarter (fixed: the text pass, starting the loader workers, the metrics); the
     peak device memory of evaluate() and of the bare tower (CUDA; None elsewhere)."""
     device = str(backbone.device)
-    model = MultiLabelCLIP(backbone, readable_names(split), ModelConfig(method=method))
+    model = MultiLabelCLIP(backbone, readable_names(split), ModelConfig.of(method=method))
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
     count, part = len(split), max(1, len(split) // 4)
     quarter = split.subset(range(part))

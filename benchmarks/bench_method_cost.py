@@ -75,7 +75,7 @@ def main() -> None:
     epochs, refreshes, every = {}, {}, {}
     for name, extra in VARIANTS.items():
         torch.manual_seed(0)
-        config = ModelConfig(method="sdm_csp", n_ctx=args.n_ctx, decoupler_dim=args.decoupler_dim, **extra)
+        config = ModelConfig.of(method="sdm_csp", n_ctx=args.n_ctx, decoupler_dim=args.decoupler_dim, **extra)
         model = MultiLabelCLIP(backbone, classnames, config)
         model.train()
         optimizer = build_optimizer(OptimConfig(name="adamw"), model)

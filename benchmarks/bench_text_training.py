@@ -47,7 +47,7 @@ def main() -> None:
 
     def step_fn(method, loss, batch):
         torch.manual_seed(0)
-        model = MultiLabelCLIP(backbone, classnames, ModelConfig(method=method, n_ctx=args.n_ctx))
+        model = MultiLabelCLIP(backbone, classnames, ModelConfig.of(method=method, n_ctx=args.n_ctx))
         model.train()
         optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-3), model)
         loss_fn = build_loss(loss, reduction="mean")

@@ -29,7 +29,7 @@ def measure(backbone: FrozenCLIP, method: str, classes: int, batch: int, repeats
     device = str(backbone.device)
     classnames = [f"class number {i}" for i in range(classes)]
     torch.manual_seed(0)
-    model = MultiLabelCLIP(backbone, classnames, ModelConfig(method=method))
+    model = MultiLabelCLIP(backbone, classnames, ModelConfig.of(method=method))
     optimizer = build_optimizer(OptimConfig(), model)
     loss_fn = build_loss("asl", reduction="sum")
     h, w = backbone.grid

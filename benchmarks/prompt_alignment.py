@@ -55,7 +55,7 @@ def main() -> None:
         if key not in sources:
             backbone = build_backbone(cfg)
             source = build_sources(cfg, backbone, *build_splits(cfg))[2]  # the test split, as the run scored it
-            zero_shot = MultiLabelCLIP(backbone, readable_names(source.split), ModelConfig(method="zero_shot"))
+            zero_shot = MultiLabelCLIP(backbone, readable_names(source.split), ModelConfig.of(method="zero_shot"))
             sources[key] = (backbone, source)
             rows["zero-shot prompt", run.parent.parent.parent.name].append(cosine_map_localisation(zero_shot, source))
         backbone, source = sources[key]

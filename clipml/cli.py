@@ -281,15 +281,16 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
 
 
 def zero_shot_config(template_set: str, scoring: str, base=None):
-    """The zero-shot ModelConfig for a template set name or a text file of templates (one a line)."""
+    """The baseline's ModelConfig (clipml.methods.baseline_config) for a template set name or a
+    text file of templates (one a line); `base`: the config whose temperature it takes."""
     from clipml.data import templates
+    from clipml.methods import baseline_config
     from clipml.model import ModelConfig
 
     path = Path(template_set)
     chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
               if path.is_file() else templates(template_set))
-    temperature = base.temperature if base is not None else ModelConfig.temperature
-    return ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=scoring, temperature=temperature)
+    return baseline_config(base if base is not None else ModelConfig(), chosen, scoring)
 
 
 def _print_metrics(what, where, cfg, classnames, metrics) -> None:
@@ -374,7 +375,7 @@ def predict(argv: Optional[List[str]] = None) -> None:
             metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
             thresholds, rule = decision_rule(metadata, classnames, args.threshold)
             scored = score_images(model, paths, args.batch_size)
-            if model.config.method == "zero_shot":
+            if model.method.tower_scores:
                 # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
                 # as a logit so that thresholds read it alike.
                 logits = torch.from_numpy(scored.logits).double()
@@ -540,9 +541,11 @@ def sweep(argv: Optional[List[str]] = None) -> None:
 
 # visualize_attention ---------------------------------------------------------------------------
 def visualize_attention(argv: Optional[List[str]] = None) -> None:
+    from clipml.methods import spatial_methods
+
     parser = _parser(
         "Overlay the spatial attention of the top-k predicted classes on images "
-        "(methods with spatial attention: sdm_csp, dualcoop, taidpt).")
+        f"(methods with spatial attention: {', '.join(spatial_methods())}).")
     parser.add_argument("--checkpoint", required=True, help="prompts.safetensors from train_prompts (required)")
     parser.add_argument("images", nargs="+", metavar="image",
                         help="image files or folders (searched recursively; the model loads once for all)")

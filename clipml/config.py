@@ -15,16 +15,19 @@ or command line) and, for an unknown key, the closest valid key.
 """
 import dataclasses
 import difflib
+import logging
 import os
 import pathlib
 import types
 import typing
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
 from clipml.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+OVERRIDE = "command-line override"
 T = TypeVar("T")
 BASE_KEY = "base"
 Key = Tuple[str, ...]
@@ -111,7 +114,26 @@ def _parse_override(text: str) -> Dict:
 
 
 def _field_names(cls: type) -> List[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+    """The keys a dataclass takes by its own name (a selected section's key is its selector's value)."""
+    return [f.name for f in dataclasses.fields(cls) if f.init and not _selector(f)]
+
+
+def selected_section(selector: str, sections: Callable[[], Dict[str, Optional[type]]],
+                     moved: Callable[[], Dict[str, str]] = dict) -> Any:
+    """A field whose key is the value of the field ``selector``: ``model.method: dualcoop`` takes the
+    section ``model.dualcoop``, built with ``sections()[value]`` (None: that value has no section).
+    Sections of other values are refused by name. ``moved()`` maps keys that older configs held
+    beside the selector to their place in a section (``guidance`` -> ``sdm_csp.guidance``), for hints."""
+    return dataclasses.field(default=None, metadata={"selected_by": selector, "sections": sections,
+                                                     "moved": moved})
+
+
+def _selector(f: dataclasses.Field) -> Optional[str]:
+    return f.metadata.get("selected_by")
+
+
+def _selected_fields(cls: type) -> List[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init and _selector(f)]
 
 
 def _schema_keys(cls: type, prefix: str) -> List[str]:
@@ -166,23 +188,60 @@ class _Builder:
         hints = typing.get_type_hints(cls)
         names = _field_names(cls)
         prefix = "".join(k + "." for k in key)
+        values, taken = self.sections(cls, data, key)
         for k in data:
-            if k not in names:
+            if k not in names and k not in taken:
                 close = _suggest(cls, prefix, str(k))
                 hint = f"; did you mean '{close}'?" if close else ""
                 where = self.where(key + (str(k),))
                 raise ConfigError(f"unknown key '{prefix}{k}'{where}{hint}")
-        values = {}
         for f in dataclasses.fields(cls):
             if f.init and f.name in data:
                 value = data[f.name]
                 default = _default(f) if isinstance(value, dict) else None
                 if dataclasses.is_dataclass(default):  # keep what a non-default default sets
-                    value = _merge(config_to_dict(default), value, "", {})
+                    value = _merge(_defaults_dict(default), value, "", {})
                 values[f.name] = self.value(hints[f.name], value, key + (f.name,))
             elif f.init and _default(f) is _REQUIRED:
                 raise ConfigError(f"missing required config key '{prefix}{f.name}'")
         return cls(**values)
+
+    def sections(self, cls: type, data: Dict, key: Key) -> Tuple[Dict[str, Any], set]:
+        """The selected sections of ``cls`` (see `selected_section`) and the data keys they take;
+        a section of another selector value, or a key that moved into a section, is refused by name."""
+        values, taken = {}, set()
+        prefix = "".join(k + "." for k in key)
+        for f in _selected_fields(cls):
+            selector = _selector(f)
+            default = next(_default(g) for g in dataclasses.fields(cls) if g.name == selector)
+            chosen = data.get(selector, default)
+            sections = f.metadata["sections"]()
+            if chosen not in sections:
+                raise ConfigError(f"config key '{prefix}{selector}'{self.where(key + (selector,))}: expected one "
+                                  f"of {sorted(sections)}, found {chosen!r}")
+            overridden = self.sources.get(key + (selector,), "").startswith(OVERRIDE)
+            for name in sections:
+                from_file = not self.sources.get(key + (name,), "").startswith(OVERRIDE)
+                if name in data and name != chosen and overridden and from_file:
+                    # the command line switched methods: the file's options for its own method go
+                    logger.warning("dropped %s%s%s: %s is %r on the command line", prefix, name,
+                                   self.where(key + (name,)), selector, chosen)
+                    taken.add(name)
+                elif name in data and (name != chosen or sections[name] is None):
+                    whose = (f"'{prefix}{selector}' is {chosen!r}" if name != chosen
+                             else f"{selector} {chosen!r} has no options of its own")
+                    raise ConfigError(f"config key '{prefix}{name}'{self.where(key + (name,))} holds the options "
+                                      f"of {selector} {name!r}, but {whose}")
+            for old, new in f.metadata["moved"]().items():
+                if old in data:
+                    owner = new.split(".")[0]
+                    where = self.where(key + (old,))
+                    raise ConfigError(f"config key '{prefix}{old}'{where} moved to '{prefix}{new}' (options of "
+                                      f"{selector} {owner!r}; set only for it)")
+            tp = sections[chosen]
+            values[f.name] = None if tp is None else self.value(tp, data.get(chosen, {}), key + (chosen,))
+            taken.add(chosen)
+        return values, taken
 
     def value(self, tp: Any, value: Any, key: Key) -> Any:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -245,6 +304,17 @@ class _Builder:
 _REQUIRED = object()
 
 
+def _defaults_dict(cfg: Any) -> Dict:
+    """`config_to_dict` of a default without its selected sections: they follow the selector
+    the data gives, not the default's."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.init and not _selector(f):
+            value = getattr(cfg, f.name)
+            out[f.name] = _defaults_dict(value) if dataclasses.is_dataclass(value) else config_to_dict(value)
+    return out
+
+
 def _default(f: dataclasses.Field) -> Any:
     """The field's default value, or ``_REQUIRED`` when it has none."""
     if f.default is not dataclasses.MISSING:
@@ -276,14 +346,22 @@ def load_config(
     if base is not None:
         data = _merge(data, base[0], base[1], sources)
     for text in overrides:
-        data = _merge(data, _parse_override(text), f"command-line override {text!r}", sources)
+        data = _merge(data, _parse_override(text), f"{OVERRIDE} {text!r}", sources)
     return _build(cls, data, sources)
 
 
 def config_to_dict(cfg: Any) -> Any:
     """Plain YAML-safe data for a config: dataclasses and tuples become dicts and lists."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {name: config_to_dict(getattr(cfg, name)) for name in _field_names(type(cfg))}
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if f.init and _selector(f):
+                section = getattr(cfg, f.name)
+                if section is not None:
+                    out[getattr(cfg, _selector(f))] = config_to_dict(section)
+            elif f.init:
+                out[f.name] = config_to_dict(getattr(cfg, f.name))
+        return out
     if isinstance(cfg, (list, tuple)):
         return [config_to_dict(v) for v in cfg]
     if isinstance(cfg, dict):
@@ -345,7 +423,10 @@ def describe_config(cfg: Any, prefix: str = "") -> List[Tuple[str, Any, Any, str
         if not f.init:
             continue
         value, default = getattr(cfg, f.name), _default(f)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if _selector(f):  # the selected section, under its selector's value
+            if value is not None:
+                rows += describe_config(value, f"{prefix}{getattr(cfg, _selector(f))}.")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             rows += describe_config(value, f"{prefix}{f.name}.")
         else:
             rows.append((prefix + f.name, config_to_dict(value),

@@ -170,6 +170,17 @@ class ExperimentConfig:
         return self.output_dir.format(name=self.name)
 
 
+def saved_config(saved: Dict[str, Any], source: str = "") -> ExperimentConfig:
+    """The ExperimentConfig of a saved config (a run's config.yaml, a checkpoint's metadata). Keys
+    added since it was written take their defaults; one written before methods had their own
+    sections (all ``model.*`` keys flat) is read in today's layout (`upgrade_model_dict`)."""
+    from clipml.methods import upgrade_model_dict
+
+    if isinstance(saved.get("model"), dict):
+        saved = dict(saved, model=upgrade_model_dict(saved["model"], ModelConfig.method))
+    return config_from_dict(ExperimentConfig, saved, source=source)
+
+
 # Keys that say where or how fast a run goes, not what it computes: resuming a run, reading back a
 # finished one (train, sweep) ignores them. Every other key is part of the experiment's identity.
 RUN_ONLY_KEYS = ("name", "output_dir", "device", "data.workers", "data.eval_batch_size", "data.cache_dir",
@@ -194,7 +205,7 @@ def config_differences(saved: Dict[str, Any], cfg: ExperimentConfig) -> Dict[str
     written take their defaults, so a run from an older version still resumes; a saved config that
     no longer reads differs as a whole (key "config.yaml")."""
     try:
-        old = _leaves(config_from_dict(ExperimentConfig, saved))
+        old = _leaves(saved_config(saved))
     except ClipmlError as error:
         return {"config.yaml": (str(error), None)}
     new = _leaves(cfg)

@@ -1,6 +1,6 @@
-"""Where a model looks: the per-class spatial attention of the semantic decoupler (sdm_csp), of
-DualCoOp's region aggregation or of TaI-DPT's local branch, for the top-k predicted classes,
-overlaid on the image."""
+"""Where a model looks: the per-class spatial attention of a method that has one (the semantic
+decoupler, DualCoOp's region aggregation, TaI-DPT's local branch, ...), for the top-k predicted
+classes, overlaid on the image."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 from clipml.data.images import open_image
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.errors import CheckpointError, ConfigError, DataError
-from clipml.model import METHODS, MultiLabelCLIP
+from clipml.methods import spatial_methods
+from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-SPATIAL_HEADS = ("decoupler", "dualcoop", "taidpt")  # heads whose Output carries attention [B, C, N]
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3) ->
     if output.attention is None:
         raise ConfigError(
             f"model.method '{model.config.method}' scores the pooled image feature and has no spatial "
-            f"attention; attention maps need a method with one ({', '.join(_spatial_methods())})"
+            f"attention; attention maps need a method with one ({', '.join(spatial_methods())})"
         )
     h, w = dense.grid
     logits = output.logits[0].float()
@@ -63,10 +63,6 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3) ->
         maps=upsampled[:, 0].cpu().numpy(),
         grid=(h, w),
     )
-
-
-def _spatial_methods() -> List[str]:
-    return [method for method, (_, head) in METHODS.items() if head in SPATIAL_HEADS]
 
 
 def plot_attention(maps: AttentionMaps, path: Optional[Union[str, Path]] = None, alpha: float = 0.5,
@@ -123,10 +119,10 @@ def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str
     if len(image_paths) != len(outputs):
         raise ConfigError(f"{len(image_paths)} images but {len(outputs)} output files")
     model = load_model(str(checkpoint), device=device)
-    if model.head_kind not in SPATIAL_HEADS:
+    if not model.method.spatial:
         raise CheckpointError(
             f"{checkpoint} holds a '{model.config.method}' model, which scores the pooled image feature "
-            f"and has no spatial attention; attention maps need one of: {', '.join(_spatial_methods())}"
+            f"and has no spatial attention; attention maps need one of: {', '.join(spatial_methods())}"
         )
     result = Visualized([], [])
     for path, output in zip(map(Path, image_paths), map(Path, outputs)):

@@ -108,7 +108,7 @@ def test_zero_shot_with_temperature_null_scores_as_the_library_with_softmax_for_
     backbone = tiny_backbone("open_clip_vit")
     images = torch.randn(2, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(1))
     texts = [f"a photo of a {name}." for name in CLASSES]
-    zero_shot = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="zero_shot", temperature=None))
+    zero_shot = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="zero_shot", temperature=None))
     with torch.no_grad():
         logits = zero_shot(images).logits
     expected = library_logits(backbone.model, images, texts)
@@ -117,10 +117,10 @@ def test_zero_shot_with_temperature_null_scores_as_the_library_with_softmax_for_
     torch.testing.assert_close(backbone.zero_shot_probabilities(logits), expected.softmax(dim=-1))
     # The default stays model.temperature=100, whatever the tower's own scale (here 1/0.07).
     assert backbone.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
-    default = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="zero_shot"))
+    default = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="zero_shot"))
     assert float(default.head.log_temperature.exp()) == pytest.approx(100.0)
     with pytest.raises(ConfigError, match="model.temperature must be positive"):
-        MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="zero_shot", temperature=0.0))
+        MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="zero_shot", temperature=0.0))
 
 
 def test_a_sigmoid_trained_tower_brings_its_bias_and_the_sigmoid_rule():
@@ -132,16 +132,16 @@ def test_a_sigmoid_trained_tower_brings_its_bias_and_the_sigmoid_rule():
     backbone = OpenCLIPBackbone(copy.deepcopy(model), "clipml-tiny-vit-customtext", "random")
     assert backbone.logit_bias == pytest.approx(-10.0) and backbone.zero_shot_rule == "sigmoid"
     images = torch.randn(2, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(2))
-    zero_shot = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="zero_shot", temperature=None))
+    zero_shot = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="zero_shot", temperature=None))
     with torch.no_grad():
         logits = zero_shot(images).logits
     expected = library_logits(backbone.model, images, [f"a photo of a {name}." for name in CLASSES])
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(backbone.zero_shot_probabilities(logits), torch.sigmoid(expected))
     assert not any(p is zero_shot.head.bias for p in zero_shot.parameters())  # the tower's, not learned
-    learned = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="csc_global", n_ctx=2, temperature=None))
+    learned = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="csc_global", n_ctx=2, temperature=None))
     assert float(learned.head.bias.detach()) == pytest.approx(-10.0) and learned.head.bias.requires_grad
-    chosen = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="csc_global", n_ctx=2, temperature=None,
+    chosen = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="csc_global", n_ctx=2, temperature=None,
                                                            logit_bias=-3.0))
     assert float(chosen.head.bias.detach()) == pytest.approx(-3.0)
-    assert MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="zero_shot")).head.bias is None  # temperature 100
+    assert MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="zero_shot")).head.bias is None  # temperature 100

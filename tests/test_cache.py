@@ -48,7 +48,7 @@ def on_the_fly(split, backbone, batch_size=16, shuffle=False):
 
 def test_cached_features_and_logits_equal_on_the_fly(three_views, backbone, split):
     cached = CachedFeatureSource(split, three_views, 16, backbone.device)
-    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16))
+    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16))
     pairs = list(zip(cached.batches(), on_the_fly(split, backbone).batches()))
     assert len(pairs) == len(cached) == 2
     with torch.no_grad():

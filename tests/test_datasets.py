@@ -420,4 +420,4 @@ def test_classes_that_read_alike_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"classes 'hot_dog' \(index 0\) and 'hot dog' \(index 2\) both read as 'hot dog'"):
         readable_names(split)
     with pytest.raises(ConfigError, match=r"class names must be distinct, found \['cat'\]"):
-        MultiLabelCLIP(tiny_backbone("open_clip_vit"), ["cat", "dog", "cat"], ModelConfig(method="coop", n_ctx=2))
+        MultiLabelCLIP(tiny_backbone("open_clip_vit"), ["cat", "dog", "cat"], ModelConfig.of(method="coop", n_ctx=2))

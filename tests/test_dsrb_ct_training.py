@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from clipml.blending import category_contrastive
 from clipml.engine.checkpoint import load_into, model_tensors
-from clipml.engine.train import _blending_this_epoch, load_model, train, training_loss
+from clipml.engine.train import load_model, train, training_loss
+from clipml.methods import Step
 from clipml.errors import ConfigError
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
@@ -22,7 +23,7 @@ DSRB_CT = ["model.blending.instance=true", "model.blending.prototype=true", "mod
 
 def blended_model(backbone, **blend):
     torch.manual_seed(0)
-    config = ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16,
+    config = ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16,
                          blending=BlendingConfig(instance=True, prototype=True, **blend),
                          transport=TransportConfig(enabled=True, background=True))
     return MultiLabelCLIP(backbone, CLASSES, config)
@@ -32,7 +33,7 @@ def test_eval_logits_unchanged_by_blending(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     with_blend = blended_model(backbone)
     torch.manual_seed(0)
-    plain = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16))
+    plain = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16))
     plain.load_state_dict(with_blend.state_dict(), strict=False)
     with torch.no_grad():
         with_blend.blending.prototypes.normal_()
@@ -52,8 +53,8 @@ def test_training_loss_adds_branches_and_reaches_alpha_beta_and_background(tiny_
     labels = torch.tensor([[1, -1, 0, -1], [-1, 1, -1, 0], [0, -1, 1, -1], [1, 1, -1, -1]], dtype=torch.int8)
     dense = model.encode(images)
     loss_fn = build_loss("bce")
-    plain = training_loss(model, loss_fn, dense, labels, blending=False)
-    full = training_loss(model, loss_fn, dense, labels, blending=True, generator=torch.Generator().manual_seed(0))
+    plain = training_loss(model, loss_fn, dense, labels)
+    full = training_loss(model, loss_fn, dense, labels, Step(10**6, generator=torch.Generator().manual_seed(0)))
     assert full > plain  # the blended branches add their own (positive) losses
     full.backward()
     for parameter in (model.blending.alpha, model.blending.beta, model.transport.background, model.prompts.ctx):
@@ -67,7 +68,7 @@ LABELS = torch.tensor([[1, -1, 0, -1], [-1, 1, -1, 0], [0, -1, 1, -1], [1, 1, -1
 def test_contrastive_weight_adds_exactly_its_term_and_reaches_the_decoupler(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     torch.manual_seed(0)
-    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16,
+    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16,
                                                           blending=BlendingConfig(instance=True)))
     dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
     loss_fn = build_loss("bce")
@@ -75,12 +76,12 @@ def test_contrastive_weight_adds_exactly_its_term_and_reaches_the_decoupler(tiny
     output = model.forward_dense(dense)
     features, soft, mask = model.blending.instance_blend(output.features, targets, known)
     old = loss_fn(output.logits, targets, known) + loss_fn(model.head(features, output.text), soft, mask)
-    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), old, rtol=0, atol=0)
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, Step(10**6)), old, rtol=0, atol=0)
 
     model.config.blending.contrastive_weight = 0.05
     term = category_contrastive(output.features, targets, known)
     assert term > 0  # class 0: a positive pair (0, 3) and positive-negative pairs with image 2
-    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), old + 0.05 * term,
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, Step(10**6)), old + 0.05 * term,
                                rtol=0, atol=0)
     (0.05 * term).backward()
     for parameter in (model.decoupler.U.weight, model.decoupler.V.weight, model.decoupler.P.weight):
@@ -91,18 +92,18 @@ def test_contrastive_weight_adds_exactly_its_term_and_reaches_the_decoupler(tiny
 def test_contrastive_term_alone_follows_the_start_epoch(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     torch.manual_seed(0)
-    config = ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16,
+    config = ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16,
                          blending=BlendingConfig(contrastive_weight=0.05, start_epoch=2))
     model = MultiLabelCLIP(backbone, CLASSES, config)
     assert not hasattr(model, "blending")  # no blend branch: no α, β or prototypes
-    assert [_blending_this_epoch(model, epoch) for epoch in range(4)] == [False, False, True, True]
+    assert [model.terms[0].blending(epoch) for epoch in range(4)] == [False, False, True, True]
     dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
     loss_fn = build_loss("bce")
     output = model.forward_dense(dense)
     term = category_contrastive(output.features, (LABELS == 1).float(), LABELS != -1)
-    plain = training_loss(model, loss_fn, dense, LABELS, blending=False)
+    plain = training_loss(model, loss_fn, dense, LABELS)
     torch.testing.assert_close(plain, loss_fn(output.logits, (LABELS == 1).float(), LABELS != -1), rtol=0, atol=0)
-    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True), plain + 0.05 * term,
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, Step(10**6)), plain + 0.05 * term,
                                rtol=0, atol=0)
 
 
@@ -115,7 +116,7 @@ def test_contrastive_term_alone_follows_the_start_epoch(tiny_backbones):
     ],
 )
 def test_blending_settings_rejected(tiny_backbones, method, blending, message):
-    config = ModelConfig(method=method, n_ctx=4, blending=blending)
+    config = ModelConfig.of(method=method, n_ctx=4, blending=blending)
     with pytest.raises(ConfigError, match=message):
         MultiLabelCLIP(tiny_backbones["open_clip_vit"], CLASSES, config)
 
@@ -183,19 +184,19 @@ def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
 def test_contrastive_share_and_form_reach_the_training_loss(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     torch.manual_seed(0)
-    config = ModelConfig(method="sdm_csp", n_ctx=4, decoupler_dim=16, decoupler_extra_linear=True,
-                         blending=BlendingConfig(contrastive_weight=0.05, contrastive_form="mined"))
+    config = ModelConfig.of(method="sdm_csp", n_ctx=4, decoupler_dim=16, decoupler_extra_linear=True,
+                         blending=BlendingConfig(contrastive_weight=0.05, contrastive_form="mined",
+                                                 contrastive_schedule="from_start"))
     model = MultiLabelCLIP(backbone, CLASSES, config)
     dense = model.encode(torch.randn(4, 3, backbone.image_size, backbone.image_size))
     loss_fn = build_loss("bce")
     output = model.forward_dense(dense)
     term = category_contrastive(output.features, (LABELS == 1).float(), LABELS != -1, "mined",
                                 torch.Generator().manual_seed(3))
-    plain = training_loss(model, loss_fn, dense, LABELS, blending=False)
-    ramped = training_loss(model, loss_fn, dense, LABELS, blending=False, generator=torch.Generator().manual_seed(3),
-                           contrastive=0.5)
+    plain = training_loss(model, loss_fn, dense, LABELS)
+    ramped = training_loss(model, loss_fn, dense, LABELS, Step(0, 1, 2, torch.Generator().manual_seed(3)))
     torch.testing.assert_close(ramped, plain + 0.5 * 0.05 * term, rtol=0, atol=0)
-    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, blending=True, contrastive=0.0), plain,
+    torch.testing.assert_close(training_loss(model, loss_fn, dense, LABELS, Step(0, 0, 2)), plain,
                                rtol=0, atol=0)
 
 
@@ -205,7 +206,7 @@ def test_training_with_the_reference_rules(tmp_path):
     rules = ["model.method=sdm_csp", "model.blending.instance=true", "model.blending.prototype=true",
              "model.blending.start_epoch=1", "model.blending.prototype_every=1", "model.blending.peak=feature",
              "model.blending.empty_cells=class_mean", "model.blending.contrastive_weight=0.05",
-             "model.blending.contrastive_form=mined", "model.decoupler_extra_linear=true", "loss.name=asl",
+             "model.blending.contrastive_form=mined", "model.sdm_csp.decoupler_extra_linear=true", "loss.name=asl",
              "loss.soft_focusing=mixed", "optim.epochs=2", "data.options={num_images: 96}"]
     first_epoch = {}
     for schedule in ("from_start", "with_blending"):

@@ -27,7 +27,7 @@ def tiny_config(tmp_path, *overrides, synthetic=True):
         "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "train.report_images=0", "train.tensorboard=false",
         *(["data.options={num_images: 120}"] if synthetic else []), f"data.mask_dir={tmp_path / 'masks'}",
-        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.decoupler_dim=16",
+        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16",
         "optim.name=adamw", "optim.lr=0.01", "optim.epochs=3", "loss.reduction=mean",
         f"output_dir={tmp_path / 'runs' / '{name}'}", *overrides,
     ])
@@ -103,7 +103,7 @@ def test_checkpoint_mismatches_are_clear_errors(trained, tmp_path):
     wider = dict(metadata["backbone"], embed_dim=64)
     with pytest.raises(CheckpointError, match="embed_dim: checkpoint 32, this backbone 64"):
         check_backbone(metadata, wider, path)
-    model = MultiLabelCLIP(load_model(path).backbone, metadata["classes"], ModelConfig(method="csc_global", n_ctx=4))
+    model = MultiLabelCLIP(load_model(path).backbone, metadata["classes"], ModelConfig.of(method="csc_global", n_ctx=4))
     from clipml.engine.checkpoint import load_into
 
     with pytest.raises(CheckpointError, match="holds a 'sdm_csp' model"):

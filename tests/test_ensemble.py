@@ -260,7 +260,7 @@ def test_an_ensemble_member_is_scored_on_its_whole_saved_backbone_config(tmp_pat
     saved, paths = {}, []
     for name, overrides in settings.items():
         cfg = load_config(ExperimentConfig, None, ["backbone.spec=toy", "model.method=sdm_csp", "model.n_ctx=2",
-                                                   "model.decoupler_dim=16", *overrides])
+                                                   "model.sdm_csp.decoupler_dim=16", *overrides])
         torch.manual_seed(0)
         saved[name] = MultiLabelCLIP(build_backbone(cfg), classes, cfg.model)
         paths.append(str(save_prompt_checkpoint(tmp_path / f"{name}.safetensors", saved[name], config_to_dict(cfg))))

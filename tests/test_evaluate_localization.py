@@ -53,6 +53,7 @@ class PaintedSplit(MultiLabelSplit):
         for c, y0, y1, x0, x1 in self.boxes[index]:
             pixels[y0:y1, x0:x1] = COLORS[c]
         return Image.fromarray(pixels, "RGB")
+SMALL = {"sdm_csp": {"decoupler_dim": 16}}  # a small decoupler (its own key)
 
 
 def painted_split(count=14, with_masks=True):
@@ -81,7 +82,7 @@ def source_of(split, backbone, batch_size=5):
 
 def model_of(backbone, method, **settings):
     torch.manual_seed(0)
-    return MultiLabelCLIP(backbone, ["red", "green", "blue"], ModelConfig(method=method, n_ctx=4, decoupler_dim=16,
+    return MultiLabelCLIP(backbone, ["red", "green", "blue"], ModelConfig.of(method=method, n_ctx=4, **SMALL.get(method, {}),
                                                                           **settings))
 
 
@@ -111,7 +112,7 @@ def oracle(model, split, backbone):
 
 
 @pytest.mark.parametrize("method, settings", [("sdm_csp", {}), ("dualcoop", {}),
-                                              ("zero_shot", {"zero_shot_scoring": "dense"})])
+                                              ("zero_shot", {"scoring": "dense"})])
 def test_evaluate_reports_localisation_as_an_independent_computation(backbone, method, settings):
     split = painted_split()
     model = model_of(backbone, method, **settings)

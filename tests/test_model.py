@@ -6,15 +6,17 @@ import torch.nn.functional as F
 
 from clipml.decoupler import CosineHead, SemanticDecoupler, dualcoop_aggregate
 from clipml.errors import ConfigError
-from clipml.model import METHODS, ModelConfig, MultiLabelCLIP
+from clipml.methods import METHODS
+from clipml.model import ModelConfig, MultiLabelCLIP
 from clipml.prompts import ContextPrompts
 
 CLASSES = ["cat", "dog", "dining table", "traffic light"]
+SMALL = {"sdm_csp": {"decoupler_dim": 16}}  # a small decoupler (its own key)
 
 
 def make_model(backbone, method, **kwargs):
     torch.manual_seed(0)
-    return MultiLabelCLIP(backbone, CLASSES, ModelConfig(method=method, n_ctx=4, decoupler_dim=16, **kwargs))
+    return MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method=method, n_ctx=4, **SMALL.get(method, {}), **kwargs))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

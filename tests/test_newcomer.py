@@ -38,7 +38,7 @@ from clipml.metrics import average_precision
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4",
-        "model.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01", "optim.epochs=2", "loss.reduction=mean"]
+        "model.sdm_csp.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01", "optim.epochs=2", "loss.reduction=mean"]
 
 
 def tiny_args(tmp_path, name, *overrides):

@@ -22,7 +22,8 @@ from clipml.engine.train import build_scheduler, build_training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import load_experiment
 from clipml.metrics import threshold_metrics
-from clipml.model import DualCoOpConfig, ModelConfig, MultiLabelCLIP
+from clipml.methods.dualcoop import DualCoOpConfig
+from clipml.model import ModelConfig, MultiLabelCLIP
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = np.load(ROOT / "tests" / "golden" / "dualcoop.npz")
@@ -74,7 +75,7 @@ def test_published_config_reproduces_logits_loss_and_gradients(tiny):
     close(grad_pos, GOLDEN["ref_grad_pos"], atol=1e-7, rtol=1e-5)
     close(grad_neg, GOLDEN["ref_grad_neg"], atol=1e-7, rtol=1e-5)
     # Without the mean token the logits move by ~1e-2: the check above can tell them apart.
-    plain = dataclasses.replace(model_cfg, dualcoop=DualCoOpConfig(mean_token=False))
+    plain = dataclasses.replace(model_cfg, method_options=DualCoOpConfig(mean_token=False))
     logits_plain = run(backbone, images, plain, GOLDEN["ctx_pos"], GOLDEN["ctx_neg"])[0]
     assert np.abs(logits_plain.numpy() - GOLDEN["ref_margin"]).max() > 1e-3
 
@@ -82,7 +83,7 @@ def test_published_config_reproduces_logits_loss_and_gradients(tiny):
 def test_shared_contexts_reproduce_the_reference_without_csc(tiny):
     backbone, images = tiny
     model_cfg = dataclasses.replace(experiment().model, n_ctx=N_CTX,
-                                    dualcoop=DualCoOpConfig(mean_token=True, class_specific=False))
+                                    method_options=DualCoOpConfig(mean_token=True, class_specific=False))
     logits, _, grad_pos, grad_neg = run(backbone, images, model_cfg, GOLDEN["shared_ctx_pos"],
                                         GOLDEN["shared_ctx_neg"])
     close(logits, GOLDEN["shared_ref_margin"], atol=1e-4, rtol=1e-5)
@@ -147,8 +148,8 @@ def test_voc_difficult_only_classes_are_negatives(tmp_path):
 
 def test_settings_are_checked_when_read():
     with pytest.raises(ConfigError, match="mean_token"):
-        MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig(method="dualcoop", n_ctx=2,
-                                                                  dualcoop=DualCoOpConfig(mean_token=True)))
+        MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig.of(method="dualcoop", n_ctx=2,
+                                                                  method_options=DualCoOpConfig(mean_token=True)))
     with pytest.raises(ConfigError, match="whole epochs"):
         load_experiment(None, ["optim.schedule=dassl", "optim.warmup_epochs=0.5"])
     with pytest.raises(ConfigError, match="loss.weight"):

@@ -14,7 +14,7 @@ import torch
 
 from clipml.blending import PrototypeBank, RepresentationBlending, category_contrastive, peak_scores, quadrant
 from clipml.decoupler import SemanticDecoupler
-from clipml.engine.train import _contrastive_factor
+from clipml.methods.terms import Step, contrastive_share
 from clipml.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_published_dsrb_configs_choose_the_reference_rules_except_the_zero_row()
             "feature", "class_mean", "mined", "from_start"), path
         assert blend.contrastive_weight == 0.05 and blend.topk == 1, path
         assert blend.prototype_zero_row is False, path  # the reference's placeholder-row bug is not copied
-        assert cfg.model.decoupler_extra_linear is False, path  # the seed paper's decoupler
+        assert cfg.model.method_options.decoupler_extra_linear is False, path  # the seed paper's decoupler
         assert (cfg.loss.name, cfg.loss.soft_focusing) == ("asl", "mixed"), path
         if cfg.data.dataset == "voc2007":
             assert cfg.data.options["difficult"] == "negative"  # SARB/DSRB's voc2007.py rule
@@ -79,7 +79,7 @@ def test_contrastive_schedule_from_start_is_the_reference_ramp():
     reference = GOLDEN["contrastive_schedule_reference"]  # [epochs, batches]
     blend = published_blending()
     epochs, batches = reference.shape
-    ours = np.array([[_contrastive_factor(blend, e, i, batches) for i in range(batches)] for e in range(epochs)])
+    ours = np.array([[contrastive_share(blend, Step(e, i, batches)) for i in range(batches)] for e in range(epochs)])
     np.testing.assert_array_equal(ours, reference)
     assert reference[0, 0] == 0 and reference[0, -1] < 1 and (reference[1:] == 1).all()
 

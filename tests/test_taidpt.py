@@ -17,7 +17,8 @@ from clipml.engine.train import load_model, train, training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 from clipml.losses import build_loss, partial_ranking
-from clipml.model import ModelConfig, MultiLabelCLIP, TaIDPTConfig, TransportConfig
+from clipml.methods.taidpt import TaIDPTConfig
+from clipml.model import ModelConfig, MultiLabelCLIP, TransportConfig
 from conftest import TINY_SPECS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ CLASSES = ["dog", "horse", "bus", "dining table"]
 
 def taidpt(backbone, **settings):
     torch.manual_seed(0)
-    return MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=4, taidpt=TaIDPTConfig(**settings)))
+    return MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="taidpt", n_ctx=4, **settings))
 
 
 @pytest.mark.parametrize("family", list(TINY_SPECS))
@@ -170,7 +171,7 @@ def test_training_loss_adds_the_loss_of_both_branches(tiny_backbones):
     text = backbone.encode_text_dense(CAPTIONS)
     labels = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.int8)
     loss_fn = build_loss("ranking")
-    total = training_loss(model, loss_fn, text, labels, blending=False)
+    total = training_loss(model, loss_fn, text, labels)
     out = model.forward_dense(text)
     targets, known = (labels == 1).float(), labels != -1
     expected = loss_fn(out.parts[0], targets, known) + loss_fn(out.parts[1], targets, known)
@@ -199,8 +200,8 @@ def test_config_errors(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     with pytest.raises(ConfigError, match="global_weight"):
         taidpt(backbone, global_weight=1.5)
-    with pytest.raises(ConfigError, match="taidpt trains on captions"):
-        MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=4, transport=TransportConfig(enabled=True)))
+    with pytest.raises(ConfigError, match="taidpt does not train on images"):
+        MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="taidpt", n_ctx=4, transport=TransportConfig(enabled=True)))
 
 
 def test_checkpoint_round_trip(tiny_backbones, tmp_path):

@@ -24,7 +24,7 @@ def checkpoint(folder, method):
     """A prompt checkpoint of an untrained model (its attention is as valid as a trained one's)."""
     cfg = load_config(ExperimentConfig, None, [
         "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=64", "backbone.allow_random=true",
-        f"model.method={method}", "model.n_ctx=4", "model.decoupler_dim=16"])
+        f"model.method={method}", "model.n_ctx=4", *(["model.sdm_csp.decoupler_dim=16"] if method == "sdm_csp" else [])])
     torch.manual_seed(0)
     model = MultiLabelCLIP(build_backbone(cfg), CLASSES, cfg.model)
     path = folder / f"{method}.safetensors"

@@ -235,7 +235,7 @@ def test_global_zero_shot_is_the_same_in_every_mode(backbones):
     images = images_for(backbones("open_clip_vit", None, "tokens"), n=3, seed=5)
     logits = {}
     for mode in DENSE_MODES:
-        model = MultiLabelCLIP(backbones("open_clip_vit", None, mode), classes, ModelConfig(method="zero_shot"))
+        model = MultiLabelCLIP(backbones("open_clip_vit", None, mode), classes, ModelConfig.of(method="zero_shot"))
         with torch.no_grad():
             logits[mode] = model(images).logits
     for mode in DENSE_MODES[1:]:

@@ -118,7 +118,7 @@ def main() -> int:
 
     backbone = OpenCLIPBackbone(copy.deepcopy(oc_model), pc.TINY_NAME, "random",
                                 BackboneConfig(image_size=224, attnpool_positional=exp.backbone.attnpool_positional))
-    ours = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=n_ctx))
+    ours = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="taidpt", n_ctx=n_ctx))
     with torch.no_grad():
         ref_net.prompt_learner.ctx.copy_(ours.prompts.global_context.ctx)
         ref_net.prompt_learner.ctx_double.copy_(ours.prompts.local_context.ctx)
@@ -176,7 +176,7 @@ def main() -> int:
 
     # one and three SGD steps (Dassl build_optimizer over the prompt learner, as the trainer)
     ref_opt = d_optim.build_optimizer(ref_net.prompt_learner, cfg.OPTIM)
-    ours2 = MultiLabelCLIP(backbone, CLASSES, ModelConfig(method="taidpt", n_ctx=n_ctx))
+    ours2 = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method="taidpt", n_ctx=n_ctx))
     with torch.no_grad():
         ours2.prompts.global_context.ctx.copy_(ours.prompts.global_context.ctx)
         ours2.prompts.local_context.ctx.copy_(ours.prompts.local_context.ctx)

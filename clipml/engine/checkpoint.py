@@ -22,10 +22,6 @@ from clipml.prompts import ContextPrompts
 
 logger = logging.getLogger(__name__)
 
-CONTEXT_PREFIX = {"prompts": "prompts.ctx", "prompts.positive": "prompts.positive.ctx",
-                  "prompts.negative": "prompts.negative.ctx",
-                  "prompts.global_context": "prompts.global_context.ctx",
-                  "prompts.local_context": "prompts.local_context.ctx"}
 IDENTITY_KEYS = ("library", "model", "weights", "embed_dim")
 
 
@@ -47,7 +43,7 @@ def model_tensors(model: MultiLabelCLIP) -> Dict[str, torch.Tensor]:
     learners = _context_learners(model)
     for module_name, learner in learners.items():
         for classname, ctx in learner.named_contexts().items():
-            key = CONTEXT_PREFIX[module_name] + (f"/{classname}" if classname else "")
+            key = f"{module_name}.ctx" + (f"/{classname}" if classname else "")
             tensors[key] = ctx
     context_params = {f"{name}.ctx" for name in learners}
     for name, parameter in model.named_parameters():
@@ -159,7 +155,7 @@ def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata:
         raise CheckpointError(f"{path} holds a {metadata['method']!r} model, not {model.config.method!r}")
     missing_classes: list = []
     for module_name, learner in _context_learners(model).items():
-        prefix = CONTEXT_PREFIX[module_name]
+        prefix = f"{module_name}.ctx"
         contexts = {key[len(prefix):].lstrip("/"): value for key, value in tensors.items()
                     if key == prefix or key.startswith(prefix + "/")}
         shape = tuple(learner.ctx.shape[-2:])
@@ -172,10 +168,12 @@ def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata:
         missing_classes = learner.load_named_contexts({k: v.to(learner.ctx.device) for k, v in contexts.items()})
     parameters = dict(model.named_parameters())
     parameters.update((name, buffer) for name, buffer in model.named_buffers() if name in model.checkpoint_buffers())
+    contexts = tuple(f"{name}.ctx" for name in _context_learners(model))
+    class_rows = model.class_rows()
     for key, value in tensors.items():
-        if key.startswith("prompts."):
+        if key.split("/")[0] in contexts:
             continue
-        if key.startswith("blending.prototype") and metadata.get("classes") != model.classnames:
+        if key in class_rows and metadata.get("classes") != model.classnames:
             value = _rows_by_class(value, metadata["classes"], model.classnames)
         if key not in parameters:
             raise CheckpointError(f"{path}: tensor {key!r} has no place in this {model.config.method} model")
@@ -192,8 +190,8 @@ def load_into(model: MultiLabelCLIP, tensors: Dict[str, torch.Tensor], metadata:
 
 
 def _rows_by_class(value: torch.Tensor, saved: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
-    """Per-class rows (prototypes) reordered to another class list; new classes get zeros,
-    which for `prototype_valid` means "no prototype"."""
+    """Per-class rows (prototypes, learned per-class embeddings) reordered to another class list;
+    new classes get zeros, which for `prototype_valid` means "no prototype"."""
     index = {name: i for i, name in enumerate(saved)}
     out = torch.zeros((len(wanted),) + tuple(value.shape[1:]), dtype=value.dtype)
     for i, name in enumerate(wanted):

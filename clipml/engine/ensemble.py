@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from clipml.backbones import FrozenCLIP, load_backbone
-from clipml.config import config_from_dict
 from clipml.data import readable_names
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform
@@ -23,7 +22,7 @@ from clipml.engine.evaluate import predict
 from clipml.engine.features import ImageFeatureSource
 from clipml.engine.train import load_model
 from clipml.ensemble import Calibration, Ensemble, EnsembleMember, file_digest, fit_ensemble
-from clipml.experiment import ExperimentConfig
+from clipml.experiment import ExperimentConfig, saved_config
 from clipml.metrics import evaluate_scores
 from clipml.model import MultiLabelCLIP
 
@@ -39,7 +38,7 @@ def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]]
     for path in checkpoints:
         _, metadata = read_prompt_checkpoint(path)
         # The member's whole backbone config (dense mode, resize kernel, ...): its own tower.
-        saved = learned_backbone(config_from_dict(ExperimentConfig, metadata["config"], source=str(path)), metadata)
+        saved = learned_backbone(saved_config(metadata["config"], source=str(path)), metadata)
         key = json.dumps(dataclasses.asdict(saved), sort_keys=True)
         if key not in backbones:
             backbones[key] = load_backbone(saved, device)

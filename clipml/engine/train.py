@@ -3,7 +3,6 @@ checkpoint by validation mAP, a final test evaluation, and exact resume from the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -16,14 +15,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from clipml.blending import PrototypeBank, category_contrastive, peak_scores
-from clipml.config import config_from_dict, config_to_dict, save_config
+from clipml.config import config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.data.splits import warn_small_validation
 from clipml.engine import distributed
 from clipml.engine.builders import (build_backbone, build_sources, build_splits, data_identity, known_percent,
                                     label_source, load_splits, select_device, validation_description)
-from clipml.engine.captions import build_caption_source
 from clipml.engine.checkpoint import (
     learned_backbone,
     load_into,
@@ -38,9 +35,10 @@ from clipml.engine.features import CountedPass
 from clipml.engine.tensorboard import EpochScalars, summary_writer_class
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import (DataConfig, ExperimentConfig, LossConfig, OptimConfig, config_differences,
-                               describe_differences)
+                               describe_differences, saved_config)
 from clipml.losses import build_loss
-from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
+from clipml.methods import Step, baseline_config
+from clipml.model import ModelConfig, MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[Iterable, str], Iterable]]
@@ -55,7 +53,7 @@ def build_optimizer(cfg: OptimConfig, model: MultiLabelCLIP) -> torch.optim.Opti
     weight decay, and the semantic decoupler runs at lr × decoupler_lr_scale."""
     if cfg.decoupler_lr_scale <= 0:
         raise ConfigError(f"optim.decoupler_lr_scale must be > 0, got {cfg.decoupler_lr_scale}")
-    decoupler = getattr(model, "decoupler", None)
+    decoupler = model.method.scaled_module(model)
     # With one rate for all, the groups (and so saved optimizer states) stay as they always were.
     scaled = decoupler is not None and cfg.decoupler_lr_scale != 1.0
     in_decoupler = {id(p) for p in decoupler.parameters()} if scaled else set()
@@ -224,10 +222,9 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     for source in sources:
         source.context = context
     train_source, val_source, test_source = sources
-    if cfg.model.method == "taidpt":  # texts as images: captions replace the training images
-        train_source = build_caption_source(cfg, backbone, train_split, context)
     torch.manual_seed(cfg.seed)
     model = MultiLabelCLIP(backbone, classnames, cfg.model)
+    train_source = model.method.training_source(cfg, backbone, train_split, context, train_source)
     if cfg.init_from:
         load_into(model, *read_prompt_checkpoint(cfg.init_from), cfg.init_from)
         logger.info("training starts from the tensors of %s", cfg.init_from)
@@ -236,8 +233,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
     splits = {"val": validation_description(cfg, val_split),
               "test": f"split '{cfg.data.test_split}' ({len(test_split)} images)"}
 
-    zero_shot = MultiLabelCLIP(backbone, classnames, dataclasses.replace(
-        cfg.model, method="zero_shot", blending=BlendingConfig(), transport=TransportConfig()))
+    zero_shot = MultiLabelCLIP(backbone, classnames, baseline_config(cfg.model))
     zero_shot_val = _headline(evaluate(zero_shot, val_source, progress, details=False, settings=cfg.eval))
     zero_shot_test_metrics = evaluate(zero_shot, test_source, progress, settings=cfg.eval)
     zero_shot_test = _headline(zero_shot_test_metrics)
@@ -295,8 +291,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "seconds": round(seconds, 1),
         "seconds_this_call": round(call_seconds, 1),
     }
-    if cfg.model.method == "taidpt":
-        summary["captions"] = train_source.report
+    summary.update(model.method.summary(train_source))
     if context.is_main:
         if model.trainable_parameters():
             save_prompt_checkpoint(run / "prompts.safetensors", model, config_dict, {"val": best["val"], "test": test},
@@ -353,8 +348,8 @@ class TrainingStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, dense, labels: torch.Tensor, blending: bool, generator=None, contrastive=None) -> torch.Tensor:
-        return training_loss(self.model, self.loss_fn, dense, labels, blending, generator, contrastive)
+    def forward(self, dense, labels: torch.Tensor, step: Step) -> torch.Tensor:
+        return training_loss(self.model, self.loss_fn, dense, labels, step)
 
 
 def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed, val_where,
@@ -393,8 +388,9 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
         warn_small_validation(val_source.split, val_where)
     step = TrainingStep(model, loss_fn)
     if context.active:
-        # Blend weights go unused before the blending epochs start.
-        step = DistributedDataParallel(step, find_unused_parameters=hasattr(model, "blending"))
+        # e.g. blend weights go unused before the blending epochs start
+        skipping = any(term.may_skip_parameters for term in model.terms)
+        step = DistributedDataParallel(step, find_unused_parameters=skipping)
     # DDP averages gradients over ranks; a summed loss must add them up instead.
     loss_scale = context.world if cfg.loss.reduction == "sum" else 1
     weight = cfg.loss.weight  # the objective is weight × loss; logged as such
@@ -411,13 +407,12 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             batches = train_source.batches(seed=cfg.seed * 100_003 + epoch)
             if progress is not None:
                 batches = progress(CountedPass(batches, len(train_source)), f"epoch {epoch + 1}/{optim.epochs}")
-            blending = _blending_this_epoch(model, epoch)
-            if blending and _prototype_pass_due(model.config.blending, epoch):
-                refresh_prototypes(model, train_source, seed=cfg.seed * 100_003 + epoch + 50_000)
+            for term in model.terms:
+                term.on_epoch_start(model, epoch, train_source, seed=cfg.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for index, (dense, labels, _) in enumerate(batches):
-                contrastive = _contrastive_factor(model.config.blending, epoch, index, len(train_source))
-                loss = step(dense, labels, blending, generator, contrastive) * (loss_scale * weight)
+                where = Step(epoch, index, len(train_source), generator)
+                loss = step(dense, labels, where) * (loss_scale * weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
@@ -461,76 +456,20 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
     return history, best, optim.epochs - start_epoch, prior_seconds
 
 
-def _blending_this_epoch(model: MultiLabelCLIP, epoch: int) -> bool:
-    """Whether the DSRB terms (blended branches, contrastive term) are on in this epoch."""
-    return model.config.blending.enabled and epoch >= model.config.blending.start_epoch
-
-
-def _prototype_pass_due(blend, epoch: int) -> bool:
-    return blend.prototype and (epoch - blend.start_epoch) % max(1, blend.prototype_every) == 0
-
-
-def _contrastive_factor(blend, epoch: int, batch: int, batches: int) -> float:
-    """Share of ``contrastive_weight`` applied to batch ``batch`` of ``batches`` in ``epoch`` (0-based).
-
-    "with_blending": all of it from ``start_epoch`` on. "from_start": from the first epoch, that
-    epoch ramped linearly (batch i of n gets i / n, the first batch none), as the reference code.
-    """
-    if not blend.contrastive_weight:
-        return 0.0
-    if blend.contrastive_schedule == "from_start":
-        return 1.0 if epoch >= 1 else batch / max(1, batches)
-    return 1.0 if epoch >= blend.start_epoch else 0.0
-
-
-def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor, blending: bool,
-                  generator: Optional[torch.Generator] = None, contrastive: Optional[float] = None) -> torch.Tensor:
-    """Partial-label loss of one batch, plus the DSRB terms and the CT term when enabled.
-
-    ``blending`` switches the blended branches on; ``contrastive`` is the share of the contrastive
-    term's weight for this batch (None: all of it when ``blending``, else none).
-    """
+def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
+                  step: Optional[Step] = None) -> torch.Tensor:
+    """Partial-label loss of one batch plus each training term's share (`step`: where the batch
+    is in training, for terms on a schedule; None: those are off)."""
     targets, known = (labels == 1).float(), labels != -1
     output = model.forward_dense(dense)
     if output.parts is None:
         loss = loss_fn(output.logits, targets, known)
-    else:  # a head with several branches (TaI-DPT): the loss on each
+    else:  # a head with several branches: the loss on each
         loss = sum(loss_fn(part, targets, known) for part in output.parts)
-    settings = model.config.blending
-    if blending:
-        if settings.instance:
-            features, soft, mask = model.blending.instance_blend(output.features, targets, known)
-            loss = loss + settings.lambda_instance * loss_fn(model.head(features, output.text), soft, mask)
-        if settings.prototype:
-            peaks = peak_scores(output.attention, dense.tokens, settings.peak)
-            features, soft, mask = model.blending.prototype_blend(output.features, targets, known, peaks, dense.grid,
-                                                                  generator)
-            loss = loss + settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask)
-    share = (1.0 if blending else 0.0) if contrastive is None else contrastive
-    if settings.contrastive_weight and share:
-        loss = loss + share * settings.contrastive_weight * category_contrastive(
-            output.features, targets, known, settings.contrastive_form, generator)
-    if hasattr(model, "transport"):
-        loss = loss + model.config.transport.weight * model.transport(dense.tokens, output.text, targets, known)
+    for term in model.terms:
+        for extra in term.extra_losses(model, output, dense, targets, known, loss_fn, step):
+            loss = loss + extra
     return loss
-
-
-def refresh_prototypes(model: MultiLabelCLIP, source, seed: int) -> Dict[str, object]:
-    """One no-grad pass over the training data to recompute the PPRB prototypes."""
-    blend, settings = model.blending, model.config.blending
-    bank = PrototypeBank(len(model.classnames), blend.feat_dim, max_samples=blend.max_samples, seed=seed,
-                         class_names=model.classnames, zero_row=settings.prototype_zero_row,
-                         empty_cells=settings.empty_cells)
-    with torch.no_grad():
-        text = model.text_features()
-        for dense, labels, _ in source.batches(seed=seed, sharded=False):  # every rank: the same prototypes
-            output = model.forward_dense(dense, text)
-            bank.update(output.features, peak_scores(output.attention, dense.tokens, settings.peak), dense.grid,
-                        (labels == 1).float(), labels != -1)
-    stats = bank.finalize(blend)
-    logger.info("prototypes recomputed: %d of %d (class, quadrant) cells filled",
-                stats["valid_cells"], 4 * len(model.classnames))
-    return stats
 
 
 def _markdown(summary: Dict[str, object]) -> str:
@@ -589,7 +528,7 @@ def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "c
 
     device = select_device(device)
     tensors, metadata = read_prompt_checkpoint(checkpoint)
-    cfg = config_from_dict(ExperimentConfig, metadata["config"], source=str(checkpoint))
+    cfg = saved_config(metadata["config"], source=str(checkpoint))
     if backbone is None:
         backbone = load_backbone(learned_backbone(cfg, metadata), device)
     model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)

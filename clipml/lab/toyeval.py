@@ -1,7 +1,7 @@
 """How good a toy CLIP is as a lab for MLR-PL methods: the numbers of its build record.
 
 - zero-shot mAP of the global feature and of the dense map (clipml's own dense scoring,
-  `model.zero_shot_scoring=dense`), with the hand-written prompt;
+  `model.zero_shot.scoring=dense`), with the hand-written prompt;
 - a full-label linear probe on the global feature: how much the features hold beyond what
   zero-shot prompts read from them (with real CLIP on COCO, fully supervised prompt tuning
   sits over 20 points above zero-shot); its L2 weight is chosen on a validation split;

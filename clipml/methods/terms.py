@@ -1,0 +1,220 @@
+"""Training terms beside a method's own loss: DSRB representation blending (METHODS §6) and
+conditional transport (METHODS §7). Each is built from its config section (``model.blending``,
+``model.transport``) for the methods it applies to, owns its modules on the model (their names are
+the checkpoint's), and is driven by the trainer through three hooks: `on_epoch_start`,
+`extra_losses` and the checkpoint state it declares."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Dict, List, Literal, Optional
+
+import torch
+from torch import nn
+
+from clipml.blending import PrototypeBank, RepresentationBlending, category_contrastive, peak_scores
+from clipml.errors import ConfigError
+from clipml.transport import ConditionalTransport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BlendingConfig:
+    """DSRB (METHODS §6): blend per-class features across images (IPRB) and with prototypes (PPRB),
+    optionally with a category-wise contrastive term between images; all from ``start_epoch`` on."""
+
+    instance: bool = False  # IPRB: blend with the same class in another image of the batch
+    prototype: bool = False  # PPRB: blend with the class prototype of another image quadrant
+    contrastive_weight: float = 0.0  # weight of blending.category_contrastive; 0 = off, reference 0.05
+    lambda_instance: float = 1.0  # weight of the IPRB loss term
+    lambda_prototype: float = 1.0  # weight of the PPRB loss term
+    start_epoch: int = 5  # epochs trained before the DSRB terms start (5: from epoch 6 on); prototypes first computed then
+    prototype_every: int = 5  # recompute prototypes every R epochs
+    max_samples: int = 100  # most known-positive features averaged into one prototype
+    topk: int = 1  # unknown classes per image blended with a prototype
+    alpha_init: float = 0.5  # initial IPRB weight α (learned, in [0, 1])
+    beta_init: float = 0.5  # initial PPRB weight β (learned, in [0, 1])
+    target_grad: bool = False  # let the soft target 1 - α carry gradient (the reference code does)
+    # Where PPRB (blend and prototype pass) finds a class's peak quadrant: "attention" (argmax of a_c)
+    # or "feature" (argmax of a_cj · Σ_d z_jd, the reference code's Σ_d coefficient × feature map).
+    peak: Literal["attention", "feature"] = "attention"
+    # Average each prototype over a zero row plus its n samples (sum / (n + 1)), as the reference
+    # code's placeholder row does; false: the mean of the n samples.
+    prototype_zero_row: bool = False
+    # A (class, quadrant) cell without a sample: "skip" (never drawn) or "class_mean" (the mean of the
+    # class's samples, drawn like any other cell, as the reference code).
+    empty_cells: Literal["skip", "class_mean"] = "skip"
+    # "hinge": mean(1 − cos) over positive–positive pairs + mean(max(0, cos)) over positive–negative;
+    # "mined": the reference's one mean over 1 − cos (pos–pos), 1 + cos (pos–neg, neg–neg), the push
+    # pairs cut to a random 2P plus the P hardest (P = number of pos–pos pairs).
+    contrastive_form: Literal["hinge", "mined"] = "hinge"
+    # When the contrastive term is on: "with_blending" (from start_epoch) or "from_start" (from the
+    # first epoch, its weight ramped linearly over that epoch's batches, as the reference code).
+    contrastive_schedule: Literal["with_blending", "from_start"] = "with_blending"
+
+    @property
+    def enabled(self) -> bool:
+        """Any DSRB training term is on (each needs the decoupler's per-class features)."""
+        return self.instance or self.prototype or self.contrastive_weight > 0
+
+
+@dataclasses.dataclass
+class TransportConfig:
+    """Conditional-transport alignment of dense features with known-positive prompts (METHODS §7)."""
+
+    enabled: bool = False  # add the conditional-transport alignment term
+    weight: float = 0.1  # λ_CT
+    tau_nav: float = 0.05  # temperature of the transport navigators
+    rho: float = 0.2  # share of the location -> label direction (small: unannotated objects)
+    background: bool = False  # a learned background target that absorbs locations
+
+
+@dataclasses.dataclass
+class Step:
+    """Where a training batch is: epoch and batch (0-based), batches per epoch, the epoch's generator."""
+
+    epoch: int
+    batch: int = 0
+    batches: int = 1
+    generator: Optional[torch.Generator] = None
+
+
+class TrainingTerm:
+    """A loss term the trainer adds to the method's loss, with the hooks it calls."""
+
+    may_skip_parameters = False  # some steps leave its parameters unused (distributed training must know)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, source, seed: int) -> None:
+        """Before epoch `epoch` (0-based) trains on `source`; `seed` is the epoch's."""
+
+    def extra_losses(self, model: nn.Module, output, dense, targets: torch.Tensor, known: torch.Tensor, loss_fn,
+                     step: Optional[Step]) -> List[torch.Tensor]:
+        """Its terms of one batch's loss, added in this order; `step` None: outside a schedule."""
+        return []
+
+    def checkpoint_buffers(self, model: nn.Module) -> List[str]:
+        """Learned state of its modules that is not a parameter (saved and loaded with them)."""
+        return []
+
+    def class_rows(self, model: nn.Module) -> List[str]:
+        """Its checkpoint tensors with one row per class."""
+        return []
+
+
+def contrastive_share(settings: BlendingConfig, step: Step) -> float:
+    """Share of ``contrastive_weight`` applied to this batch. "with_blending": all of it from
+    ``start_epoch`` on. "from_start": from the first epoch, that epoch ramped linearly (batch i of
+    n gets i / n, the first batch none), as the reference code."""
+    if not settings.contrastive_weight:
+        return 0.0
+    if settings.contrastive_schedule == "from_start":
+        return 1.0 if step.epoch >= 1 else step.batch / max(1, step.batches)
+    return 1.0 if step.epoch >= settings.start_epoch else 0.0
+
+
+class Blending(TrainingTerm):
+    """DSRB: the IPRB and PPRB blended branches and the category-wise contrastive term, from
+    ``model.blending.start_epoch`` on; its α, β and prototypes live in ``model.blending``."""
+
+    may_skip_parameters = True  # α and β go unused before the blending epochs start
+
+    def __init__(self, model: nn.Module, settings: BlendingConfig) -> None:
+        self.settings = settings
+        if settings.instance or settings.prototype:  # used by the trainer only: evaluation never blends
+            model.blending = RepresentationBlending(
+                len(model.classnames), model.backbone.embed_dim, settings.instance, settings.prototype,
+                max_samples=settings.max_samples, topk=settings.topk, alpha_init=settings.alpha_init,
+                beta_init=settings.beta_init, target_grad=settings.target_grad,
+            )
+
+    def blending(self, epoch: int) -> bool:
+        """Whether the blended branches (and the contrastive term, by default) are on in `epoch`."""
+        return epoch >= self.settings.start_epoch
+
+    def on_epoch_start(self, model, epoch, source, seed) -> None:
+        settings = self.settings
+        due = settings.prototype and (epoch - settings.start_epoch) % max(1, settings.prototype_every) == 0
+        if self.blending(epoch) and due:
+            refresh_prototypes(model, source, seed=seed + 50_000)
+
+    def extra_losses(self, model, output, dense, targets, known, loss_fn, step):
+        if step is None:
+            return []
+        settings, losses = self.settings, []
+        if self.blending(step.epoch):
+            if settings.instance:
+                features, soft, mask = model.blending.instance_blend(output.features, targets, known)
+                losses.append(settings.lambda_instance * loss_fn(model.head(features, output.text), soft, mask))
+            if settings.prototype:
+                peaks = peak_scores(output.attention, dense.tokens, settings.peak)
+                features, soft, mask = model.blending.prototype_blend(output.features, targets, known, peaks,
+                                                                      dense.grid, step.generator)
+                losses.append(settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask))
+        share = contrastive_share(settings, step)
+        if settings.contrastive_weight and share:
+            losses.append(share * settings.contrastive_weight * category_contrastive(
+                output.features, targets, known, settings.contrastive_form, step.generator))
+        return losses
+
+    def checkpoint_buffers(self, model) -> List[str]:
+        return [name for name, _ in model.named_buffers() if name.startswith("blending.")]
+
+    def class_rows(self, model) -> List[str]:
+        return [name for name in self.checkpoint_buffers(model) if name.startswith("blending.prototype")]
+
+
+class Transport(TrainingTerm):
+    """Conditional transport between the dense map and the known-positive prompts, every step;
+    its module (a learned background, if asked for) is ``model.transport``."""
+
+    def __init__(self, model: nn.Module, settings: TransportConfig) -> None:
+        self.settings = settings
+        model.transport = ConditionalTransport(model.backbone.embed_dim, settings.tau_nav, settings.rho,
+                                               settings.background)
+
+    def extra_losses(self, model, output, dense, targets, known, loss_fn, step):
+        return [self.settings.weight * model.transport(dense.tokens, output.text, targets, known)]
+
+
+def build_terms(model: nn.Module) -> List[TrainingTerm]:
+    """The training terms `model.config` switches on, checked against what its method offers."""
+    from clipml.methods.registry import METHODS
+
+    config, method, terms = model.config, model.method, []
+    blend = config.blending
+    if blend.contrastive_weight < 0:
+        raise ConfigError(f"model.blending.contrastive_weight must be >= 0; got {blend.contrastive_weight}")
+    if blend.enabled:
+        if not method.class_features:
+            offer = sorted(name for name, cls in METHODS.items() if cls.class_features)
+            raise ConfigError(f"model.blending needs per-class features: method {' or '.join(offer)}, "
+                              f"not {config.method}")
+        terms.append(Blending(model, blend))
+    if config.transport.enabled:
+        if not method.learns_prompts:
+            raise ConfigError(f"model.transport aligns learnable prompts; {config.method} has none")
+        if not method.image_training:
+            raise ConfigError(f"model.transport aligns image features with image labels; {config.method} "
+                              f"does not train on images")
+        terms.append(Transport(model, config.transport))
+    return terms
+
+
+def refresh_prototypes(model: nn.Module, source, seed: int) -> Dict[str, object]:
+    """One no-grad pass over the training data to recompute the PPRB prototypes."""
+    blend, settings = model.blending, model.config.blending
+    bank = PrototypeBank(len(model.classnames), blend.feat_dim, max_samples=blend.max_samples, seed=seed,
+                         class_names=model.classnames, zero_row=settings.prototype_zero_row,
+                         empty_cells=settings.empty_cells)
+    with torch.no_grad():
+        text = model.text_features()
+        for dense, labels, _ in source.batches(seed=seed, sharded=False):  # every rank: the same prototypes
+            output = model.forward_dense(dense, text)
+            bank.update(output.features, peak_scores(output.attention, dense.tokens, settings.peak), dense.grid,
+                        (labels == 1).float(), labels != -1)
+    stats = bank.finalize(blend)
+    logger.info("prototypes recomputed: %d of %d (class, quadrant) cells filled",
+                stats["valid_cells"], 4 * len(model.classnames))
+    return stats
