@@ -26,7 +26,7 @@ from clipml.sweep import SweepSpec, run_sweep
 
 TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4",
-        "model.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01", "optim.epochs=1", "loss.reduction=mean",
+        "model.sdm_csp.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01", "optim.epochs=1", "loss.reduction=mean",
         "data.dataset=manifest", "data.options={}"]
 
 

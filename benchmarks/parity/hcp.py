@@ -265,9 +265,9 @@ def decoupler(report, ref_sd, args) -> None:
         extra.P.weight.copy_(ref.fc4.weight)
         extra.P.bias.copy_(ref.fc4.bias)
         f, attn = extra(dense, words)
-    report.close("parity: decoupler class features, model.decoupler_extra_linear=true (H = fc3, P = fc4)", feat, f,
+    report.close("parity: decoupler class features, model.sdm_csp.decoupler_extra_linear=true (H = fc3, P = fc4)", feat, f,
                  atol=1e-5, rtol=1e-5)
-    report.close("parity: decoupler attention maps, model.decoupler_extra_linear=true", attention_ref, attn,
+    report.close("parity: decoupler attention maps, model.sdm_csp.decoupler_extra_linear=true", attention_ref, attn,
                  atol=1e-6, rtol=1e-5)
     n_ref = sum(p.numel() for p in ref.parameters())
     n_extra = sum(p.numel() for p in extra.parameters())
@@ -283,9 +283,9 @@ def decoupler(report, ref_sd, args) -> None:
         f, attn = ours(dense, words)
     report.close("diagnostic: without the extra layer, clipml P = reference fc4 . fc3 (collapsed) gives the same "
                  "features (same function class)", feat, f, atol=1e-5, rtol=1e-5)
-    used = args.cfg.model.decoupler_extra_linear
+    used = args.cfg.model.sdm_csp.decoupler_extra_linear
     report.check(f"deviation (documented: the decoupler follows the seed paper, P: d -> 1, METHODS 3): {args.config} "
-                 f"sets model.decoupler_extra_linear={str(used).lower()}; the reference's SemanticDecoupling has fc3 "
+                 f"sets model.sdm_csp.decoupler_extra_linear={str(used).lower()}; the reference's SemanticDecoupling has fc3 "
                  f"({n_ref} vs {sum(p.numel() for p in ours.parameters())} parameters at d={d}): same function class, "
                  f"different initialisation and SGD dynamics", not used)
 
