@@ -45,7 +45,7 @@ def run_training(folder: Path, name: str, spec: str, size: int, images: int, epo
         f"name={name}", f"backbone.spec={spec}", f"backbone.image_size={size}", "backbone.allow_random=true",
         f"data.options={{num_images: {images}}}", f"data.mask_dir={folder / f'masks-{images}'}", "data.workers=0",
         "data.batch_size=16", "data.eval_batch_size=32", "data.val_fraction=0.2", "data.known_ratio=0.5",
-        "model.n_ctx=4", "model.decoupler_dim=64", "optim.name=adamw", "optim.lr=0.01", f"optim.epochs={epochs}",
+        "model.n_ctx=4", "model.sdm_csp.decoupler_dim=64", "optim.name=adamw", "optim.lr=0.01", f"optim.epochs={epochs}",
         "loss.reduction=mean", f"output_dir={folder / 'runs' / '{name}'}", f"data.cache_dir={folder / 'cache'}",
         *extra,
     ])

@@ -20,7 +20,9 @@ import torch
 from timing import interleaved_medians
 
 from clipml.backbones import BackboneConfig, Dense, load_backbone
-from clipml.engine.train import build_optimizer, refresh_prototypes, training_loss
+from clipml.engine.train import build_optimizer, training_loss
+from clipml.methods import Step
+from clipml.methods.terms import refresh_prototypes
 from clipml.experiment import OptimConfig
 from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
@@ -88,7 +90,9 @@ def main() -> None:
         def epoch(model=model, optimizer=optimizer, blending=blending):
             step_generator = torch.Generator().manual_seed(0)
             for dense, labels, _ in batches:
-                loss = training_loss(model, loss_fn, dense, labels, blending, step_generator)
+                # blending epochs (any epoch past start_epoch) or none
+                step = Step(10**6 if blending else 0, generator=step_generator)
+                loss = training_loss(model, loss_fn, dense, labels, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -54,7 +54,7 @@ def main() -> None:
 
         def step():
             dense = batch()
-            value = training_loss(model, loss_fn, dense, labels, blending=False)
+            value = training_loss(model, loss_fn, dense, labels)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()

@@ -38,7 +38,7 @@ def measure(backbone: FrozenCLIP, method: str, classes: int, batch: int, repeats
     labels = torch.randint(-1, 2, (batch, classes), dtype=torch.int8, device=device)
 
     def step():
-        loss = training_loss(model, loss_fn, dense, labels, blending=False)
+        loss = training_loss(model, loss_fn, dense, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

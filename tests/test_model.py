@@ -30,6 +30,7 @@ def test_trainable_parameter_count_matches_formula(tiny_backbones, method):
         "coop": M * width,
         "csc_global": C * M * width,
         "dualcoop": 2 * C * M * width,
+        "positivecoop": C * M * width + C * backbone.embed_dim,
         "sdm_csp": C * M * width + D * d + D * d + d + 1,  # contexts + U + V (guide = D) + P
         "taidpt": 2 * M * width,  # a global and a local context, shared by all classes
     }[method]

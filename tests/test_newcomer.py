@@ -23,7 +23,8 @@ from PIL import Image
 from clipml.backbones import load_backbone, register_test_models
 from clipml.cli import (complete_labels, export_onnx, predict, sweep, train_prompts, visualize_attention,
                         zero_shot_eval)
-from clipml.config import _schema_keys, load_config
+from clipml.config import _field_names, _schema_keys, load_config
+from clipml.methods import METHODS
 from clipml.data import load_split, readable_names
 from clipml.data.transforms import eval_transform
 from clipml.engine.builders import build_backbone, build_splits
@@ -290,6 +291,9 @@ def test_print_config_shows_every_key_with_default_and_help(tmp_path, capsys):
     lines = {line.split(" = ")[0]: line for line in out.splitlines()[1:]}
     leaves = [key for key in _schema_keys(ExperimentConfig, "")
               if not any(other.startswith(key + ".") for other in _schema_keys(ExperimentConfig, ""))]
+    method = lines["model.method"].split(" = ")[1].split()[0].strip('"')
+    own = METHODS[method].options  # the selected method's own section, model.<method>.*
+    leaves += [f"model.{method}.{name}" for name in _field_names(own)] if own else []
     assert sorted(lines) == sorted(leaves)
     for key, line in lines.items():
         match = re.fullmatch(r"(\S+) = (.+?)\s+\[(.+?)\]  (.+)", line)

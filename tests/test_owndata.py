@@ -23,7 +23,7 @@ from clipml.lab.world import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
-        "data.workers=0", "data.batch_size=16", "model.n_ctx=4", "model.decoupler_dim=16", "optim.name=adamw",
+        "data.workers=0", "data.batch_size=16", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16", "optim.name=adamw",
         "optim.lr=0.01", "optim.epochs=1", "loss.reduction=mean", "data.known_ratio=0.5"]
 
 

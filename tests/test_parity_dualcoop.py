@@ -148,8 +148,7 @@ def test_voc_difficult_only_classes_are_negatives(tmp_path):
 
 def test_settings_are_checked_when_read():
     with pytest.raises(ConfigError, match="mean_token"):
-        MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig.of(method="dualcoop", n_ctx=2,
-                                                                  method_options=DualCoOpConfig(mean_token=True)))
+        MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig.of(method="dualcoop", n_ctx=2, mean_token=True))
     with pytest.raises(ConfigError, match="whole epochs"):
         load_experiment(None, ["optim.schedule=dassl", "optim.warmup_epochs=0.5"])
     with pytest.raises(ConfigError, match="loss.weight"):

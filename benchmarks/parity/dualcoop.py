@@ -87,7 +87,7 @@ def main() -> int:
     model_cfg = dataclasses.replace(exp.model, n_ctx=args.n_ctx)
     golden = {}
     size, n_ctx, C = 448, args.n_ctx, len(CLASSES)
-    print(f"info: clipml runs under {args.config}: model.dualcoop={dataclasses.asdict(exp.model.dualcoop)}, "
+    print(f"info: clipml runs under {args.config}: model.dualcoop={dataclasses.asdict(exp.model.method_options)}, "
           f"loss={dataclasses.asdict(exp.loss)}, optim.schedule={exp.optim.schedule}, data.options={exp.data.options}")
     oc_model = pc.tiny_openclip(work, args.seed)
     state = pc.openai_state_dict(oc_model)
@@ -100,7 +100,7 @@ def main() -> int:
                                            "POSITIVE_PROMPT_INIT": "", "NEGATIVE_PROMPT_INIT": "",
                                            "ASL_GAMMA_NEG": 2, "ASL_GAMMA_POS": 1}})
 
-    cfg = ref_cfg(model_cfg.dualcoop.class_specific)
+    cfg = ref_cfg(model_cfg.method_options.class_specific)
     import contextlib, io
 
     def build_ref(cfg):
@@ -205,7 +205,7 @@ def main() -> int:
     with torch.no_grad():
         r_prob = torch.softmax(r_out, dim=1)[:, 1]
     report.close("parity: logits S+ - S- (DualCoop.forward as shipped vs MultiLabelCLIP.forward, "
-                 f"model.dualcoop.mean_token={model_cfg.dualcoop.mean_token})",
+                 f"model.dualcoop.mean_token={model_cfg.method_options.mean_token})",
                  r_margin, out.logits.detach(), atol=1e-4, rtol=1e-5)
     report.close("parity: probabilities (reference softmax over (S-, S+) vs sigmoid of clipml logits)",
                  r_prob, torch.sigmoid(out.logits.detach()), atol=1e-5, rtol=1e-5)
@@ -216,7 +216,7 @@ def main() -> int:
 
     # clipml's library default (mean_token=false) is the reference with its mean token removed.
     plain = MultiLabelCLIP(backbone, CLASSES, dataclasses.replace(
-        model_cfg, dualcoop=dataclasses.replace(model_cfg.dualcoop, mean_token=False)))
+        model_cfg, method_options=dataclasses.replace(model_cfg.method_options, mean_token=False)))
     plain.load_state_dict(ours.state_dict())
     plain_out = plain(x)
     plain_loss = ours_loss(plain_out.logits, targets, known)
@@ -230,7 +230,7 @@ def main() -> int:
                  "with the mean token", plain_out.logits.detach(), r_margin, atol=1e-4, rtol=1e-5, expect=False)
 
     # Shared contexts (the reference without --csc) vs model.dualcoop.class_specific=false.
-    shared_cfg = dataclasses.replace(model_cfg, dualcoop=dataclasses.replace(model_cfg.dualcoop, class_specific=False))
+    shared_cfg = dataclasses.replace(model_cfg, method_options=dataclasses.replace(model_cfg.method_options, class_specific=False))
     torch.manual_seed(args.seed + 6)
     shared = MultiLabelCLIP(backbone, CLASSES, shared_cfg)
     ref_shared = build_ref(ref_cfg(False))  # no --csc
@@ -240,7 +240,7 @@ def main() -> int:
     s_out = shared(x)
     s_loss = ours_loss(s_out.logits, targets, known)
     s_loss.backward()
-    rs_out, rs_loss, rs_gpos, rs_gneg = ref_forward(drop_mean_token=not shared_cfg.dualcoop.mean_token,
+    rs_out, rs_loss, rs_gpos, rs_gneg = ref_forward(drop_mean_token=not shared_cfg.method_options.mean_token,
                                                     ref_net=ref_shared)
     golden.update(shared_ctx_pos=shared.prompts.positive.ctx.detach().numpy().copy(),
                   shared_ctx_neg=shared.prompts.negative.ctx.detach().numpy().copy(),
@@ -308,7 +308,7 @@ def main() -> int:
                               weight_decay=5e-4, dampening=0, nesterov=False)
     our_opt = build_optimizer(exp.optim, ours2)
     for step in range(3):
-        ref_forward(drop_mean_token=not model_cfg.dualcoop.mean_token)
+        ref_forward(drop_mean_token=not model_cfg.method_options.mean_token)
         ref_opt.step()
         ours2.zero_grad(set_to_none=True)
         ours_loss(ours2(x).logits, targets, known).backward()

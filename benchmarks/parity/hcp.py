@@ -581,7 +581,7 @@ def schedule(report, ref: Path, args) -> None:
     """The contrastive term's weight per batch: DSRB.py's own `loss2_ = ...` expression, evaluated with a
     criterion returning 1, against clipml's factor under the config's contrastive_schedule."""
     import ast
-    from clipml.engine.train import _contrastive_factor
+    from clipml.methods.terms import Step, contrastive_share
 
     tree = ast.parse((ref / "DSRB.py").read_text())
     train = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "Train")
@@ -597,7 +597,7 @@ def schedule(report, ref: Path, args) -> None:
                      "criterion": {"ContrastiveLoss": lambda f, t: 1.0}, "epoch": epoch, "batchIndex": index,
                      "train_loader": range(n)}
             ref_w.append(float(eval(expression, scope)))
-            ours_w.append(_contrastive_factor(settings, epoch, index, n))
+            ours_w.append(contrastive_share(settings, Step(epoch, index, n)))
     args.golden["contrastive_schedule_reference"] = np.array(ref_w).reshape(epochs, n)
     report.close(f"parity: contrastive weight per batch, epochs 0-{epochs - 1} x {n} batches (DSRB.py's loss2_ "
                  f"expression vs clipml, model.blending.contrastive_schedule={settings.contrastive_schedule})",

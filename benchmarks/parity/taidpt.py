@@ -257,8 +257,8 @@ def main() -> int:
                      f" vs {published.eval.ap} {100 * env:.2f})", published.eval.ap == "raw")
         ref_cfg = (ref / "configs" / "trainers" / "Caption_distill_double" / f"rn50_{dataset}.yaml").read_text()
         image_scale = float(ref_cfg.split("spatial_SCALE_image:")[1].split()[0])
-        report.check(f"parity: {path} model.taidpt.image_spatial_scale {published.model.taidpt.image_spatial_scale} = "
-                     f"reference spatial_SCALE_image {image_scale}", published.model.taidpt.image_spatial_scale == image_scale)
+        report.check(f"parity: {path} model.taidpt.image_spatial_scale {published.model.method_options.image_spatial_scale} = "
+                     f"reference spatial_SCALE_image {image_scale}", published.model.method_options.image_spatial_scale == image_scale)
 
     # ------------------------------------------------------------ class prompts added to the captions
     sys.path.insert(0, str(ref))
