@@ -22,7 +22,7 @@ from clipml.lab.world import write_synthetic_dataset
 
 TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "data.workers=0", "data.batch_size=8", "data.val_fraction=0.25", "data.known_ratio=1.0",
-        "data.options={}", "model.n_ctx=4", "model.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01",
+        "data.options={}", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01",
         "optim.epochs=1", "loss.reduction=mean"]
 
 

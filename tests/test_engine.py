@@ -24,11 +24,13 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_config(tmp_path, *overrides, synthetic=True):
     # The report without attention figures and no TensorBoard keep the suite's many tiny runs
     # fast (matplotlib figures cost about a second each); test_run_outputs turns them on.
+    other_method = any(o.startswith("model.method=") and o != "model.method=sdm_csp" for o in overrides)
     return load_config(ExperimentConfig, None, [
         "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
         "train.report_images=0", "train.tensorboard=false",
         *(["data.options={num_images: 120}"] if synthetic else []), f"data.mask_dir={tmp_path / 'masks'}",
-        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16",
+        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4",
+        *([] if other_method else ["model.sdm_csp.decoupler_dim=16"]),
         "optim.name=adamw", "optim.lr=0.01", "optim.epochs=3", "loss.reduction=mean",
         f"output_dir={tmp_path / 'runs' / '{name}'}", *overrides,
     ])

@@ -31,7 +31,7 @@ FEW_STEPS = ["data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "
              "optim.lr=0.01", "optim.epochs=1", "loss.reduction=mean"]
 SETTINGS = {
     # the toy ViT with the decoupler (one text feature per class), at its native 96 px
-    "toy-vit-sdm_csp": ["backbone.spec=toy", "model.method=sdm_csp", "model.decoupler_dim=16"],
+    "toy-vit-sdm_csp": ["backbone.spec=toy", "model.method=sdm_csp", "model.sdm_csp.decoupler_dim=16"],
     # the toy ResNet (attention pool) with DualCoOp (a positive and a negative text feature; the pool's
     # mean token joins the locations, as the shipped dualcoop configs set), at 96 px
     "toy-rn-dualcoop": ["backbone.spec=toy-rn", "backbone.image_size=96", "model.method=dualcoop",
