@@ -20,9 +20,8 @@ import yaml
 import clipml
 from clipml import svg
 from clipml.breakdown import LABEL_BUCKETS, SIZE_BUCKETS
-from clipml.config import config_from_dict
 from clipml.errors import ConfigError, DataError
-from clipml.experiment import ExperimentConfig
+from clipml.experiment import ExperimentConfig, saved_config
 from clipml.metrics import precision_recall_curve
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def write_report(run_dir: Union[str, Path], model=None, test_split=None, images:
     if not config_path.is_file():
         raise DataError(f"{run} has no config.yaml: not a clipml run folder")
     config_text = config_path.read_text()
-    cfg = config_from_dict(ExperimentConfig, yaml.safe_load(config_text) or {}, source=str(config_path))
+    cfg = saved_config(yaml.safe_load(config_text) or {}, source=str(config_path))
     count = cfg.train.report_images if images is None else images
     if count < 0:
         raise ConfigError(f"the number of attention images must be >= 0, got {count}")
@@ -205,12 +204,11 @@ def _training(history: Sequence[Dict[str, object]]) -> str:
 def _attention(run: Path, cfg: ExperimentConfig, model, test_split, count: int, device: str) -> str:
     """Figures of visualize.plot_attention for `count` test images drawn with the run's seed,
     each captioned with its file, true labels and top classes (true ones marked)."""
-    from clipml.model import METHODS
-    from clipml.visualize import SPATIAL_HEADS
+    from clipml.methods import METHODS
 
     if count == 0:
         return _note("none asked for (train.report_images=0)")
-    if METHODS[cfg.model.method][1] not in SPATIAL_HEADS:
+    if not METHODS[cfg.model.method].spatial:
         return _note(f"model.method {cfg.model.method} scores the pooled image feature: no spatial attention")
     try:
         import matplotlib  # noqa: F401
