@@ -93,7 +93,7 @@ def test_classes_without_positive_are_nan_and_skipped_in_map():
     ap = average_precision(scores, labels)
     assert ap[0] == 1.0 and np.isnan(ap[1])
     assert mean_average_precision(scores, labels) == 1.0
-    with pytest.raises(DataError, match="no class has a positive"):
+    with pytest.raises(DataError, match="no class has both a known positive and a known negative"):
         mean_average_precision(scores, np.zeros_like(labels))
 
 
