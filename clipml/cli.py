@@ -242,6 +242,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
 
     def main():
         from clipml.data import load_split, readable_names
+        from clipml.data.lvis import check_disjoint
         from clipml.data.transforms import eval_transform
         from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
@@ -250,6 +251,9 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.model import MultiLabelCLIP
 
         cfg = _config(args, args.checkpoint[0] if args.checkpoint else None)
+        for checkpoint in args.checkpoint:  # LVIS and COCO 2014 share images: never train on one, test on the other
+            check_disjoint(_checkpoint_config(checkpoint)["data"]["dataset"], cfg.data.dataset,
+                           f"checkpoint {checkpoint}")
         if args.split == CARVED:
             split = build_splits(cfg)[1]
             where = f"the validation split train_prompts selects epochs on: {validation_description(cfg, split)}"
@@ -298,10 +302,12 @@ def _print_metrics(what, where, cfg, classnames, metrics) -> None:
     percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
     columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
     columns = {key: label for key, label in columns.items() if key in metrics}
-    rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+    reasons = metrics["coverage"]["reason"]  # why a class has no AP (clipml.metrics.class_coverage)
+    rows = [[name, *[f"n/a ({reasons[c]})" if key == "AP" and reasons[c] else percent(metrics[key][c])
+                     for key in columns]] for c, name in enumerate(classnames)]
     print(_table(rows, ["class", *columns.values()]))
-    print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP), "
-          f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+    print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP; "
+          f"{metrics['coverage_text']}), CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
     _print_details([(where, detail_summary(metrics))])
 
 

@@ -9,8 +9,10 @@ from typing import Callable, Dict, List, Optional, Union
 from clipml.data._files import drop_undecodable
 from clipml.data.base import MultiLabelSplit
 from clipml.data.coco import load_coco2014
+from clipml.data.lvis import load_lvis
 from clipml.data.manifest import load_manifest
 from clipml.data.nuswide import load_nuswide
+from clipml.data.openimages import load_openimages
 from clipml.data.vg import load_vg200
 from clipml.data.voc import load_voc2007
 from clipml.errors import ConfigError
@@ -69,6 +71,8 @@ for _name, _fn in (
     ("voc2007", load_voc2007),
     ("vg200", load_vg200),
     ("nuswide", load_nuswide),
+    ("openimages", load_openimages),
+    ("lvis", load_lvis),
     ("manifest", load_manifest),
     ("synthetic", _load_synthetic),
 ):
