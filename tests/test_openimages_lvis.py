@@ -223,3 +223,39 @@ def test_a_lvis_checkpoint_is_not_scored_on_coco2014(tmp_path, monkeypatch, caps
         cli.zero_shot_eval(["--checkpoint", str(tmp_path / "p.safetensors"), "data.dataset=coco2014",
                             f"data.root={tmp_path}"])
     assert "trained on lvis and would be tested on coco2014" in capsys.readouterr().err
+
+
+def test_a_run_on_openimages_keeps_its_labels_and_says_which_test_classes_were_scored(tmp_path):
+    from clipml.config import load_config
+    from clipml.engine.train import train
+    from clipml.experiment import ExperimentConfig
+
+    rng = np.random.RandomState(0)
+    root = tmp_path / "oi"
+    expected = {}
+    for split in ("train", "validation", "test"):
+        lines, images = [], [f"{split}_{k}" for k in range(12)]
+        for image in images:
+            for label in ("/m/cat", "/m/dog", "/m/car", "/m/bus"):
+                if split == "test" and label == "/m/car":
+                    continue  # no known label
+                if rng.rand() < 0.6:
+                    value = 1 if (split == "test" and label == "/m/bus") else int(rng.rand() < 0.5)
+                    lines.append(f"{image},verification,{label},{value}\n")
+        write_openimages(root, split=split, human=HEADER + "".join(lines), machine=HEADER, images=images)
+        expected[split] = load_split("openimages", root, split)
+    cfg = load_config(ExperimentConfig, Path(__file__).parents[1] / "configs" / "openimages" / "coop.yaml", [
+        f"data.root={root}", "backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32",
+        "backbone.allow_random=true", "backbone.precision=fp32", "data.workers=0", "data.batch_size=8",
+        "data.augment=none", "model.n_ctx=4", "optim.epochs=1", f"data.mask_dir={tmp_path / 'masks'}",
+        f"output_dir={tmp_path / 'runs' / '{name}'}"])
+    summary = train(cfg, resume=False)
+    test = expected["test"].labels
+    positives, negatives = (test == 1).any(axis=0), (test == 0).any(axis=0)
+    assert positives.tolist()[2:] == [False, True] and negatives.tolist()[2:] == [False, False]
+    scored = int((positives & negatives).sum())
+    assert summary["test_classes"]["text"] == (f"scored {scored} of 4 classes; 1 without a known label, "
+                                               "1 without a known negative")
+    assert summary["test_ap"]["Car"] is None and summary["test_ap"]["Bus"] is None
+    assert summary["test_ap"]["Cat"] is not None
+    assert summary["test_classes"]["text"] in (Path(cfg.run_dir()) / "summary.md").read_text()
