@@ -180,7 +180,8 @@ def test_lvis_labels_from_annotations_negatives_and_not_exhaustive(tmp_path):
 @pytest.mark.parametrize("change, pattern", [
     ({"neg_category_ids": [1], "not_exhaustive_category_ids": [1]},
      "image 9 lists category 1 in both neg_category_ids and not_exhaustive_category_ids"),
-    ({"neg_category_ids": [2], "not_exhaustive_category_ids": [3]}, "annotation 1 marks category 2 present in image 9, whose neg_category_ids"),
+    ({"neg_category_ids": [2], "not_exhaustive_category_ids": [3]},
+     "annotation 1 marks category 2 present in image 9, whose neg_category_ids"),
     ({"neg_category_ids": [8]}, r"'images' entry 1 \(id 9\): neg_category_ids holds category 8"),
     ({"neg_category_ids": 1}, "'neg_category_ids' must be a list"),
     ({"coco_url": "nowhere"}, r"'images' entry 1 \(id 9\) has coco_url 'nowhere'"),
