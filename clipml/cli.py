@@ -367,13 +367,14 @@ def predict(argv: Optional[List[str]] = None) -> None:
         paths = find_images(args.inputs)
         if args.checkpoint and args.checkpoint.endswith(".json"):
             scored, classnames = score_ensemble(args.checkpoint, paths, args.batch_size, args.device)
-            thresholds, rule = decision_rule({}, classnames, args.threshold)
+            thresholds, _, rule = decision_rule({}, classnames, args.threshold)
         else:
             model = _predict_model(args)
             classnames = model.classnames
             metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
-            thresholds, rule = decision_rule(metadata, classnames, args.threshold)
+            thresholds, calibration, rule = decision_rule(metadata, classnames, args.threshold)
             scored = score_images(model, paths, args.batch_size)
+            scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities shown
             if model.config.method == "zero_shot":
                 # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
                 # as a logit so that thresholds read it alike.
