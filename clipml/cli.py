@@ -489,6 +489,9 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                                          "them (default: <image name>_attention.png here)")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    parser.add_argument("--labels", metavar="MANIFEST",
+                        help="a manifest (.jsonl or .csv, as data.dataset=manifest reads) whose positive classes "
+                             "are shown as each listed image's true labels (default: none shown)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
@@ -510,10 +513,12 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                 raise ClipmlError(f"--output {folder}: with several images or a folder, --output is a folder")
             folder.mkdir(parents=True, exist_ok=True)
             outputs = [str(folder / name) for name in names]
-        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha)
+        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha, args.labels)
         for path, why in result.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         for _, output, maps in result.written:
+            if maps.true_labels is not None:
+                print(f"true labels: {', '.join(maps.true_labels) or '(none)'}")
             for name, probability in zip(maps.classes, maps.probabilities):
                 print(f"{name}: {probability:.3f}")
             print(f"wrote {output}")
