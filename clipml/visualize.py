@@ -143,7 +143,8 @@ def manifest_labels(manifest: Union[str, Path], image_paths: Sequence[Union[str,
     if not manifest.is_file():
         raise DataError(f"labels manifest not found: {manifest}")
     classes = None if (manifest.parent / "classes.txt").is_file() else list(classnames)
-    split = load_manifest(manifest, classes=classes, check_images=False)
+    # only its positives are shown: classes a record leaves out need no rule of their own here
+    split = load_manifest(manifest, classes=classes, unlisted="unknown", check_images=False)
     rows = {(manifest.parent / item).resolve(): row for item, row in zip(split.items, split.labels)}
     found: List[Optional[List[str]]] = []
     for path in image_paths:
