@@ -373,13 +373,14 @@ def predict(argv: Optional[List[str]] = None) -> None:
         paths = find_images(args.inputs)
         if args.checkpoint and args.checkpoint.endswith(".json"):
             scored, classnames = score_ensemble(args.checkpoint, paths, args.batch_size, args.device)
-            thresholds, rule = decision_rule({}, classnames, args.threshold)
+            thresholds, _, rule = decision_rule({}, classnames, args.threshold)
         else:
             model = _predict_model(args)
             classnames = model.classnames
             metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
-            thresholds, rule = decision_rule(metadata, classnames, args.threshold)
+            thresholds, calibration, rule = decision_rule(metadata, classnames, args.threshold)
             scored = score_images(model, paths, args.batch_size)
+            scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities shown
             if model.config.method == "zero_shot":
                 # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
                 # as a logit so that thresholds read it alike.
@@ -556,6 +557,9 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                                          "them (default: <image name>_attention.png here)")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    parser.add_argument("--labels", metavar="MANIFEST",
+                        help="a manifest (.jsonl or .csv, as data.dataset=manifest reads) whose positive classes "
+                             "are shown as each listed image's true labels (default: none shown)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
@@ -577,10 +581,12 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                 raise ClipmlError(f"--output {folder}: with several images or a folder, --output is a folder")
             folder.mkdir(parents=True, exist_ok=True)
             outputs = [str(folder / name) for name in names]
-        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha)
+        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha, args.labels)
         for path, why in result.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         for _, output, maps in result.written:
+            if maps.true_labels is not None:
+                print(f"true labels: {', '.join(maps.true_labels) or '(none)'}")
             for name, probability in zip(maps.classes, maps.probabilities):
                 print(f"{name}: {probability:.3f}")
             print(f"wrote {output}")

@@ -102,6 +102,18 @@ class EvalConfig:
     ap: Literal["envelope", "raw", "voc07"] = "envelope"
     # reference: a top-3 class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any.
     top3: Literal["reference", "plain"] = "reference"
+    # predict's per-class thresholds (chosen on the validation split, stored in the checkpoint):
+    # a class needs this many known validation positives for a threshold of its own, else it
+    # takes the one maximising the pooled F1.
+    threshold_min_positives: int = 5
+    # No threshold below this calibrated probability (Platt scaling on the validation split).
+    threshold_floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.threshold_min_positives < 1:
+            raise ConfigError(f"eval.threshold_min_positives must be at least 1, got {self.threshold_min_positives}")
+        if not 0.0 <= self.threshold_floor < 1.0:
+            raise ConfigError(f"eval.threshold_floor must be a probability in [0, 1), got {self.threshold_floor}")
 
 
 @dataclasses.dataclass

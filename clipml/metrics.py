@@ -28,7 +28,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from clipml.errors import DataError
+from clipml.errors import ConfigError, DataError
 
 PROPORTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 """The known-label proportions of the papers' "Avg." column."""
@@ -275,13 +275,16 @@ def _best_f1_cut(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(ranked[best] if best + 1 == len(ranked) else (ranked[best] + ranked[best + 1]) / 2)
 
 
-def f1_thresholds(scores, labels) -> Tuple[np.ndarray, float, np.ndarray]:
+def f1_thresholds(scores, labels, min_positives: int = 1) -> Tuple[np.ndarray, float, np.ndarray]:
     """Per-class decision thresholds on `scores` (e.g. validation logits), each maximising that
     class's F1 over its known entries: (thresholds [C], global, fallback [C] bool).
 
-    `global` maximises the pooled F1 (OF1) over all known entries; classes without a positive
-    (`fallback`) get it, having no F1 of their own to maximise.
+    `global` maximises the pooled F1 (OF1) over all known entries; classes with fewer than
+    `min_positives` known positives (`fallback`) get it: a class's own F1 maximum over one or
+    two positives is noise (it can sit far below every negative).
     """
+    if min_positives < 1:
+        raise ConfigError(f"min_positives must be at least 1, got {min_positives}")
     scores, labels = _inputs(scores, labels)
     known = labels != -1
     if not (labels == 1).any():
@@ -291,7 +294,7 @@ def f1_thresholds(scores, labels) -> Tuple[np.ndarray, float, np.ndarray]:
     fallback = np.ones(scores.shape[1], dtype=bool)
     for c in range(scores.shape[1]):
         column, truth = scores[known[:, c], c].astype(np.float64), labels[known[:, c], c] == 1
-        if truth.any():
+        if truth.sum() >= min_positives:
             thresholds[c], fallback[c] = _best_f1_cut(column, truth), False
     return thresholds, global_threshold, fallback
 

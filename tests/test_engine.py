@@ -173,6 +173,7 @@ def test_toy_clip_end_to_end_improves_on_its_start(tmp_path):
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", "data.cache=true",
         f"data.cache_dir={tmp_path / 'cache'}", "data.options={preset: coco_like, num_images: 600}",
         "data.val_fraction=0.3", "optim.epochs=4", "model.method=dualcoop", "model.ctx_init=null", "model.n_ctx=8",
+        "backbone.spec=toy", "loss.name=asl",  # the ViT toy and ASL this was measured with (the demo moved on)
     ])
     summary = train(cfg, resume=False)
     losses = [record["loss"] for record in summary["history"]]
@@ -349,3 +350,40 @@ def test_a_run_written_before_new_config_keys_still_resumes(trained):
     changed = load_config(ExperimentConfig, None, [f"output_dir={cfg.output_dir}", "name=full", "eval.ap=raw"])
     with pytest.raises(ConfigError, match="another config"):
         _check_resumable(Path(cfg.run_dir()), changed)
+
+
+def test_stored_thresholds_have_a_floor_a_positive_count_and_a_calibration():
+    """Issue 24: predict's thresholds, chosen on validation logits. Calibration: a logistic
+    regression of the known labels on the logits (scikit-learn, unpenalised, as the oracle)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from clipml.engine.evaluate import choose_thresholds, class_thresholds
+    from clipml.experiment import EvalConfig
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((400, 4)) < 0.2).astype(np.int8)
+    logits = 3.0 * labels + rng.normal(size=labels.shape) - 30.0  # saturated: sigmoid ~ 0 everywhere
+    labels[rng.random(labels.shape) < 0.5] = -1
+    labels[:, 3] = np.where(labels[:, 3] == 1, 0, labels[:, 3])
+    labels[0, 3], logits[0, 3] = 1, -60.0  # one positive far under the negatives
+    logits[:, 2] = np.where(labels[:, 2] == 1, logits[:, 2] - 6.0, logits[:, 2])  # class 2 scores low
+    names = ["a", "b", "c", "d"]
+    stored = choose_thresholds(logits, labels, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.1))
+
+    known = labels != -1
+    oracle = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logits[known][:, None], labels[known])
+    # (fit_calibration keeps a tiny ridge, so the two agree to a few parts in a thousand)
+    assert stored["calibration"]["scale"] == pytest.approx(oracle.coef_[0, 0], rel=5e-3)
+    assert stored["calibration"]["bias"] == pytest.approx(oracle.intercept_[0], rel=5e-3)
+    assert stored["fallback"] == ["d"] and set(stored["per_class"]) == {"a", "b", "c"}
+    floor = (np.log(0.1 / 0.9) - stored["calibration"]["bias"]) / stored["calibration"]["scale"]
+    assert stored["floor_logit"] == pytest.approx(floor)
+    thresholds = class_thresholds(stored, names)
+    assert thresholds.min() >= floor - 1e-9 and thresholds[3] == stored["global"] >= floor - 1e-9
+    assert stored["per_class"]["c"] == pytest.approx(floor)  # its F1 cut lies under the floor
+    unfloored = choose_thresholds(logits, labels, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.0))
+    assert unfloored["per_class"]["c"] < floor and unfloored["floor_logit"] is None
+    with pytest.raises(ConfigError, match="eval.threshold_floor"):
+        load_config(ExperimentConfig, None, ["eval.threshold_floor=1.5"])
+    with pytest.raises(ConfigError, match="eval.threshold_min_positives"):
+        load_config(ExperimentConfig, None, ["eval.threshold_min_positives=0"])

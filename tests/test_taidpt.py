@@ -232,7 +232,7 @@ def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
     cfg = load_config(ExperimentConfig, REPO / "clipml" / "assets" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.options={num_images: 300}", "data.val_fraction=0.3", "data.batch_size=128",
-        "data.captions.source=synthetic", "data.captions.options={num_captions: 600}",
+        "data.captions.source=synthetic", "data.captions.options={num_captions: 600}", "backbone.spec=toy",
         "model.method=taidpt", "model.ctx_init=null", "model.n_ctx=8",
         "loss.name=ranking", "loss.reduction=mean", "optim.epochs=3",
     ])

@@ -260,7 +260,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False,
                                                       settings=cfg.eval))}  # 0: not trained
 
-    thresholds = decision_thresholds(model, val_source, progress)  # chosen on validation, reported on test
+    thresholds = decision_thresholds(model, val_source, progress, cfg.eval)  # chosen on validation, reported on test
     test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds,
                             scores_path=scores_path, arrays_path=str(run / SCORES))
     test = _headline(test_metrics)
