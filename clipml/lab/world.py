@@ -55,6 +55,9 @@ from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+DATASET = "synthetic"
+"""The world's dataset name (data.dataset) and caption source name (data.captions.source)."""
+
 SYNTHETIC_CLASSES: List[str] = list(SHAPE_NAMES[:24])
 """The 24 object classes of the classic world, in label order."""
 
@@ -508,7 +511,7 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
     size = generator.config.image_size
     items = [f"scene-{preset}-{size}px-{split}-{seed}-{i:06d}" for i in range(num_images)]
     return SyntheticSplit(
-        dataset="synthetic",
+        dataset=DATASET,
         split=split,
         classes=list(generator.classes),
         items=items,
