@@ -198,7 +198,7 @@ def world_preset(name: str) -> WorldPreset:
 
 @dataclasses.dataclass
 class PlacedObject:
-    """One drawn object: where it is, how to redraw it alone, and how much of it shows."""
+    """One drawn object: where it is, how it was drawn (seed, flip), and how much of it shows."""
 
     name: str
     left: int
@@ -209,10 +209,6 @@ class PlacedObject:
     flip: bool
     drawn_pixels: int
     visible_pixels: int
-
-    def draw_alone(self) -> np.ndarray:
-        """The object's RGBA pixels in its own box, exactly as the scene drew them."""
-        return draw_object(self.name, self.width, self.height, self.seed, self.flip)
 
 
 @dataclasses.dataclass
