@@ -16,6 +16,8 @@ from PIL import Image
 from clipml.cli import predict, train_prompts, zero_shot_eval
 from clipml.lab.world import write_synthetic_dataset
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):

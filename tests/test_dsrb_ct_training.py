@@ -14,6 +14,8 @@ from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 from test_engine import tiny_config
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 CLASSES = ["cat", "dog", "car", "tree"]
 DSRB_CT = ["model.blending.instance=true", "model.blending.prototype=true", "model.blending.start_epoch=1",
            "model.blending.prototype_every=1", "model.transport.enabled=true", "model.transport.background=true",
