@@ -25,6 +25,7 @@ import clipml
 from clipml.engine.checkpoint import read_prompt_checkpoint
 from clipml.engine.inference import decision_rule
 from clipml.errors import ConfigError, ExportError
+from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| probability accepted by the check
@@ -116,8 +117,7 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
         "clipml.method": metadata["method"],
         "clipml.classes": json.dumps(model.classnames),
         "clipml.preprocessing": json.dumps(preprocessing(model)),
-        "clipml.thresholds": json.dumps({name: float(1 / (1 + np.exp(-t)))
-                                         for name, t in zip(model.classnames, thresholds)}),
+        "clipml.thresholds": json.dumps({name: float(p) for name, p in zip(model.classnames, sigmoid(thresholds))}),
         "clipml.threshold_rule": rule,
     }
     with torch.no_grad():
