@@ -17,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from clipml.data.base import UNKNOWN
 from clipml.data.manifest import load_manifest, read_records
+from clipml.engine import Progress
 from clipml.engine.checkpoint import atomic_write, read_prompt_checkpoint
-from clipml.engine.inference import Progress, decision_rule, logit_threshold, score_images
+from clipml.engine.inference import decision_rule, logit_threshold, score_images
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

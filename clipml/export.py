@@ -26,6 +26,7 @@ from clipml.engine.checkpoint import read_prompt_checkpoint
 from clipml.engine.inference import decision_rule
 from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, ExportError
+from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| probability accepted by the check
@@ -119,8 +120,7 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
         "clipml.method": metadata["method"],
         "clipml.classes": json.dumps(model.classnames),
         "clipml.preprocessing": json.dumps(preprocessing(model)),
-        "clipml.thresholds": json.dumps({name: float(1 / (1 + np.exp(-t)))
-                                         for name, t in zip(model.classnames, thresholds)}),
+        "clipml.thresholds": json.dumps({name: float(p) for name, p in zip(model.classnames, sigmoid(thresholds))}),
         "clipml.threshold_rule": rule,
     }
     with torch.no_grad():

@@ -39,6 +39,12 @@ TOP_K_RULES = ("reference", "plain")
 """reference: a top-k class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any top-k class."""
 
 
+def sigmoid(logits) -> np.ndarray:
+    """Probabilities of logits, in float64 (a logit below about -709 gives exactly 0, silently)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()

@@ -15,6 +15,7 @@ from clipml.backbones import Dense, FrozenCLIP, TextDense
 from clipml.blending import RepresentationBlending
 from clipml.decoupler import (CosineHead, SemanticDecoupler, dense_pool_scores, double_grained_scores,
                               dualcoop_aggregate)
+from clipml.config import require
 from clipml.errors import ConfigError
 from clipml.transport import ConditionalTransport
 from clipml.prompts import (DEFAULT_TEMPLATE, ContextPrompts, DoubleGrainedPrompts, DualPrompts, HandcraftedPrompts,
@@ -67,6 +68,15 @@ class BlendingConfig:
     # first epoch, its weight ramped linearly over that epoch's batches, as the reference code).
     contrastive_schedule: Literal["with_blending", "from_start"] = "with_blending"
 
+    def __post_init__(self) -> None:
+        for key in ("contrastive_weight", "lambda_instance", "lambda_prototype"):
+            require(getattr(self, key) >= 0, f"model.blending.{key}", getattr(self, key), ">= 0 (0: off)")
+        require(self.start_epoch >= 0, "model.blending.start_epoch", self.start_epoch, ">= 0")
+        for key in ("prototype_every", "max_samples", "topk"):
+            require(getattr(self, key) >= 1, f"model.blending.{key}", getattr(self, key), "at least 1")
+        for key in ("alpha_init", "beta_init"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"model.blending.{key}", getattr(self, key), "in [0, 1]")
+
     @property
     def enabled(self) -> bool:
         """Any DSRB training term is on (each needs the decoupler's per-class features)."""
@@ -83,6 +93,11 @@ class TransportConfig:
     rho: float = 0.2  # share of the location -> label direction (small: unannotated objects)
     background: bool = False  # a learned background target that absorbs locations
 
+    def __post_init__(self) -> None:
+        require(self.weight >= 0, "model.transport.weight", self.weight, ">= 0")
+        require(self.tau_nav > 0, "model.transport.tau_nav", self.tau_nav, "> 0")
+        require(0.0 <= self.rho <= 1.0, "model.transport.rho", self.rho, "in [0, 1]")
+
 
 @dataclasses.dataclass
 class TaIDPTConfig:
@@ -92,6 +107,11 @@ class TaIDPTConfig:
     text_spatial_scale: float = 50.0  # softmax sharpness over a caption's tokens (training)
     image_spatial_scale: float = 40.0  # softmax sharpness over an image's locations (evaluation)
     global_weight: float = 0.5  # score = w · global + (1 − w) · local
+
+    def __post_init__(self) -> None:
+        for key in ("scale", "text_spatial_scale", "image_spatial_scale"):
+            require(getattr(self, key) > 0, f"model.taidpt.{key}", getattr(self, key), "> 0")
+        require(0.0 <= self.global_weight <= 1.0, "model.taidpt.global_weight", self.global_weight, "in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -139,6 +159,28 @@ class ModelConfig:
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
     taidpt: TaIDPTConfig = dataclasses.field(default_factory=TaIDPTConfig)
     dualcoop: DualCoOpConfig = dataclasses.field(default_factory=DualCoOpConfig)
+
+    def __post_init__(self) -> None:
+        require(self.method in METHODS, "model.method", self.method, f"one of {sorted(METHODS)}")
+        require(self.n_ctx >= 1, "model.n_ctx", self.n_ctx, "at least 1")
+        for key in ("ctx_init", "negative_ctx_init"):
+            require(getattr(self, key) != "", f"model.{key}", getattr(self, key), "some words or null")
+        require(self.ctx_std >= 0, "model.ctx_std", self.ctx_std, ">= 0")
+        require(bool(self.templates), "model.templates", self.templates, "at least one template")
+        for template in self.templates:
+            require("{}" in template, "each of model.templates", template, "a text with a '{}' for the class name")
+        require(self.guidance in ("handcrafted", "learned") or self.guidance.endswith(".npy"), "model.guidance",
+                self.guidance, "'handcrafted', 'learned' or a .npy file")
+        require(self.decoupler_dim >= 1, "model.decoupler_dim", self.decoupler_dim, "at least 1")
+        require(self.temperature is None or self.temperature > 0, "model.temperature", self.temperature,
+                "positive (or null: the backbone's own logit scale)")
+        head = METHODS[self.method][1]
+        if self.blending.enabled and head != "decoupler":
+            raise ConfigError(f"model.blending needs per-class features: method sdm_csp, not {self.method}")
+        if self.transport.enabled and self.method == "zero_shot":
+            raise ConfigError("model.transport aligns learnable prompts; zero_shot has none")
+        if self.transport.enabled and self.method == "taidpt":
+            raise ConfigError("model.transport aligns image features with image labels; taidpt trains on captions")
 
 
 @dataclasses.dataclass

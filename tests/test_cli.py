@@ -17,6 +17,8 @@ from clipml.cli import predict, train_prompts, zero_shot_eval
 from clipml.engine.checkpoint import read_prompt_checkpoint
 from clipml.lab.world import write_synthetic_dataset
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):

@@ -226,6 +226,7 @@ def test_checkpoint_round_trip(tiny_backbones, tmp_path):
     torch.testing.assert_close(other.prompts.local_context.ctx, model.prompts.local_context.ctx, rtol=0, atol=0)
 
 
+@pytest.mark.integration
 def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
     """The toy CLIP trained on the COCO-like world's pretrain captions only (no image labels):
     the learned prompts must beat the untrained (random-context) start on validation images."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,17 +14,16 @@ import torch
 from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
                               object_sizes)
 from clipml.data.splits import require_positives
-from clipml.engine import distributed
+from clipml.engine import Progress, distributed
 from clipml.engine.features import CountedPass
 from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
 from clipml.experiment import EvalConfig
 from clipml.localization import class_map_correlation, localize_image, summarize_localization
-from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds
+from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 
 def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -116,7 +115,7 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     with_masks = details and split.has_instances
     logits, labels, localization, correlation = _score(model, source, progress, localize=with_masks,
                                                        correlate=details)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = sigmoid(logits)
     tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
     context = getattr(source, "context", None)
     if scores_path is not None and (context is None or context.is_main):

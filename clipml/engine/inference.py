@@ -8,21 +8,22 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from clipml.data.images import decode_image
 from clipml.data.transforms import Normalize255, eval_transform
+from clipml.engine import Progress
 from clipml.engine.evaluate import class_thresholds
 from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, DataError
+from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = (".csv", ".json")
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 
 def find_images(inputs: Sequence[str]) -> List[Path]:
@@ -55,7 +56,7 @@ class ScoredImages:
 
     @property
     def probabilities(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+        return sigmoid(self.logits)
 
 
 def _score_files(paths: Sequence[Path], batch_size: int, classes: int, decode: Callable,
@@ -160,7 +161,7 @@ def choose_labels(logits: np.ndarray, thresholds: np.ndarray, classnames: Sequen
     first; with `top_k`, at most that many."""
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top-k must be at least 1, got {top_k}")
-    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probabilities = sigmoid(logits)
     chosen = []
     for row, probs in zip(logits, probabilities):
         order = [c for c in np.argsort(-row, kind="stable") if row[c] >= thresholds[c]][:top_k]

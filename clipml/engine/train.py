@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from clipml.config import config_from_dict, config_to_dict, save_config
 from clipml.data import readable_names
 from clipml.data.lvis import check_disjoint
 from clipml.data.splits import warn_small_validation
-from clipml.engine import distributed
+from clipml.engine import Progress, distributed
 from clipml.engine.builders import (build_backbone, build_sources, build_splits, data_identity, known_percent,
                                     label_source, load_splits, select_device, validation_description)
 from clipml.engine.captions import build_caption_source
@@ -44,7 +44,6 @@ from clipml.losses import build_loss
 from clipml.model import BlendingConfig, ModelConfig, MultiLabelCLIP, TransportConfig
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
 DATA = "data.json"  # the run's data identity (builders.data_identity)
