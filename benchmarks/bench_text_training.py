@@ -19,7 +19,7 @@ import torch
 from timing import interleaved_medians
 
 from clipml.backbones import BackboneConfig, Dense, load_backbone
-from clipml.data.captions import synthetic_captions
+from clipml.lab.captions import synthetic_captions
 from clipml.engine.train import build_optimizer, training_loss
 from clipml.experiment import OptimConfig
 from clipml.losses import build_loss

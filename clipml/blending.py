@@ -24,7 +24,7 @@ Decisions (each with its reason):
 - "Known positive" means ``known and target >= 0.5`` everywhere in this module.
 """
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -237,10 +237,6 @@ class RepresentationBlending(nn.Module):
             self.register_buffer("prototype_valid", torch.zeros(num_classes, NUM_QUADRANTS, dtype=torch.bool))
 
     quadrant = staticmethod(quadrant)
-
-    def no_weight_decay(self) -> List[str]:
-        """Parameter names (relative to this module) the optimizer must not decay: α and β."""
-        return [name for name in ("alpha", "beta") if hasattr(self, name)]
 
     def _coefficient(self, param: nn.Parameter) -> Tuple[torch.Tensor, torch.Tensor]:
         """Project the parameter into [0, 1]; return (feature coefficient, soft-target value)."""

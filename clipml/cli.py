@@ -242,6 +242,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
 
     def main():
         from clipml.data import load_split, readable_names
+        from clipml.data.lvis import check_disjoint
         from clipml.data.transforms import eval_transform
         from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
@@ -250,6 +251,9 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.model import MultiLabelCLIP
 
         cfg = _config(args, args.checkpoint[0] if args.checkpoint else None)
+        for checkpoint in args.checkpoint:  # LVIS and COCO 2014 share images: never train on one, test on the other
+            check_disjoint(_checkpoint_config(checkpoint)["data"]["dataset"], cfg.data.dataset,
+                           f"checkpoint {checkpoint}")
         if args.split == CARVED:
             split = build_splits(cfg)[1]
             where = f"the validation split train_prompts selects epochs on: {validation_description(cfg, split)}"
@@ -299,10 +303,12 @@ def _print_metrics(what, where, cfg, classnames, metrics) -> None:
     percent = lambda value: f"{100 * value:.2f}" if value == value else "n/a"  # noqa: E731
     columns = {"AP": "AP", "pointing_game_per_class": "pointing game", "mass_inside_per_class": "mass inside"}
     columns = {key: label for key, label in columns.items() if key in metrics}
-    rows = [[name, *[percent(metrics[key][c]) for key in columns]] for c, name in enumerate(classnames)]
+    reasons = metrics["coverage"]["reason"]  # why a class has no AP (clipml.metrics.class_coverage)
+    rows = [[name, *[f"n/a ({reasons[c]})" if key == "AP" and reasons[c] else percent(metrics[key][c])
+                     for key in columns]] for c, name in enumerate(classnames)]
     print(_table(rows, ["class", *columns.values()]))
-    print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP), "
-          f"CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
+    print(f"\n{what} on {cfg.data.dataset}, {where}: mAP {100 * metrics['mAP']:.2f} ({cfg.eval.ap} AP; "
+          f"{metrics['coverage_text']}), CF1 {100 * metrics['CF1']:.2f}, OF1 {100 * metrics['OF1']:.2f}")
     _print_details([(where, detail_summary(metrics))])
 
 
@@ -368,13 +374,14 @@ def predict(argv: Optional[List[str]] = None) -> None:
         paths = find_images(args.inputs)
         if args.checkpoint and args.checkpoint.endswith(".json"):
             scored, classnames = score_ensemble(args.checkpoint, paths, args.batch_size, args.device)
-            thresholds, rule = decision_rule({}, classnames, args.threshold)
+            thresholds, _, rule = decision_rule({}, classnames, args.threshold)
         else:
             model = _predict_model(args)
             classnames = model.classnames
             metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
-            thresholds, rule = decision_rule(metadata, classnames, args.threshold)
+            thresholds, calibration, rule = decision_rule(metadata, classnames, args.threshold)
             scored = score_images(model, paths, args.batch_size)
+            scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities shown
             if model.method.tower_scores:
                 # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
                 # as a logit so that thresholds read it alike.
@@ -553,6 +560,9 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                                          "them (default: <image name>_attention.png here)")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image, most probable first")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    parser.add_argument("--labels", metavar="MANIFEST",
+                        help="a manifest (.jsonl or .csv, as data.dataset=manifest reads) whose positive classes "
+                             "are shown as each listed image's true labels (default: none shown)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
@@ -574,10 +584,12 @@ def visualize_attention(argv: Optional[List[str]] = None) -> None:
                 raise ClipmlError(f"--output {folder}: with several images or a folder, --output is a folder")
             folder.mkdir(parents=True, exist_ok=True)
             outputs = [str(folder / name) for name in names]
-        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha)
+        result = visualize_many(args.checkpoint, paths, outputs, args.top_k, args.device, args.alpha, args.labels)
         for path, why in result.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         for _, output, maps in result.written:
+            if maps.true_labels is not None:
+                print(f"true labels: {', '.join(maps.true_labels) or '(none)'}")
             for name, probability in zip(maps.classes, maps.probabilities):
                 print(f"{name}: {probability:.3f}")
             print(f"wrote {output}")

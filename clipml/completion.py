@@ -17,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from clipml.data.base import UNKNOWN
 from clipml.data.manifest import load_manifest, read_records
+from clipml.engine import Progress
 from clipml.engine.checkpoint import atomic_write, read_prompt_checkpoint
-from clipml.engine.inference import Progress, decision_rule, logit_threshold, score_images
+from clipml.engine.inference import decision_rule, logit_threshold, score_images
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,14 @@ def complete_labels(
     if missing:
         raise ConfigError(f"{checkpoint} has no learned prompts for classes {missing} of {manifest}; "
                           f"its classes: {model.classnames}")
-    thresholds, rule = decision_rule(read_prompt_checkpoint(checkpoint)[1], model.classnames, threshold)
+    thresholds, calibration, rule = decision_rule(read_prompt_checkpoint(checkpoint)[1], model.classnames, threshold)
     columns = [model.classnames.index(name) for name in split.classes]
 
     rows = [i for i in range(len(split)) if (split.labels[i] == UNKNOWN).any()]
     paths = [split.image_path(i) for i in rows]
     scored = score_images(model, paths, batch_size, progress) if rows else None
+    if scored:
+        scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities predict shows
     position = {path: k for k, path in enumerate(scored.paths)} if scored else {}
     probabilities = scored.probabilities if scored else None
 

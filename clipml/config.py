@@ -315,6 +315,13 @@ def _defaults_dict(cfg: Any) -> Dict:
     return out
 
 
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """The check a config dataclass's ``__post_init__`` makes of one value, so that a bad value is one
+    ConfigError naming its key when the config is read, before any data or weights load."""
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
 def _default(f: dataclasses.Field) -> Any:
     """The field's default value, or ``_REQUIRED`` when it has none."""
     if f.default is not dataclasses.MISSING:

@@ -11,17 +11,24 @@ KINDS = ("cpu", "cuda", "mps")
 EXPECTED = "expected auto, cpu, cuda, cuda:N or mps"
 
 
+def parse_device(name) -> torch.device:
+    """The torch device `name` stands for, by its form only (what this machine has aside): the
+    config's ``device`` key is checked with it when read."""
+    try:
+        device = torch.device(str(name).strip())
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a device name; {EXPECTED}") from None
+    if device.type not in KINDS:
+        raise ConfigError(f"device {name!r} is not supported; {EXPECTED}")
+    return device
+
+
 def select_device(name) -> str:
     """`name` ("auto": CUDA when available) checked against this machine; returns a torch device string."""
     name = str(name).strip()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device {name!r} is not a device name; {EXPECTED}") from None
-    if device.type not in KINDS:
-        raise ConfigError(f"device {name!r} is not supported; {EXPECTED}")
+    device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"

@@ -16,6 +16,9 @@ the validation labels would get a < 0; it gets a = 0 instead, i.e. no say.)
 
 The weights lie on a grid over the simplex (w_k >= 0, Σ w_k = 1); the grid point with the best
 validation mAP wins (the first one, in grid order, on a tie).
+
+This module is the arithmetic and the ensemble file, on logit arrays only (no model, backbone
+or dataset); clipml.engine.ensemble loads the member checkpoints and scores them on data with it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from clipml.errors import CheckpointError, ConfigError, DataError
-from clipml.metrics import mean_average_precision
+from clipml.metrics import mean_average_precision, sigmoid
 
 logger = logging.getLogger(__name__)
 ENSEMBLE_FORMAT = "clipml-ensemble-1"
@@ -68,7 +71,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, ridge: float = 1e-6,
     theta = np.array([0.0, np.log(y.mean() / (1 - y.mean()))])
     current = loss(theta)
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        p = sigmoid(design @ theta)
         gradient = design.T @ (p - y) + penalty * theta
         hessian = (design * (p * (1 - p))[:, None]).T @ design + penalty * np.eye(2)
         step = np.linalg.solve(hessian, gradient)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 import yaml
 
 from clipml.backbones.config import BackboneConfig
-from clipml.config import config_from_dict, config_to_dict
+from clipml.config import config_from_dict, config_to_dict, require
 from clipml.data.captions import CaptionConfig
 from clipml.errors import ClipmlError, ConfigError
 from clipml.losses import REFERENCE_REDUCTION
@@ -56,14 +56,23 @@ class DataConfig:
     captions: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.known_ratio <= 1.0:
-            raise ConfigError(f"data.known_ratio (the proportion p of known labels) must be in (0, 1], "
-                              f"got {self.known_ratio}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        require(bool(self.dataset), "data.dataset", self.dataset, "a dataset name")
+        require(0.0 < self.known_ratio <= 1.0, "data.known_ratio (the proportion p of known labels)",
+                self.known_ratio, "in (0, 1]")
+        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
+        for key in ("train_split", "test_split"):
+            require(bool(getattr(self, key)), f"data.{key}", getattr(self, key), "a split name")
         if self.val_split is not None and self.val_split in (self.train_split, self.test_split):
             raise ConfigError(f"data.val_split={self.val_split!r} is also the training or test split; "
                               f"validation must be other images")
+        for key in ("mask_seed", "cache_seed"):  # numpy seeds
+            require(0 <= getattr(self, key) < 2**32, f"data.{key}", getattr(self, key), "in [0, 2**32)")
+        for key in ("batch_size", "eval_batch_size", "cache_views"):
+            require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "at least 1")
+        require(self.workers >= 0, "data.workers", self.workers, ">= 0 (0: decode in the main process)")
+        if self.cache_views > 1 and self.augment == "none":
+            raise ConfigError(f"data.cache_views={self.cache_views} asks for augmented views but data.augment "
+                              f"is 'none'")
 
 
 @dataclasses.dataclass
@@ -87,10 +96,11 @@ class LossConfig:
     eps: float = 1e-8  # asl: floor of the probabilities inside the logs (DualCoOp's code: 1e-6)
 
     def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ConfigError(f"loss.weight must be > 0, got {self.weight}")
-        if not 0 <= self.eps < 1:
-            raise ConfigError(f"loss.eps must be in [0, 1), got {self.eps}")
+        require(self.weight > 0, "loss.weight", self.weight, "> 0")
+        require(0 <= self.eps < 1, "loss.eps", self.eps, "in [0, 1)")
+        for key in ("gamma_pos", "gamma_neg", "margin"):
+            require(getattr(self, key) >= 0, f"loss.{key}", getattr(self, key), ">= 0")
+        require(0 <= self.clip < 1, "loss.clip", self.clip, "in [0, 1) (0: no margin)")
 
 
 @dataclasses.dataclass
@@ -102,6 +112,18 @@ class EvalConfig:
     ap: Literal["envelope", "raw", "voc07"] = "envelope"
     # reference: a top-3 class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any.
     top3: Literal["reference", "plain"] = "reference"
+    # predict's per-class thresholds (chosen on the validation split, stored in the checkpoint):
+    # a class needs this many known validation positives for a threshold of its own, else it
+    # takes the one maximising the pooled F1.
+    threshold_min_positives: int = 5
+    # No threshold below this calibrated probability (Platt scaling on the validation split).
+    threshold_floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.threshold_min_positives < 1:
+            raise ConfigError(f"eval.threshold_min_positives must be at least 1, got {self.threshold_min_positives}")
+        if not 0.0 <= self.threshold_floor < 1.0:
+            raise ConfigError(f"eval.threshold_floor must be a probability in [0, 1), got {self.threshold_floor}")
 
 
 @dataclasses.dataclass
@@ -123,6 +145,15 @@ class OptimConfig:
     decoupler_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        require(self.epochs >= 1, "optim.epochs", self.epochs, "at least 1")
+        require(0 <= self.warmup_epochs <= self.epochs, "optim.warmup_epochs", self.warmup_epochs,
+                f"in [0, optim.epochs={self.epochs}]")
+        require(self.warmup_lr > 0, "optim.warmup_lr", self.warmup_lr, "> 0")
+        require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "> 0 or null")
+        require(self.decoupler_lr_scale > 0, "optim.decoupler_lr_scale", self.decoupler_lr_scale, "> 0")
         if self.schedule == "dassl" and self.warmup_epochs != int(self.warmup_epochs):
             raise ConfigError(f"optim.schedule=dassl counts warm-up in whole epochs; got optim.warmup_epochs="
                               f"{self.warmup_epochs}")
@@ -163,6 +194,21 @@ class ExperimentConfig:
     train: TrainOutputsConfig = dataclasses.field(default_factory=TrainOutputsConfig)
 
     def __post_init__(self) -> None:
+        from clipml.devices import parse_device
+
+        require(bool(self.name), "name", self.name, "a run name")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "in [0, 2**32)")
+        try:
+            self.run_dir()
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"output_dir {self.output_dir!r} may hold {{name}} and no other field") from None
+        if self.device != "auto":  # what this machine has is checked when the run starts
+            uses_cuda = parse_device(self.device).type == "cuda"
+            if self.data.cache and self.data.cache_device == "cuda" and not uses_cuda:
+                raise ConfigError(f"data.cache_device=cuda holds the cache on the GPU, but device={self.device!r}; "
+                                  f"set device=cuda or data.cache_device=cpu")
+        require(self.init_from is None or bool(self.init_from), "init_from", self.init_from,
+                "a checkpoint path or null")
         if self.loss.reduction is None:  # each loss's own reference reduction (see LossConfig)
             self.loss = dataclasses.replace(self.loss, reduction=REFERENCE_REDUCTION[self.loss.name])
 

@@ -24,7 +24,9 @@ from torch import nn
 import clipml
 from clipml.engine.checkpoint import read_prompt_checkpoint
 from clipml.engine.inference import decision_rule
+from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, ExportError
+from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| probability accepted by the check
@@ -33,11 +35,13 @@ SCALING = "RGB, float32, pixel / 255, then (x - mean) / std per channel; layout 
 
 
 class ImageToProbabilities(nn.Module):
-    """A model with its text features frozen as buffers: images [B, 3, S, S] -> probabilities [B, C]."""
+    """A model with its text features frozen as buffers: images [B, 3, S, S] -> probabilities [B, C],
+    through the checkpoint's calibration (Platt scale and bias on the logits), as `predict` shows them."""
 
-    def __init__(self, model: MultiLabelCLIP) -> None:
+    def __init__(self, model: MultiLabelCLIP, calibration: Calibration = Calibration()) -> None:
         super().__init__()
         self.model = model.eval()
+        self.scale, self.bias = float(calibration.scale), float(calibration.bias)
         with torch.no_grad():
             text = model.text_features()
         # DualCoOp and TaI-DPT score with a pair of text features, the others with one.
@@ -47,7 +51,7 @@ class ImageToProbabilities(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         text = (self.text_0, self.text_1) if self.pair else self.text_0
-        return torch.sigmoid(self.model(image, text).logits)
+        return torch.sigmoid(self.scale * self.model(image, text).logits + self.bias)
 
 
 @dataclasses.dataclass
@@ -101,11 +105,11 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
     onnx, _ = _exporter()
     model = load_model(str(checkpoint), device="cpu")
     metadata = read_prompt_checkpoint(checkpoint)[1]
-    thresholds, rule = decision_rule(metadata, model.classnames, None)
+    thresholds, calibration, rule = decision_rule(metadata, model.classnames, None)
     if getattr(model, "decoupler", None) is not None:
         # One chunk of all classes: CPU chunking depends on the batch size, a traced graph must not.
         model.decoupler.class_chunk = len(model.classnames)
-    wrapper = ImageToProbabilities(model).eval()
+    wrapper = ImageToProbabilities(model, calibration).eval()
     size = model.backbone.image_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(2, 3, size, size, generator=generator)
@@ -116,8 +120,7 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
         "clipml.method": metadata["method"],
         "clipml.classes": json.dumps(model.classnames),
         "clipml.preprocessing": json.dumps(preprocessing(model)),
-        "clipml.thresholds": json.dumps({name: float(1 / (1 + np.exp(-t)))
-                                         for name, t in zip(model.classnames, thresholds)}),
+        "clipml.thresholds": json.dumps({name: float(p) for name, p in zip(model.classnames, sigmoid(thresholds))}),
         "clipml.threshold_rule": rule,
     }
     with torch.no_grad():

@@ -122,3 +122,24 @@ def summarize_localization(hits: np.ndarray, mass: np.ndarray) -> Dict[str, obje
         "mass_inside_per_class": per_class_mass.tolist(),
         "localization_trials": trials,
     }
+
+
+def class_map_correlation(attention) -> "np.ndarray":
+    """Per image, the mean pairwise Pearson correlation of its per-class attention maps
+    (attention [B, C, N], numpy or torch; returns [B]). Near 1: every class looks at the same
+    place, i.e. the maps are one map and say nothing class-specific; classes whose map is flat
+    (no variance) take no part (nan when fewer than two vary)."""
+    import torch
+
+    maps = torch.as_tensor(attention).double()
+    if maps.ndim != 3:
+        raise DataError(f"class_map_correlation needs attention [images, classes, cells], got {tuple(maps.shape)}")
+    centred = maps - maps.mean(dim=2, keepdim=True)
+    norms = centred.norm(dim=2, keepdim=True)
+    varies = (norms[..., 0] > 1e-12 * maps.abs().amax(dim=2).clamp_min(1e-300)).double()  # [B, C]
+    unit = centred / norms.clamp_min(1e-300) * varies[..., None]
+    gram = unit @ unit.transpose(1, 2)  # [B, C, C]: correlations between varying maps, 0 elsewhere
+    count = varies.sum(dim=1)
+    pairs = count * (count - 1)
+    off_diagonal = gram.sum(dim=(1, 2)) - (unit * unit).sum(dim=(1, 2))
+    return torch.where(pairs > 0, off_diagonal / pairs.clamp_min(1), torch.full_like(pairs, float("nan"))).numpy()

@@ -23,7 +23,7 @@ from clipml.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
 SOFT_FOCUSING = ("per_term", "mixed")
-REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "dual_asl": "sum", "ranking": "mean"}
+REFERENCE_REDUCTION = {"bce": "mean", "asl": "sum", "ranking": "mean"}
 """Each loss's reduction in its reference: METHODS §5's partial BCE averages over the known
 entries; ASL's and DualCoOp's code sum; TaI-DPT's ranking loss averages over images. Configs
 that do not set one get this."""
@@ -129,32 +129,6 @@ def partial_asl(
     return _reduce(per_entry, known, reduction)
 
 
-def dual_asl(
-    pos_logits: torch.Tensor,
-    neg_logits: torch.Tensor,
-    targets: torch.Tensor,
-    known: torch.Tensor,
-    **asl_kwargs: Any,
-) -> torch.Tensor:
-    """DualCoOp's loss: ASL on the 2-way softmax of the negative and positive scores per class.
-
-    DualCoOp stacks ``(S-, S+)`` as logits ``[B, 2, C]``, takes ``softmax(dim=1)`` and uses
-    channel 1 as p and channel 0 as 1 - p. That softmax's positive probability is exactly
-    ``sigmoid(S+ - S-)``, so this is ``partial_asl`` on the logit ``S+ - S-`` (computed
-    stably, without forming the softmax). DualCoOp's own settings: gamma_pos=1, gamma_neg=2,
-    clip=0.05, reduction="sum" (its code eps is 1e-6).
-    """
-    if pos_logits.shape != neg_logits.shape:
-        raise ValueError(
-            f"pos_logits and neg_logits must have the same shape; got "
-            f"{tuple(pos_logits.shape)} and {tuple(neg_logits.shape)}"
-        )
-    zero = torch.zeros((), dtype=pos_logits.dtype, device=pos_logits.device)
-    # Mask first: inf - inf at an unknown entry would otherwise be NaN in the difference.
-    margin = torch.where(known, pos_logits, zero) - torch.where(known, neg_logits, zero)
-    return partial_asl(margin, targets, known, **asl_kwargs)
-
-
 def partial_ranking(
     logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, margin: float = 1.0, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -180,7 +154,6 @@ def partial_ranking(
 LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
     "bce": partial_bce,
     "asl": partial_asl,
-    "dual_asl": dual_asl,
     "ranking": partial_ranking,
 }
 
@@ -194,7 +167,7 @@ def build_loss(name: str, **kwargs: Any) -> Callable[..., torch.Tensor]:
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
     fn = LOSSES[name]
-    accepted = set(inspect.signature(partial_asl if name == "dual_asl" else fn).parameters)
+    accepted = set(inspect.signature(fn).parameters)
     accepted -= {"logits", "targets", "known"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

@@ -9,6 +9,13 @@ envelope), as the SARB/DSRB evaluation code; "raw" is the non-interpolated AP of
 ASL's code (equal to `sklearn.metrics.average_precision_score`), about 0.4-0.5 mAP lower on a
 realistic case; "voc07" is VOC 2007's 11-point AP. A table compared with a paper uses its AP.
 
+Which classes count (`class_coverage`): mAP averages the AP of the classes with at least one
+known positive and one known negative, the rule of CSL's `AP_partial` for natively partial test
+splits (Open Images, LVIS). A class without a known positive has no AP; one without a known
+negative scores a perfect AP whatever the model does. Both are left out and counted, so a summary
+can say how many classes were scored and why the others were not. On a fully labelled test split
+(COCO, VOC, NUS) every class with a positive has negatives, and nothing changes.
+
 Ties: images with equal scores form one threshold, as in scikit-learn, so the result does
 not depend on the order of tied images; all three kinds read the same tie-grouped curve.
 Everything is numpy: one sort of each class column, then per class a binary search of its
@@ -21,7 +28,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from clipml.errors import DataError
+from clipml.errors import ConfigError, DataError
 
 PROPORTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 """The known-label proportions of the papers' "Avg." column."""
@@ -30,6 +37,12 @@ AP_KINDS = ("envelope", "raw", "voc07")
 TOP_K = 3
 TOP_K_RULES = ("reference", "plain")
 """reference: a top-k class counts only if its logit is >= 0 (ML-GCN/SARB/DSRB code); plain: any top-k class."""
+
+
+def sigmoid(logits) -> np.ndarray:
+    """Probabilities of logits, in float64 (a logit below about -709 gives exactly 0, silently)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def _numpy(x) -> np.ndarray:
@@ -113,12 +126,49 @@ def precision_recall_curve(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
     return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
 
 
+COVERAGE_REASONS = ("no known label", "no known positive", "no known negative")
+"""Why a class is not scored, in the order they are checked (each class gets the first that holds)."""
+
+
+def class_coverage(labels) -> Dict[str, object]:
+    """Which classes an mAP scores: `scored` [C] bool (at least one known positive and one known
+    negative), `reason` [C] ("" where scored, else one of COVERAGE_REASONS) and the counts
+    `classes`, `scored_classes` and one per reason (`no_known_label`, ...)."""
+    labels = _numpy(labels)
+    if labels.ndim != 2:
+        raise DataError(f"labels must be an [images, classes] array, got shape {labels.shape}")
+    positive, negative = (labels == 1).any(axis=0), (labels == 0).any(axis=0)
+    reason = np.full(labels.shape[1], "", dtype=object)
+    reason[positive & ~negative] = "no known negative"
+    reason[~positive & negative] = "no known positive"
+    reason[~positive & ~negative] = "no known label"
+    scored = positive & negative
+    counts = {name.replace(" ", "_"): int((reason == name).sum()) for name in COVERAGE_REASONS}
+    return {"scored": scored, "reason": reason.tolist(), "classes": int(labels.shape[1]),
+            "scored_classes": int(scored.sum()), **counts}
+
+
+def coverage_text(coverage: Mapping[str, object]) -> str:
+    """'scored 4,728 of 7,186 classes; 2,400 without a known positive, 58 without a known negative'."""
+    text = f"scored {coverage['scored_classes']:,} of {coverage['classes']:,} classes"
+    missing = [f"{coverage[name.replace(' ', '_')]:,} with {name}".replace("with no known", "without a known")
+               for name in COVERAGE_REASONS if coverage[name.replace(" ", "_")]]
+    return text + ("; " + ", ".join(missing) if missing else "")
+
+
+def _scored_map(ap: np.ndarray, labels) -> Tuple[np.ndarray, float]:
+    """(AP [C] with nan for the classes `class_coverage` does not score, their mean)."""
+    coverage = class_coverage(labels)
+    ap = np.where(coverage["scored"], ap, np.nan)
+    if not coverage["scored_classes"]:
+        raise DataError(f"no class has both a known positive and a known negative label, so mAP is undefined "
+                        f"({coverage_text(coverage)})")
+    return ap, float(np.nanmean(ap))
+
+
 def mean_average_precision(scores, labels, kind: str = "envelope") -> float:
-    """mAP over the classes with at least one positive."""
-    ap = average_precision(scores, labels, kind)
-    if np.isnan(ap).all():
-        raise DataError("no class has a positive label: mAP is undefined")
-    return float(np.nanmean(ap))
+    """mAP over the classes with at least one known positive and one known negative (`class_coverage`)."""
+    return _scored_map(average_precision(scores, labels, kind), labels)[1]
 
 
 def _f1_family(predicted: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
@@ -193,14 +243,17 @@ def evaluate_scores(
     Rankings (AP, top-k, tuned thresholds) use `scores` when given, e.g. logits: probabilities
     of scaled-cosine logits saturate to exactly 1.0 in floating point, and ties would destroy
     the ranking.
+
+    mAP and `AP` cover the classes `class_coverage` scores (nan for the others); `coverage`
+    holds its counts and per-class `reason`, `coverage_text` the sentence a summary shows.
     """
     if top_k_rule not in TOP_K_RULES:
         raise DataError(f"top-k rule must be one of {TOP_K_RULES}, got {top_k_rule!r}")
     ranking = probs if scores is None else scores
-    average = average_precision(ranking, labels, ap)
-    if np.isnan(average).all():
-        raise DataError("no class has a positive label: mAP is undefined")
-    result: Dict[str, object] = {"mAP": float(np.nanmean(average)), "AP": average.tolist()}
+    average, mean = _scored_map(average_precision(ranking, labels, ap), labels)
+    coverage = {key: value for key, value in class_coverage(labels).items() if key != "scored"}
+    result: Dict[str, object] = {"mAP": mean, "AP": average.tolist(), "coverage": coverage,
+                                 "coverage_text": coverage_text(coverage)}
     result.update(threshold_metrics(probs, labels, threshold))
     if _numpy(labels).shape[1] >= k:
         if top_k_rule == "reference":  # logit >= 0 is probability >= 0.5
@@ -228,13 +281,16 @@ def _best_f1_cut(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(ranked[best] if best + 1 == len(ranked) else (ranked[best] + ranked[best + 1]) / 2)
 
 
-def f1_thresholds(scores, labels) -> Tuple[np.ndarray, float, np.ndarray]:
+def f1_thresholds(scores, labels, min_positives: int = 1) -> Tuple[np.ndarray, float, np.ndarray]:
     """Per-class decision thresholds on `scores` (e.g. validation logits), each maximising that
     class's F1 over its known entries: (thresholds [C], global, fallback [C] bool).
 
-    `global` maximises the pooled F1 (OF1) over all known entries; classes without a positive
-    (`fallback`) get it, having no F1 of their own to maximise.
+    `global` maximises the pooled F1 (OF1) over all known entries; classes with fewer than
+    `min_positives` known positives (`fallback`) get it: a class's own F1 maximum over one or
+    two positives is noise (it can sit far below every negative).
     """
+    if min_positives < 1:
+        raise ConfigError(f"min_positives must be at least 1, got {min_positives}")
     scores, labels = _inputs(scores, labels)
     known = labels != -1
     if not (labels == 1).any():
@@ -244,7 +300,7 @@ def f1_thresholds(scores, labels) -> Tuple[np.ndarray, float, np.ndarray]:
     fallback = np.ones(scores.shape[1], dtype=bool)
     for c in range(scores.shape[1]):
         column, truth = scores[known[:, c], c].astype(np.float64), labels[known[:, c], c] == 1
-        if truth.any():
+        if truth.sum() >= min_positives:
             thresholds[c], fallback[c] = _best_f1_cut(column, truth), False
     return thresholds, global_threshold, fallback
 

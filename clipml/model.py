@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from clipml.backbones import Dense, FrozenCLIP
-from clipml.config import selected_section
+from clipml.config import require, selected_section
 from clipml.errors import ConfigError
 from clipml.methods import (BlendingConfig, Output, TransportConfig, get_method, method_sections, moved_keys,
                             terms)
@@ -59,6 +59,15 @@ class ModelConfig:
             wanted = "no options" if expected is None else expected.__name__
             raise ConfigError(f"model.{self.method}: method {self.method!r} takes {wanted}, "
                               f"got {type(self.method_options).__name__}")
+        require(self.n_ctx >= 1, "model.n_ctx", self.n_ctx, "at least 1")
+        require(self.ctx_init != "", "model.ctx_init", self.ctx_init, "some words or null")
+        require(self.ctx_std >= 0, "model.ctx_std", self.ctx_std, ">= 0")
+        require(bool(self.templates), "model.templates", self.templates, "at least one template")
+        for template in self.templates:
+            require("{}" in template, "each of model.templates", template, "a text with a '{}' for the class name")
+        require(self.temperature is None or self.temperature > 0, "model.temperature", self.temperature,
+                "positive (or null: the backbone's own logit scale)")
+        terms.check_terms(self)
 
 
 class MultiLabelCLIP(nn.Module):

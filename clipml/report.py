@@ -123,7 +123,8 @@ def _ap_bars(summary: Dict[str, object]) -> str:
         return _note("summary.json has no per-class AP")
     rows = [(name, value, zero_shot.get(name)) for name, value in ap.items()]
     return (svg.horizontal_bars(rows, "trained", "zero-shot CLIP")
-            + _note("AP in % per class; n/a: no positive in the test split."))
+            + _note("AP in % per class; n/a: not scored, without a known positive or a known negative in the "
+                    "test split (" + str(summary.get("test_classes", {}).get("text", "")) + ")."))
 
 
 def _pr_curves(path: Path, summary: Dict[str, object]) -> str:

@@ -22,11 +22,12 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
+from clipml.engine import Progress
 from clipml.engine.evaluate import AP_NAMES
 from clipml.data.base import MultiLabelSplit
 from clipml.engine.builders import load_splits, loaded_identity
@@ -36,7 +37,6 @@ from clipml.experiment import ExperimentConfig, config_differences, describe_dif
 from clipml.metrics import PROPORTIONS, sweep_average
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 # The data keys that decide which images, labels and masks a run sees: they must agree across methods.
 DATA_IDENTITY = ("dataset", "root", "options", "train_split", "test_split", "mask_seed", "mask_dir", "val_fraction")

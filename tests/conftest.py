@@ -16,6 +16,20 @@ TINY_SPECS = {
 }
 
 
+TINY_RUN = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
+            "data.workers=0", "data.batch_size=16", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16",
+            "optim.name=adamw", "optim.lr=0.01", "loss.reduction=mean"]
+"""Overrides of a tiny training run (the tiny random ViT at 32 px, small prompts and batches): the
+one experiment the end-to-end tests share; each adds its data, epochs and run folder. Its
+model.sdm_csp section is for the default method: a run of another method leaves it out."""
+
+
+def tiny_run(folder, name: str, *overrides: str):
+    """TINY_RUN with its mask and run folders under `folder`, named `name`, then `overrides`."""
+    return [*TINY_RUN, f"data.mask_dir={folder / 'masks'}", f"output_dir={folder / 'runs' / '{name}'}",
+            f"name={name}", *overrides]
+
+
 @pytest.fixture(autouse=True)
 def _quiet_open_clip():
     logging.getLogger().setLevel(logging.ERROR)

@@ -395,13 +395,13 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
 
 def test_disabled_branches_own_no_state():
     inst = RepresentationBlending(2, 2, prototype=False)
-    assert set(inst.state_dict()) == {"alpha"} and inst.no_weight_decay() == ["alpha"]
+    assert set(inst.state_dict()) == {"alpha"}
     with pytest.raises(RuntimeError, match="prototype blending is disabled"):
         inst.prototype_blend(torch.zeros(1, 2, 2), torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool),
                              torch.rand(1, 2, 4), (2, 2))
     proto = RepresentationBlending(2, 2, instance=False)
-    assert proto.no_weight_decay() == ["beta"]
-    assert RepresentationBlending(2, 2).no_weight_decay() == ["alpha", "beta"]
+    assert [name for name, _ in proto.named_parameters()] == ["beta"]
+    assert [name for name, _ in RepresentationBlending(2, 2).named_parameters()] == ["alpha", "beta"]
 
 
 @pytest.mark.parametrize(

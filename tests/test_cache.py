@@ -249,6 +249,7 @@ def test_resident_cache_reads_like_the_disk(tmp_path, backbone, split):
         build_feature_cache(split, backbone, tmp_path, views=2, augment="none")
 
 
+@pytest.mark.integration
 def test_training_from_the_cache_matches_training_from_images(tmp_path):
     # Without augmentation both read the same images in the same order: only fp16 rounding differs.
     overrides = ["data.augment=none", "optim.epochs=2", "data.options={num_images: 64}", "data.known_ratio=0.5",

@@ -15,9 +15,9 @@ from clipml.data.captions import (
     load_captions,
     plural_forms,
     read_caption_file,
-    synthetic_captions,
 )
 from clipml.errors import ConfigError, DataError
+from clipml.lab.captions import synthetic_captions
 from clipml.lab.world import SceneGenerator
 
 CLASSES = ["dog", "hot dog", "person", "teddy bear", "bear", "cell phone", "bus", "knife"]
@@ -137,8 +137,7 @@ def test_synthetic_world_synonyms_label_its_captions():
 def test_synthetic_caption_options_are_forwarded(monkeypatch):
     """Generator options (e.g. a world preset) reach SceneGenerator; the dataset's own options are
     the defaults, and the caption options win."""
-    import clipml.data.captions as module
-    import clipml.lab.world as world
+    import clipml.lab.captions as module
 
     calls = []
 
@@ -153,7 +152,7 @@ def test_synthetic_caption_options_are_forwarded(monkeypatch):
             caption = "a dog and a bus" if index % 2 else "a dog"
             return type("Scene", (), {"caption": caption, "labels": labels})()
 
-    monkeypatch.setattr(world, "SceneGenerator", Recorder)
+    monkeypatch.setattr(module, "SceneGenerator", Recorder)
     module._synthetic.cache_clear()
     try:
         config = CaptionConfig(source="synthetic", options={"num_captions": 4, "preset": "coco_like"},

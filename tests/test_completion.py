@@ -52,14 +52,17 @@ def partial_world(tmp_path_factory):
 
 
 def expected_probabilities(checkpoint, paths):
-    """sigmoid of the model's logits on float32 images normalised on the CPU (not `predict`'s
+    """The checkpoint's calibrated sigmoid (Platt scale and bias on the logits, as `predict` shows
+    probabilities) of the model's logits on float32 images normalised on the CPU (not `predict`'s
     uint8 path), columns in the checkpoint's class order."""
     model = load_model(str(checkpoint))
     backbone = model.backbone
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
     images = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+    calibration = read_prompt_checkpoint(checkpoint)[1]["thresholds"]["calibration"]
     with torch.no_grad():
-        return torch.sigmoid(model(images).logits).double().numpy(), model.classnames
+        logits = model(images).logits.double()
+    return torch.sigmoid(calibration["scale"] * logits + calibration["bias"]).numpy(), model.classnames
 
 
 def test_completion_fills_every_unknown_entry_and_keeps_the_known_ones(partial_world, tmp_path):
@@ -96,7 +99,9 @@ def test_completion_fills_every_unknown_entry_and_keeps_the_known_ones(partial_w
         for name, probability in predicted["probability"].items():
             p = row[model_classes.index(name)]
             assert abs(probability - p) < 2e-6, (record["image"], name)
-            cut = 1 / (1 + np.exp(-stored["per_class"].get(name, stored["global"])))
+            calibration = stored["calibration"]
+            cut_logit = stored["per_class"].get(name, stored["global"])
+            cut = 1 / (1 + np.exp(-(calibration["scale"] * cut_logit + calibration["bias"])))
             if abs(p - cut) > 1e-5:
                 assert (name in predicted["positive"]) == (p >= cut)
                 compared += 1

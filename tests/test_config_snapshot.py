@@ -1,6 +1,6 @@
 """Every published config (configs/, benchmarks/quality/) resolves to the values stored in
 tests/golden/resolved_configs.json, which was written by clipml before methods had their own
-config sections (main at f2b8029); keys that moved since are mapped here, by name. Base files
+config sections (main at 28a41d8); keys that moved since are mapped here, by name. Base files
 (configs/_base/, benchmarks/quality/base.yaml) are checked through the configs that name them.
 
 Regenerate (only when a config's values are meant to change): python tests/test_config_snapshot.py --write

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,6 +19,8 @@ from clipml.engine import cache as cache_module
 from clipml.engine.cache import POOLED, TOKENS, build_feature_cache
 from clipml.engine.distributed import DistContext, global_batches, setup, shard
 from test_engine import tiny_config
+
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
 
 SETTINGS = ["data.options={num_images: 64}", "optim.epochs=2", "loss.reduction=sum", "optim.name=sgd",
             "optim.lr=0.002", "data.batch_size=16", "data.known_ratio=0.5"]

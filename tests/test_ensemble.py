@@ -14,6 +14,8 @@ from clipml.ensemble import Calibration, Ensemble, EnsembleMember, fit_calibrati
 from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.metrics import mean_average_precision
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 
 def test_calibration_matches_sklearn_logistic_regression():
     from sklearn.linear_model import LogisticRegression

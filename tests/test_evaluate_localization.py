@@ -187,3 +187,20 @@ def test_zero_shot_eval_prints_localisation_on_coco(tmp_path, capsys):
     assert "pointing game" in out and "mass inside" in out and "mAP small" in out
     person = next(line for line in out.splitlines() if line.startswith("person "))
     assert "n/a" not in person  # a trial and a positive: AP, pointing game and mass inside printed
+
+
+def test_class_map_correlation_on_any_split_for_models_with_attention(backbone):
+    """Issue 24: the mean over images of the mean pairwise Pearson correlation of the per-class
+    attention maps (numpy's corrcoef on the model's own maps as the oracle); no masks needed."""
+    split = painted_split(with_masks=False)
+    model = model_of(backbone, "sdm_csp")
+    result = evaluate(model, source_of(split, backbone))
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    images = torch.stack([transform(split.open_image(i)) for i in range(len(split))])
+    with torch.no_grad():
+        attention = model.forward_dense(backbone.encode_dense(images)).attention.double().numpy()
+    per_image = [(np.corrcoef(maps).sum() - 3) / 6 for maps in attention]
+    assert result["class_map_correlation"] == pytest.approx(np.mean(per_image), abs=1e-4)
+    assert detail_summary(result)["class_map_correlation"] == round(result["class_map_correlation"], 4)
+    assert "class_map_correlation" not in evaluate(model, source_of(split, backbone), details=False)
+    assert "class_map_correlation" not in evaluate(model_of(backbone, "csc_global"), source_of(split, backbone))

@@ -14,7 +14,7 @@ from PIL import Image
 from clipml.cli import export_onnx as export_onnx_cli
 from clipml.data.transforms import eval_transform
 from clipml.engine.checkpoint import read_prompt_checkpoint
-from clipml.engine.inference import score_images
+from clipml.engine.inference import decision_rule, score_images
 from clipml.engine.train import load_model, train
 from clipml.errors import ExportError
 from clipml.experiment import load_experiment
@@ -85,7 +85,9 @@ def test_onnx_probabilities_match_predict_on_image_files(exported, images):
     batch = np.stack([preprocess_as_documented(image, metadata) for image in images])
     found = run_onnx(path, batch)
     model = load_model(str(checkpoint))
-    expected = score_images(model, images, batch_size=2).probabilities
+    _, calibration, _ = decision_rule(read_prompt_checkpoint(checkpoint)[1], model.classnames, None)
+    scored = score_images(model, images, batch_size=2)
+    expected = 1 / (1 + np.exp(-calibration.apply(scored.logits)))  # predict's calibrated probabilities
     assert found.shape == (len(images), len(model.classnames)) == expected.shape
     assert np.abs(found - expected).max() <= 1e-4
     assert found.std() > 1e-3  # not a constant output that would match anything
@@ -123,9 +125,10 @@ def test_metadata_says_how_to_prepare_images_and_where_to_cut(exported):
     np.testing.assert_allclose(prep["mean"], backbone.mean)
     np.testing.assert_allclose(prep["std"], backbone.std)
     stored = read_prompt_checkpoint(checkpoint)[1]["thresholds"]
+    scale, bias = (stored["calibration"][key] for key in ("scale", "bias"))  # the probabilities are calibrated
     for name, probability in metadata["thresholds"].items():
         logit = stored["per_class"].get(name, stored["global"])
-        assert probability == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-9)
+        assert probability == pytest.approx(1 / (1 + np.exp(-(scale * logit + bias))), rel=1e-9)
     assert metadata["method"] == model.config.method and "validation" in metadata["threshold_rule"]
     assert f"image [batch, 3, 96, 96] -> probabilities [batch, {len(model.classnames)}]" in printed
     assert "mean [0.48145466, 0.4578275, 0.40821073]" in printed

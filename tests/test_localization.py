@@ -5,7 +5,8 @@ import pytest
 
 from clipml.data.base import ObjectInstance
 from clipml.errors import DataError
-from clipml.localization import axis_weights, grid_coverage, localize_image, summarize_localization
+from clipml.localization import (axis_weights, class_map_correlation, grid_coverage, localize_image,
+                                 summarize_localization)
 
 
 def box(shape, rows, cols):
@@ -100,3 +101,23 @@ def test_bad_inputs_are_clear_errors():
         localize_image(np.ones((1, 4)) / 4, (2, 2), [ObjectInstance(3, objects[0].mask)])
     with pytest.raises(DataError, match="no \\(image, class\\)"):
         summarize_localization(np.full((2, 2), np.nan), np.full((2, 2), np.nan))
+
+
+def test_class_map_correlation_is_the_mean_pairwise_pearson_correlation():
+    """Issue 24: one number for "the per-class maps are one map" (numpy's corrcoef as the oracle)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    attention = rng.random((3, 5, 16))
+    attention[1, 2] = 1 / 16  # a flat map takes no part
+    attention[2] = attention[2, :1] * rng.uniform(0.5, 2.0, size=(5, 1))  # one map, rescaled per class
+    found = class_map_correlation(torch.from_numpy(attention).float())
+    for image, value in zip(attention, found[:2]):
+        varying = image[image.std(axis=1) > 0]
+        matrix = np.corrcoef(varying)
+        pairs = len(varying) * (len(varying) - 1)
+        assert value == pytest.approx((matrix.sum() - len(varying)) / pairs, abs=1e-6)
+    assert found[2] == pytest.approx(1.0, abs=1e-6)
+    assert np.isnan(class_map_correlation(np.full((1, 3, 4), 0.25))[0])  # no map varies
+    with pytest.raises(DataError, match="attention"):
+        class_map_correlation(attention[0])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clipml.errors import ConfigError
-from clipml.losses import build_loss, dual_asl, partial_asl, partial_bce
+from clipml.losses import build_loss, partial_asl, partial_bce
 
 
 
@@ -84,7 +84,9 @@ def test_asl_eps_floors_log_probability():
     assert partial_asl(logits, targets, known, eps=0).item() == pytest.approx(w * 30.0, rel=1e-9)
 
 
-def test_dual_asl_hand_computed_two_way_softmax():
+def test_asl_on_the_score_difference_is_dualcoops_two_way_softmax_asl():
+    """DualCoOp's loss (ASL on softmax over (S-, S+)) is ASL on the logit S+ - S-, which is how
+    clipml trains it (loss.name=asl on dualcoop's logits)."""
     pos = torch.tensor([[3.0, -0.5]])
     neg = torch.tensor([[1.0, 0.7]])
     targets = torch.tensor([[1.0, 0.0]])
@@ -96,7 +98,7 @@ def test_dual_asl_hand_computed_two_way_softmax():
     p_a, p_b = p2(3.0, 1.0), p2(-0.5, 0.7)
     pm_b = max(p_b - 0.05, 0)
     expected = -(1 - p_a) * math.log(p_a) - pm_b**2 * math.log(1 - pm_b)
-    got = dual_asl(pos, neg, targets, known, gamma_pos=1, gamma_neg=2, reduction="sum")
+    got = partial_asl(pos - neg, targets, known, gamma_pos=1, gamma_neg=2, reduction="sum")
     assert got.item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -126,22 +128,6 @@ def test_unknown_entries_have_no_effect(fn, kw, extreme):
     assert torch.equal(grad_a, grad_b)
     assert torch.all(grad_b[~known] == 0)
     assert grad_b[known].abs().sum() > 0  # (ASL negatives with p < clip get exactly 0)
-
-
-@pytest.mark.parametrize("extreme", [float("inf"), float("-inf")])
-def test_dual_asl_unknown_entries_have_no_effect(extreme):
-    logits, targets, known = batch(1)
-    neg = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
-    full = torch.full_like(logits, extreme)
-    pos_a, neg_a = logits.clone().requires_grad_(), neg.clone().requires_grad_()
-    dual_asl(pos_a, neg_a, targets, known).backward()
-    pos_b = torch.where(known, logits, full).requires_grad_()
-    neg_b = torch.where(known, neg, full).requires_grad_()
-    loss_b = dual_asl(pos_b, neg_b, targets, known)
-    loss_b.backward()
-    assert torch.isfinite(loss_b)
-    assert torch.equal(pos_a.grad, pos_b.grad) and torch.equal(neg_a.grad, neg_b.grad)
-    assert torch.all(pos_b.grad[~known] == 0) and torch.all(neg_b.grad[~known] == 0)
 
 
 @pytest.mark.parametrize("fn", [partial_bce, partial_asl])
@@ -236,15 +222,6 @@ def test_no_gradient_through_focusing_weights():
     torch.testing.assert_close(x.grad, grads[True], rtol=1e-10, atol=1e-12)
 
 
-def test_dual_asl_equals_asl_on_score_difference():
-    pos, targets, known = batch(7)
-    neg = torch.randn(pos.shape, generator=torch.Generator().manual_seed(8))
-    got = dual_asl(pos, neg, targets, known, gamma_neg=2)
-    assert got.item() == pytest.approx(
-        partial_asl(pos - neg, targets, known, gamma_neg=2).item(), rel=1e-12
-    )
-
-
 # ---------------------------------------------------------------- contract and factory
 
 
@@ -265,10 +242,6 @@ def test_build_loss():
     asl = build_loss("asl", gamma_neg=2, reduction="sum")
     assert asl(logits, targets, known).item() == pytest.approx(
         partial_asl(logits, targets, known, gamma_neg=2, reduction="sum").item()
-    )
-    dual = build_loss("dual_asl", clip=0.0)
-    assert dual(logits, logits * 0, targets, known).item() == pytest.approx(
-        partial_asl(logits, targets, known, clip=0.0).item()
     )
     assert build_loss("bce")(logits, targets, known).item() == partial_bce(
         logits, targets, known

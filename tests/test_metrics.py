@@ -93,7 +93,7 @@ def test_classes_without_positive_are_nan_and_skipped_in_map():
     ap = average_precision(scores, labels)
     assert ap[0] == 1.0 and np.isnan(ap[1])
     assert mean_average_precision(scores, labels) == 1.0
-    with pytest.raises(DataError, match="no class has a positive"):
+    with pytest.raises(DataError, match="no class has both a known positive and a known negative"):
         mean_average_precision(scores, np.zeros_like(labels))
 
 
@@ -255,3 +255,24 @@ def test_f1_thresholds_maximise_each_class_f1():
     # a threshold between two scores, not on one: a cut after the single top positive
     t, _, _ = f1_thresholds(np.array([[0.9], [0.5], [0.1]]), np.array([[1], [0], [0]]))
     assert t[0] == pytest.approx(0.7)
+
+
+def test_f1_thresholds_give_classes_with_few_positives_the_global_threshold():
+    """Issue 24: a class's own F1 cut needs `min_positives` known positives; below that it shares
+    the pooled one (one positive below every negative would otherwise put its cut under all of them)."""
+    from clipml.errors import ConfigError
+    from clipml.metrics import f1_thresholds
+
+    scores, labels = random_case(n=200, c=4, seed=7, decimals=2, ignore=0.3)
+    labels[:, 1] = np.where(labels[:, 1] == 1, 0, labels[:, 1])
+    labels[0, 1], scores[0, 1] = 1, scores[:, 1].min() - 1  # one positive, under every negative
+    alone, global_threshold, fallback = f1_thresholds(scores, labels)
+    assert not fallback[1] and alone[1] < scores[labels[:, 1] == 0, 1].min()
+    positives = (labels == 1).sum(axis=0)
+    needed = 3
+    shared, same_global, fallback = f1_thresholds(scores, labels, min_positives=needed)
+    assert same_global == global_threshold
+    assert fallback.tolist() == (positives < needed).tolist() and fallback[1]
+    np.testing.assert_array_equal(shared, np.where(positives < needed, global_threshold, alone))
+    with pytest.raises(ConfigError, match="min_positives"):
+        f1_thresholds(scores, labels, min_positives=0)

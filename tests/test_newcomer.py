@@ -34,24 +34,25 @@ from clipml.engine.train import train
 from clipml.errors import BackboneError, ConfigError, DataError, TrainingInterrupted
 from clipml.experiment import DataConfig, ExperimentConfig, load_experiment
 from clipml.lab.world import write_synthetic_dataset
+from conftest import TINY_RUN, tiny_run
 from clipml.metrics import average_precision
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
-        "data.workers=0", "data.batch_size=16", "data.val_fraction=0.25", "model.n_ctx=4",
-        "model.sdm_csp.decoupler_dim=16", "optim.name=adamw", "optim.lr=0.01", "optim.epochs=2", "loss.reduction=mean"]
+TINY = [*TINY_RUN, "data.val_fraction=0.25", "optim.epochs=2"]
 
 
 def tiny_args(tmp_path, name, *overrides):
     """Command-line arguments of train_prompts / zero_shot_eval for a tiny synthetic run."""
-    return ["--config", str(REPO / "clipml" / "assets" / "demo.yaml"), *TINY, "data.cache=false",
-            "data.options={}", "data.options.num_images=96", f"data.mask_dir={tmp_path / 'masks'}",
-            f"output_dir={tmp_path / 'runs' / '{name}'}", f"name={name}", *overrides]
+    return ["--config", str(REPO / "clipml" / "assets" / "demo.yaml"),
+            *tiny_run(tmp_path, name, "data.val_fraction=0.25", "optim.epochs=2", "data.cache=false",
+                      "data.options={}", "data.options.num_images=96", *overrides)]
 
 
 def tiny_config(tmp_path, name, *overrides):
-    return load_experiment(None, [*TINY, "data.options={num_images: 96}", f"data.mask_dir={tmp_path / 'masks'}",
-                                  f"output_dir={tmp_path / 'runs' / '{name}'}", f"name={name}", *overrides])
+    return load_experiment(None, tiny_run(tmp_path, name, "data.val_fraction=0.25", "optim.epochs=2",
+                                          "data.options={num_images: 96}", *overrides))
 
 
 def interrupt_at(wanted):

@@ -20,11 +20,12 @@ from clipml.engine.train import train
 from clipml.errors import ConfigError, DataError
 from clipml.experiment import load_experiment
 from clipml.lab.world import write_synthetic_dataset
+from conftest import TINY_RUN
+
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
-        "data.workers=0", "data.batch_size=16", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16", "optim.name=adamw",
-        "optim.lr=0.01", "optim.epochs=1", "loss.reduction=mean", "data.known_ratio=0.5"]
+TINY = [*TINY_RUN, "optim.epochs=1", "data.known_ratio=0.5"]
 
 
 @pytest.fixture(scope="module")

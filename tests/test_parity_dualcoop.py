@@ -3,11 +3,10 @@
 tests/golden/dualcoop.npz holds what the reference code (sunxm2357/DualCoOp, and Dassl's
 scheduler) computed on fixed inputs: `python benchmarks/parity/dualcoop.py --ref <DualCoOp>
 --dassl <TaI-DPT> --write-golden tests/golden/dualcoop.npz` writes it. The same tiny random CLIP
-is rebuilt here from its seed (benchmarks/parity/common.py), so no reference code is needed.
+is rebuilt here from its seed (clipml.lab.tiny), so no reference code is needed.
 """
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from clipml.data.voc import load_voc2007
 from clipml.engine.train import build_scheduler, build_training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import load_experiment
+from clipml.lab.tiny import clipml_backbone, images, tiny_openclip
 from clipml.metrics import threshold_metrics
 from clipml.methods.dualcoop import DualCoOpConfig
 from clipml.model import ModelConfig, MultiLabelCLIP
@@ -37,11 +37,8 @@ def experiment(name: str = "coco2014"):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("parity_common", ROOT / "benchmarks" / "parity" / "common.py")
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
-    model = common.tiny_openclip(tmp_path_factory.mktemp("tiny"), seed=0)
-    return common.clipml_backbone(model, SIZE), common.images(2, SIZE, seed=1)
+    model = tiny_openclip(tmp_path_factory.mktemp("tiny"), seed=0)
+    return clipml_backbone(model, SIZE), images(2, SIZE, seed=1)
 
 
 def run(backbone, images, model_cfg, ctx_pos, ctx_neg):

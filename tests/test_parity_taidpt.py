@@ -7,7 +7,6 @@ The inputs are regenerated here from the stored seed; the reference is never nee
 import copy
 import dataclasses
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,17 +16,16 @@ import torch
 
 from clipml.errors import DataError
 from clipml.experiment import load_experiment
+from clipml.lab.tiny import TINY_NAME, images, tiny_openclip
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((REPO / "tests" / "golden" / "taidpt.json").read_text())
 CONFIGS = [REPO / "configs" / dataset / "taidpt.yaml" for dataset in ("coco2014", "voc2007")]
-sys.path.insert(0, str(REPO / "benchmarks" / "parity"))
-import common as parity  # noqa: E402  (the tiny CLIP the golden values were computed with)
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    return parity.tiny_openclip(tmp_path_factory.mktemp("tiny"), GOLDEN["seed"])
+    return tiny_openclip(tmp_path_factory.mktemp("tiny"), GOLDEN["seed"])
 
 
 def image_scores(open_clip_model, config):
@@ -37,13 +35,13 @@ def image_scores(open_clip_model, config):
     from clipml.backbones.open_clip import OpenCLIPBackbone
     from clipml.model import ModelConfig, MultiLabelCLIP
 
-    backbone = OpenCLIPBackbone(copy.deepcopy(open_clip_model), parity.TINY_NAME, "random",
+    backbone = OpenCLIPBackbone(copy.deepcopy(open_clip_model), TINY_NAME, "random",
                                 BackboneConfig(image_size=224, attnpool_positional=config.backbone.attnpool_positional))
     model = MultiLabelCLIP(backbone, GOLDEN["classes"], dataclasses.replace(config.model, n_ctx=GOLDEN["n_ctx"]))
     with torch.no_grad():
         model.prompts.global_context.ctx.copy_(torch.tensor(GOLDEN["global_ctx"]))
         model.prompts.local_context.ctx.copy_(torch.tensor(GOLDEN["local_ctx"]))
-        out = model(parity.images(2, 224, seed=GOLDEN["seed"] + 1))
+        out = model(images(2, 224, seed=GOLDEN["seed"] + 1))
     return out.parts[0], out.parts[1], out.logits
 
 

@@ -16,6 +16,8 @@ from clipml.errors import ConfigError
 from clipml.metrics import PROPORTIONS
 from clipml.sweep import SweepSpec, markdown, plan, run_sweep, summarize, write_tables
 
+pytestmark = pytest.mark.integration  # trains end to end: left out of the quick subset
+
 METHODS = ("sdm_csp", "dualcoop")
 PS, SEEDS = (0.2, 0.6), (0,)  # one seed keeps this fast; test_spread_over_seeds_and_average checks seeds
 

@@ -227,13 +227,14 @@ def test_checkpoint_round_trip(tiny_backbones, tmp_path):
     torch.testing.assert_close(other.prompts.local_context.ctx, model.prompts.local_context.ctx, rtol=0, atol=0)
 
 
+@pytest.mark.integration
 def test_train_on_synthetic_captions_improves_on_its_start(tmp_path):
     """The toy CLIP trained on the COCO-like world's pretrain captions only (no image labels):
     the learned prompts must beat the untrained (random-context) start on validation images."""
     cfg = load_config(ExperimentConfig, REPO / "clipml" / "assets" / "demo.yaml", [
         f"output_dir={tmp_path / '{name}'}", f"data.mask_dir={tmp_path / 'masks'}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.options={num_images: 300}", "data.val_fraction=0.3", "data.batch_size=128",
-        "data.captions.source=synthetic", "data.captions.options={num_captions: 600}",
+        "data.captions.source=synthetic", "data.captions.options={num_captions: 600}", "backbone.spec=toy",
         "model.method=taidpt", "model.ctx_init=null", "model.n_ctx=8",
         "loss.name=ranking", "loss.reduction=mean", "optim.epochs=3",
     ])

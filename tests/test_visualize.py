@@ -74,13 +74,33 @@ def test_plot_has_one_panel_per_class_and_the_expected_size(files, tmp_path):
     maps = attention_maps(load_model(str(files["sdm_csp"])), Image.open(files["image"]), top_k=2)
     figure = plot_attention(maps, tmp_path / "plot.png", panel_inches=3.0, title_inches=0.6, dpi=50)
     axes = figure.get_axes()
-    assert len(axes) == 3 and axes[0].get_title() == "image"
-    for ax, name, probability in zip(axes[1:], maps.classes, maps.probabilities):
+    assert len(axes) == 4 and axes[0].get_title() == "image"  # image, 2 classes, colour bar
+    for ax, name, probability in zip(axes[1:3], maps.classes, maps.probabilities):
         assert ax.get_title() == f"{name}\np = {probability:.3f}"
         assert len(ax.get_images()) == 2  # the image and its heatmap
     with Image.open(tmp_path / "plot.png") as png:
-        # 3 panels of 3 in at 50 dpi; height 3 in x 64/96 + 0.6 in of titles.
-        assert png.format == "PNG" and png.size == (450, 130)
+        # 3 panels of 3 in plus a 0.9 in colour bar at 50 dpi; height 3 in x 64/96 + 0.6 in of titles.
+        assert png.format == "PNG" and png.size == (495, 130)
+
+
+def test_plot_shares_one_colour_scale_and_names_the_file_and_true_labels(files):
+    """Issue 24: a colour bar on one scale for every class panel (maps that are one map look
+    alike), the file name and the true labels above the panels, each class marked true or not."""
+    from clipml.engine.train import load_model
+
+    maps = attention_maps(load_model(str(files["sdm_csp"])), Image.open(files["image"]), top_k=3)
+    maps.name, maps.true_labels = "scene.png", [maps.classes[1], "boat"]
+    figure = plot_attention(maps, dpi=50)
+    heading = figure.get_suptitle()
+    assert heading == f"scene.png\ntrue labels: {maps.classes[1]}, boat"
+    panels, bar = figure.get_axes()[1:4], figure.get_axes()[4]
+    for ax, name in zip(panels, maps.classes):
+        heat = ax.get_images()[1]
+        assert heat.get_clim() == (0.0, pytest.approx(float(maps.maps.max())))
+        assert ax.get_title().endswith(", true" if name in (maps.classes[1], "boat") else ", not true")
+    assert bar.get_ylabel() == "attention per grid cell"
+    maps.true_labels = []
+    assert plot_attention(maps, dpi=50).get_suptitle() == "scene.png\ntrue labels: (none)"
 
 
 def test_cli_writes_the_png(files, tmp_path, capsys):
@@ -90,7 +110,25 @@ def test_cli_writes_the_png(files, tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 5 and printed[0].split(":")[0] in CLASSES and str(output) in printed[-1]
     with Image.open(output) as png:
-        assert png.size == (1500, 260)  # 5 panels of 3 in at 100 dpi; (2 + 0.6) in high
+        assert png.size == (1590, 285)  # 5 panels of 3 in + 0.9 in of colour bar at 100 dpi; (2 + 0.6 + 0.25) in high
+
+
+def test_cli_shows_true_labels_from_a_manifest(files, tmp_path, capsys):
+    """--labels MANIFEST: the image's positive classes from a manifest in clipml's format."""
+    import shutil
+
+    (tmp_path / "classes.txt").write_text("".join(name + "\n" for name in CLASSES))
+    shutil.copy(files["image"], tmp_path / "scene.png")
+    (tmp_path / "test.jsonl").write_text('{"image": "scene.png", "positive": ["dog", "boat"], "negative": ["car"]}\n')
+    visualize_cli(["--checkpoint", str(files["sdm_csp"]), str(tmp_path / "scene.png"), "--output",
+                   str(tmp_path / "a.png"), "--labels", str(tmp_path / "test.jsonl")])
+    assert "true labels: dog, boat" in capsys.readouterr().out.splitlines()
+    visualize_cli(["--checkpoint", str(files["sdm_csp"]), str(files["image"]), "--output",
+                   str(tmp_path / "b.png"), "--labels", str(tmp_path / "test.jsonl")])
+    assert "true labels" not in capsys.readouterr().out  # not listed in the manifest: unknown
+    with pytest.raises(SystemExit):
+        visualize_cli(["--checkpoint", str(files["sdm_csp"]), str(files["image"]), "--labels", "missing.jsonl"])
+    assert "labels manifest not found: missing.jsonl" in capsys.readouterr().err
 
 
 def test_global_head_and_bad_inputs_are_clear_errors(files, tmp_path, capsys):

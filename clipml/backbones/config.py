@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
+from clipml.config import require
+from clipml.errors import ConfigError
+
 
 @dataclasses.dataclass
 class BackboneConfig:
@@ -25,3 +28,11 @@ class BackboneConfig:
     # (CLIP). false: leave it out of the pooled feature and the dense map, as TaI-DPT's code scores
     # images (its attnpool(if_pos=False)); configs/*/taidpt.yaml set it. ViT towers: true only.
     attnpool_positional: bool = True
+
+    def __post_init__(self) -> None:
+        require(bool(self.spec), "backbone.spec", self.spec, "FAMILY:SOURCE or a short name such as toy")
+        require(self.image_size is None or self.image_size >= 1, "backbone.image_size", self.image_size,
+                "a size in pixels or null")
+        if self.spec.startswith("hf:") and not self.attnpool_positional:
+            raise ConfigError("backbone.attnpool_positional=false applies to open_clip ModifiedResNet towers; "
+                              f"{self.spec} is a transformers CLIP (a ViT): leave it true")

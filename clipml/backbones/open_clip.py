@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import re
 import zipfile
@@ -23,8 +22,8 @@ from clipml.backbones.base import (
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.config import BackboneConfig
-from clipml.backbones.registry import register_alias, register_family
-from clipml.backbones.shipped import TOY_MODELS, register_test_models, toy_spec
+from clipml.backbones.registry import register_family
+from clipml.backbones.shipped import TOY_MODELS, register_test_models
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
@@ -123,10 +122,6 @@ def build_open_clip(source: str, config: BackboneConfig) -> "OpenCLIPBackbone":
     if weights_id.startswith("file:") and name in TOY_MODELS.values():
         weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
     return OpenCLIPBackbone(model, name, weights_id, config)
-
-
-for _alias, _model_name in TOY_MODELS.items():
-    register_alias(_alias, functools.partial(toy_spec, _model_name))
 
 
 def _is_resnet(visual: nn.Module) -> bool:

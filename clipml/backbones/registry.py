@@ -1,7 +1,8 @@
 """Backbone families by name: each family module registers how it builds a tower from the source
-part of a spec (``FAMILY:SOURCE``), and short names (the lab's toys) register the spec they stand
-for. `load_backbone` dispatches through here, so adding a family is one module plus its
-``@register_family`` line (README, "Adding a backbone family")."""
+part of a spec (``FAMILY:SOURCE``), and short names register the spec they stand for (the lab, a
+built-in plugin of clipml.plugins, registers its toys ``toy`` and ``toy-rn``). `load_backbone`
+dispatches through here, so adding a family is one module plus its ``@register_family`` line
+(README, "Adding a backbone family")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable, Dict, Tuple
 
 from clipml.backbones.config import BackboneConfig
 from clipml.errors import BackboneError
+from clipml.plugins import load_plugins
 
 Builder = Callable[[str, BackboneConfig], "FrozenCLIP"]  # noqa: F821 (source, config) -> frozen tower
 
@@ -46,6 +48,7 @@ def register_alias(name: str, resolve: Callable[[], str]) -> None:
 
 def resolve(spec: str) -> Tuple[Family, str]:
     """(family, source) of a spec, aliases expanded; an unknown spec is one BackboneError listing the forms."""
+    load_plugins()  # the plugins' aliases (the lab's toys)
     if spec in ALIASES:
         spec = ALIASES[spec]()
     name, _, source = spec.partition(":")

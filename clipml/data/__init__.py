@@ -8,8 +8,10 @@ import importlib
 
 from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
 from clipml.data.coco import load_coco2014
+from clipml.data.lvis import load_lvis
 from clipml.data.manifest import load_manifest
 from clipml.data.nuswide import load_nuswide
+from clipml.data.openimages import load_openimages
 from clipml.data.partial import (
     import_mask,
     load_mask,
@@ -28,6 +30,7 @@ __all__ = [
     "NEGATIVE", "POSITIVE", "UNKNOWN", "MultiLabelSplit",
     "load_split", "register_dataset", "available_datasets",
     "load_coco2014", "load_voc2007", "load_vg200", "load_nuswide", "load_manifest",
+    "load_openimages", "load_lvis",
     "simulate_known", "partial_split", "import_mask", "save_mask", "load_mask", "mask_path",
     "carve_validation",
     "class_names", "official_names", "readable_names", "templates", "vocabulary",

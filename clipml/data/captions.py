@@ -8,43 +8,61 @@ the user's) or a plural of any of these. Matching is on whole words, longest phr
 are left out (TaI-DPT does the same); every class missing from a caption counts as absent.
 
 Sources: COCO's `captions_*.json`, a text file (one caption per line), JSON lines
-(`{"caption": ...}`), a CSV file with a caption column, or "synthetic": the synthetic world's
-captions from its pretrain stream only (never the streams that make the train/val/test splits).
+(`{"caption": ...}`), a CSV file with a caption column, or a source registered by name with
+`register_caption_source` (the lab registers "synthetic": the synthetic world's captions from its
+pretrain stream only, never the streams that make the train/val/test splits).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import yaml
 
 from clipml.data._files import read_text
+from clipml.config import require
 from clipml.errors import ConfigError, DataError
+from clipml.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
+FILE_OPTIONS = ("limit", "seed", "column")  # what read_caption_file takes
 
-SYNTHETIC = "synthetic"
-DEFAULT_SYNTHETIC_CAPTIONS = 10_000
+# A named caption source: (dataset, the dataset's data.options, **data.captions.options) ->
+# (captions, their true labels [N, K] or None, the K class names of those labels or None).
+CaptionReader = Callable[..., Tuple[List[str], Optional[np.ndarray], Optional[List[str]]]]
+_SOURCES: Dict[str, CaptionReader] = {}
+
+
+def register_caption_source(name: str, read: CaptionReader) -> None:
+    """Make `data.captions.source=name` read its captions with `read` (see CaptionReader)."""
+    if not name or "." in name or "/" in name:
+        raise ConfigError(f"a caption source name is a word, not a file name; got {name!r}")
+    _SOURCES[name] = read
+
+
+def caption_sources() -> List[str]:
+    """The registered caption source names (any other source is a file)."""
+    load_plugins()
+    return sorted(_SOURCES)
 
 
 @dataclasses.dataclass
 class CaptionConfig:
     """Where text-as-image training (model.method=taidpt) reads its captions."""
 
-    source: Optional[str] = None  # COCO captions JSON, .txt / .jsonl / .csv file, or "synthetic"
+    source: Optional[str] = None  # COCO captions JSON, .txt / .jsonl / .csv file, or a registered source ("synthetic")
     # Reader options. Files: limit (a seeded random subset of that many captions), seed, and
-    # column (the JSONL key / CSV column, default "caption"). "synthetic": num_captions and seed,
-    # every other key goes to clipml.lab.world.SceneGenerator (image_size, preset, ...); the
-    # dataset's own data.options (seed, image_size, ...) are the defaults.
+    # column (the JSONL key / CSV column, default "caption"). "synthetic" (the lab's): num_captions
+    # and seed, every other key goes to clipml.lab.world.SceneGenerator (image_size, preset, ...);
+    # the dataset's own data.options (seed, image_size, ...) are the defaults.
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     synonyms: Optional[str] = None  # YAML {synonyms: {class: [phrase, ...]}} added to the shipped ones
     # Also train on class prompts: every template of class_prompt_templates filled with every class
@@ -59,6 +77,17 @@ class CaptionConfig:
     def __post_init__(self) -> None:
         from clipml.data.vocab import available_template_sets
 
+        require(self.source != "", "data.captions.source", self.source, "a captions file, a source name or null")
+        if self.source is not None and self.source not in caption_sources():
+            unknown = sorted(set(self.options) - set(FILE_OPTIONS))
+            if unknown:
+                raise ConfigError(f"data.captions.options: unknown keys {unknown} for a caption file "
+                                  f"(accepted: {', '.join(FILE_OPTIONS)})")
+        for key in ("limit", "num_captions"):
+            value = self.options.get(key)
+            if value is not None:
+                require(isinstance(value, int) and value >= 1, f"data.captions.options.{key}", value,
+                        "a whole number of captions, at least 1")
         name = self.class_prompt_templates
         if name not in available_template_sets() and not name.endswith(".txt"):
             raise ConfigError(f"data.captions.class_prompt_templates must be a shipped template set "
@@ -191,19 +220,12 @@ def _synonym_entries(entries: Mapping, official: Sequence[str], readable: Sequen
 
 def class_phrases(dataset: str, official: Sequence[str], readable: Sequence[str],
                   extra: Optional[str] = None) -> List[List[str]]:
-    """Names and synonyms of every class: official and readable name, the shipped vocabulary's
-    synonyms (if the dataset has a vocabulary file; for the synthetic world, its SYNONYMS) and
-    those of the file `extra`."""
+    """Names and synonyms of every class: official and readable name, the dataset's shipped or
+    registered synonyms (clipml.data.vocab.shipped_synonyms) and those of the file `extra`."""
     from clipml.data.vocab import shipped_synonyms
 
     phrases = [sorted({o, r}) for o, r in zip(official, readable)]
-    if dataset == SYNTHETIC:  # the lab's world publishes the other words its captions use
-        from clipml.lab.world import SYNONYMS
-
-        known = set(official) | set(readable)
-        shipped = {name: list(words) for name, words in SYNONYMS.items() if name in known}
-    else:
-        shipped = shipped_synonyms(dataset)
+    shipped = shipped_synonyms(dataset, known=set(official) | set(readable))
     sources = [_synonym_entries(shipped, official, readable, f"vocabulary {dataset}")]
     if extra:
         sources.append(read_synonyms(extra, official, readable))
@@ -271,31 +293,9 @@ def _coco_captions(text: str, path: Path) -> List[str]:
     return captions
 
 
-@functools.lru_cache(maxsize=4)
-def _synthetic(num_captions: int, seed: int, options: str) -> Tuple[Tuple[str, ...], np.ndarray, Tuple[str, ...]]:
-    """Kept for the process, as the world's splits are: a sweep asks for the same captions per run."""
-    from clipml.lab.world import SceneGenerator
-
-    generator = SceneGenerator(seed, stream="pretrain", **json.loads(options))
-    scenes = [generator.scene(i) for i in range(num_captions)]
-    labels = np.stack([scene.labels for scene in scenes]).astype(np.int8)
-    labels.flags.writeable = False
-    return tuple(scene.caption for scene in scenes), labels, tuple(generator.classes)
-
-
-def synthetic_captions(num_captions: int = DEFAULT_SYNTHETIC_CAPTIONS, seed: int = 0, **generator_options
-                       ) -> Tuple[List[str], np.ndarray, List[str]]:
-    """(captions, true labels [N, C_world], world classes) of the first scenes of the synthetic
-    world's pretrain stream. Options go to SceneGenerator (image_size, preset, ...)."""
-    if num_captions < 1:
-        raise ConfigError(f"synthetic captions: num_captions must be at least 1, got {num_captions}")
-    captions, labels, classes = _synthetic(int(num_captions), int(seed), json.dumps(generator_options, sort_keys=True))
-    return list(captions), labels, list(classes)
-
-
 def _aligned(true: np.ndarray, world: Sequence[str], official: Sequence[str], readable: Sequence[str]
              ) -> Tuple[np.ndarray, np.ndarray]:
-    """The world's true labels in the dataset's class order, and which dataset classes the world has."""
+    """A source's true labels in the dataset's class order, and which dataset classes the source has."""
     column = {name: i for i, name in enumerate(world)}
     out = np.zeros((len(true), len(official)), dtype=np.int8)
     present = np.zeros(len(official), dtype=bool)
@@ -353,19 +353,12 @@ def load_captions(config: CaptionConfig, dataset: str, official: Sequence[str], 
     options = dict(config.options)
     labeler = CaptionLabeler(class_phrases(dataset, official, readable, config.synonyms))
     true = columns = None
-    if config.source == SYNTHETIC:
-        # The world's own settings (seed, image_size, preset, ...) unless the captions set theirs.
-        world_options = {}
-        if dataset == SYNTHETIC:
-            world_options = {k: v for k, v in (dataset_options or {}).items() if k != "num_images"}
-        world_options.update(options)
-        captions, world_true, world_classes = synthetic_captions(**world_options)
-        true, columns = _aligned(world_true, world_classes, official, readable)
+    if config.source in caption_sources():
+        captions, source_true, source_classes = _SOURCES[config.source](dataset, dict(dataset_options or {}),
+                                                                        **options)
+        if source_true is not None:
+            true, columns = _aligned(source_true, source_classes, official, readable)
     else:
-        unknown = sorted(set(options) - {"limit", "seed", "column"})
-        if unknown:
-            raise ConfigError(f"data.captions.options: unknown keys {unknown} for a caption file "
-                              "(accepted: limit, seed, column)")
         captions = read_caption_file(config.source, **options)
     derived = labeler.labels(captions)
     report = label_report(derived, true, columns)
@@ -388,5 +381,6 @@ def load_captions(config: CaptionConfig, dataset: str, official: Sequence[str], 
     return CaptionSet(captions, labels, report)
 
 
-__all__ = ["CaptionConfig", "CaptionLabeler", "CaptionSet", "class_phrases", "label_report", "load_captions",
-           "phrase_forms", "plural_forms", "read_caption_file", "read_synonyms", "synthetic_captions", "words"]
+__all__ = ["CaptionConfig", "CaptionLabeler", "CaptionSet", "caption_sources", "class_phrases", "label_report",
+           "load_captions", "phrase_forms", "plural_forms", "read_caption_file", "read_synonyms",
+           "register_caption_source", "words"]

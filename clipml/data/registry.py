@@ -1,4 +1,6 @@
-"""Dataset registry: one name -> one loader, so configs name datasets by string."""
+"""Dataset registry: one name -> one loader, so configs name datasets by string. The datasets of
+files on disk register here; plugins (clipml.plugins: the lab's "synthetic" world) register
+their own with `register_dataset` when imported, which every lookup here does first."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from typing import Callable, Dict, List, Optional, Union
 from clipml.data._files import drop_undecodable
 from clipml.data.base import MultiLabelSplit
 from clipml.data.coco import load_coco2014
+from clipml.data.lvis import load_lvis
 from clipml.data.manifest import load_manifest
 from clipml.data.nuswide import load_nuswide
+from clipml.data.openimages import load_openimages
 from clipml.data.vg import load_vg200
 from clipml.data.voc import load_voc2007
 from clipml.errors import ConfigError
+from clipml.plugins import load_plugins
 
 Loader = Callable[..., MultiLabelSplit]
 _LOADERS: Dict[str, Loader] = {}
@@ -29,13 +34,14 @@ def register_dataset(name: str, fn: Loader, *, overwrite: bool = False) -> None:
 
 
 def available_datasets() -> List[str]:
+    load_plugins()
     return sorted(_LOADERS)
 
 
 def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> MultiLabelSplit:
     """Load split `split` of dataset `name` from `root`; options go to that dataset's loader, except
     `on_undecodable_image` ("error" or "skip", see `drop_undecodable`), which every dataset takes."""
-    if name not in _LOADERS:
+    if name not in available_datasets():
         raise ConfigError(f"unknown dataset {name!r}; registered: {', '.join(available_datasets())}")
     on_undecodable_image = options.pop("on_undecodable_image", "error")
     accepted = option_names(name)
@@ -49,19 +55,12 @@ def load_split(name: str, root: Union[str, Path], split: str, /, **options) -> M
 def option_names(name: str) -> Optional[List[str]]:
     """The options dataset `name`'s loader takes (its keyword-only parameters; `load_split` adds
     `on_undecodable_image`), or None when the loader takes any keyword."""
+    if name not in available_datasets():
+        raise ConfigError(f"unknown dataset {name!r}; registered: {', '.join(available_datasets())}")
     parameters = inspect.signature(_LOADERS[name]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
     return [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-def _load_synthetic(root, split: str, *, num_images=None, seed: int = 0, image_size=None,
-                    preset: str = "classic") -> MultiLabelSplit:
-    """The synthetic world (rendered in memory; `root` is unused). Imported here: the lab builds
-    on clipml.data, not the other way round."""
-    from clipml.lab.world import load_synthetic_split
-
-    return load_synthetic_split(root, split, num_images, seed, image_size, preset)
 
 
 for _name, _fn in (
@@ -69,7 +68,8 @@ for _name, _fn in (
     ("voc2007", load_voc2007),
     ("vg200", load_vg200),
     ("nuswide", load_nuswide),
+    ("openimages", load_openimages),
+    ("lvis", load_lvis),
     ("manifest", load_manifest),
-    ("synthetic", _load_synthetic),
 ):
     register_dataset(_name, _fn)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import yaml
 
 from clipml.data._files import read_text
 from clipml.data.base import MultiLabelSplit
 from clipml.errors import ConfigError, DataError
+from clipml.plugins import load_plugins
 
 
 def _asset(name: str):
@@ -46,8 +47,22 @@ def vocabulary(dataset: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def shipped_synonyms(dataset: str) -> Dict[str, List[str]]:
-    """The `synonyms:` section of a dataset's vocabulary file ({} when it has none or no file)."""
+_REGISTERED_SYNONYMS: Dict[str, Mapping[str, Sequence[str]]] = {}
+
+
+def register_synonyms(dataset: str, synonyms: Mapping[str, Sequence[str]]) -> None:
+    """Other words for the classes of a dataset without a vocabulary file (the lab's world registers
+    its own): {class name: [phrase, ...]}; classes a split lacks are passed over."""
+    _REGISTERED_SYNONYMS[dataset] = synonyms
+
+
+def shipped_synonyms(dataset: str, known: Optional[Set[str]] = None) -> Dict[str, List[str]]:
+    """The `synonyms:` section of a dataset's vocabulary file, else its registered synonyms (of the
+    `known` class names only); {} when it has neither."""
+    load_plugins()
+    if dataset in _REGISTERED_SYNONYMS:
+        return {name: list(words) for name, words in _REGISTERED_SYNONYMS[dataset].items()
+                if known is None or name in known}
     if dataset not in available_vocabularies():
         return {}
     asset = _asset(f"{dataset}.yaml")

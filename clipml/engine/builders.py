@@ -59,17 +59,19 @@ def load_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit
 
 
 def _warn_unknown_test_labels(test: MultiLabelSplit) -> None:
-    """Unknown test entries are left out of the scores; a class with positives but no known
-    negative then scores a perfect AP whatever the model does, so say so."""
+    """Unknown test entries are left out of the scores, and a class with positives but no known
+    negative is left out of the mAP (it would score a perfect AP whatever the model does), so say so."""
     if test.labels_complete:
         return
     no_negative = [name for c, name in enumerate(test.classes)
                    if (test.labels[:, c] == 1).any() and not (test.labels[:, c] == 0).any()]
+    # Open Images and LVIS are partial by construction; one's own manifest can list more negatives.
+    hint = "" if test.dataset in ("openimages", "lvis") else \
+        ": list the test split's negatives, or data.options.unlisted=negative"
     logger.warning("%s/%s: %.1f%% of the test labels are unknown and left out of the scores%s",
                    test.dataset, test.split, 100 * (1 - test.known.mean()),
-                   f"; {len(no_negative)} classes have no known negative, so their AP is 100 whatever the model "
-                   f"does (e.g. {no_negative[0]!r}): list the test split's negatives, or data.options.unlisted=negative"
-                   if no_negative else "")
+                   f"; {len(no_negative)} classes have no known negative, so the mAP leaves them out "
+                   f"(e.g. {no_negative[0]!r}){hint}" if no_negative else "")
 
 
 def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, MultiLabelSplit]] = None

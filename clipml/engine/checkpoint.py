@@ -117,10 +117,6 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
     folders = [str(side.get("weights", "")).startswith("hf-folder:") for side in (saved, identity)]
     if all(folders):
         compared.remove("model")  # a folder's path, not what it holds: the digest says that
-        if _weights_key(saved["weights"]) == saved["weights"]:
-            compared.remove("weights")
-            logger.warning("%s predates content digests of model folders (it names only %r): the weights of %s "
-                           "cannot be checked against it", path, saved["weights"], identity.get("model"))
     key = lambda name, side: _weights_key(side.get(name)) if name == "weights" else side.get(name)  # noqa: E731
     differences = [f"{name}: checkpoint {saved.get(name)!r}, this backbone {identity.get(name)!r}"
                    for name in compared if key(name, saved) != key(name, identity)]
@@ -131,7 +127,7 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
     resize = [side.get("pos_embed_resize", "bicubic") for side in (saved, identity)]
     if resize[0] != resize[1]:
         logger.warning("%s was learned with %s positional-embedding resizing, used with %s", path, *resize)
-    # Only modes other than "tokens" are in an identity (and checkpoints from before modes existed).
+    # An identity holds these keys only where they differ from their defaults.
     dense = [side.get("dense", "tokens") for side in (saved, identity)]
     if dense[0] != dense[1]:
         logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "

@@ -1,13 +1,14 @@
-"""Ensembles of trained checkpoints (clipml.ensemble) on a dataset and on image files: members
-are scored with their own backbones, calibrated and weighted on the validation split carved
-from the training split (never the test split), then scored on any split."""
+"""Ensembles of trained checkpoints on a dataset and on image files: members are scored with their
+own backbones, calibrated and weighted on the validation split carved from the training split
+(never the test split), then scored on any split. The calibration, weights and ensemble file are
+clipml.ensemble's, which works on logit arrays alone; this module brings the models and data."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import readable_names
 from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform
+from clipml.engine import Progress
 from clipml.engine.builders import build_sources, build_splits, select_device
 from clipml.engine.checkpoint import learned_backbone, read_prompt_checkpoint
 from clipml.engine.evaluate import predict
@@ -23,11 +25,10 @@ from clipml.engine.features import ImageFeatureSource
 from clipml.engine.train import load_model
 from clipml.ensemble import Calibration, Ensemble, EnsembleMember, file_digest, fit_ensemble
 from clipml.experiment import ExperimentConfig, saved_config
-from clipml.metrics import evaluate_scores
+from clipml.metrics import evaluate_scores, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 Memo = Dict[Tuple[str, str], np.ndarray]
 
 
@@ -44,10 +45,6 @@ def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]]
             backbones[key] = load_backbone(saved, device)
         models.append(load_model(str(path), classnames, backbones[key]))
     return models
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 @dataclasses.dataclass
@@ -104,8 +101,8 @@ def evaluate_ensemble(cfg: ExperimentConfig, checkpoints: Sequence[str] = (), en
     labels = target.labels
     return EnsembleEvaluation(
         ensemble,
-        evaluate_scores(probabilities(combined), labels, scores=combined),
-        [evaluate_scores(probabilities(logits), labels, scores=logits) for logits in eval_logits],
+        evaluate_scores(sigmoid(combined), labels, scores=combined),
+        [evaluate_scores(sigmoid(logits), labels, scores=logits) for logits in eval_logits],
         target,
     )
 

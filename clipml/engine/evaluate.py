@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,29 +14,30 @@ import torch
 from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
                               object_sizes)
 from clipml.data.splits import require_positives
-from clipml.engine import distributed
+from clipml.engine import Progress, distributed
 from clipml.engine.features import CountedPass
+from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
 from clipml.experiment import EvalConfig
-from clipml.localization import localize_image, summarize_localization
-from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds
+from clipml.localization import class_map_correlation, localize_image, summarize_localization
+from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 
 def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], int8 labels [N, C]) in the split's image order; under data
     parallelism every rank scores its shard and all ranks get the gathered result."""
-    logits, labels, _ = _score(model, source, progress, localize=False)
+    logits, labels, _, _ = _score(model, source, progress, localize=False)
     return logits, labels
 
 
-def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
+def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False):
     """predict()'s arrays, plus with `localize` (the split has object masks) the pointing-game
     hits and mass inside per (image, class), [2, N, C] (nan: no trial), or None without any
-    trial (e.g. the model gives no attention maps). Attention leaves the device only then."""
+    trial (e.g. the model gives no attention maps). Attention leaves the device only then.
+    With `correlate`, also each image's class-map correlation [N] (None without attention maps)."""
     model.eval()
     split = source.split
     count, classes = len(split), len(model.classnames)
@@ -46,6 +47,7 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
     indices, scores, labels = [np.zeros(0, dtype=np.int64)], [np.zeros((0, classes), np.float32)], \
         [np.zeros((0, classes), np.int8)]
     hits, mass = [np.zeros((0, classes))], [np.zeros((0, classes))]
+    correlations = [np.zeros(0)]
     with torch.no_grad():
         text = model.text_features()
         for dense, batch_labels, index in batches:
@@ -53,6 +55,9 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
             indices.append(index.numpy())
             scores.append(output.logits.float().cpu().numpy())
             labels.append(batch_labels.cpu().numpy())
+            if correlate:  # nan without attention: every rank gathers the same arrays
+                correlations.append(np.full(len(index), np.nan) if output.attention is None
+                                    else class_map_correlation(output.attention.float().cpu()))
             if localize:  # nan rows without attention: every rank gathers the same arrays
                 batch_hits, batch_mass = np.full((2, len(index), classes), np.nan)
                 if output.attention is not None:
@@ -64,7 +69,7 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
                         batch_hits[row], batch_mass[row] = localize_image(attention, dense.grid, objects)
                 hits.append(batch_hits)
                 mass.append(batch_mass)
-    parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels)]
+    parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels), np.concatenate(correlations)]
     if localize:
         parts += [np.concatenate(hits), np.concatenate(mass)]
     context = getattr(source, "context", None)
@@ -76,11 +81,14 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool):
     out_scores = np.zeros((count, classes), dtype=np.float32)
     out_labels = np.zeros((count, classes), dtype=np.int8)
     out_scores[index], out_labels[index] = all_scores, all_labels
-    localization = None
-    if localize and not np.isnan(parts[3]).all():
+    localization = correlation = None
+    if localize and not np.isnan(parts[4]).all():
         localization = np.full((2, count, classes), np.nan)
-        localization[0][index], localization[1][index] = parts[3], parts[4]
-    return out_scores, out_labels, localization
+        localization[0][index], localization[1][index] = parts[4], parts[5]
+    if correlate and not np.isnan(parts[3]).all():
+        correlation = np.full(count, np.nan)
+        correlation[index] = parts[3]
+    return out_scores, out_labels, localization, correlation
 
 
 def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True,
@@ -96,15 +104,18 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     With `details`, also mAP by labels per image (`mAP_by_labels`), and on a split with
     object masks mAP by object size (`mAP_by_size`) and, for a model with attention maps,
     the pointing game and attention mass inside (`pointing_game`, `mass_inside`, per class
-    too; see clipml.localization and clipml.breakdown). Turn it off where only the headline
+    too; see clipml.localization and clipml.breakdown); for a model with attention maps, the
+    mean over images of the class-map correlation (`class_map_correlation`: near 1, the
+    per-class maps are one map; clipml.localization.class_map_correlation). Turn it off where only the headline
     counts (per-epoch validation): decoding masks then costs nothing.
     """
     settings = settings or EvalConfig()
     split = source.split
     require_positives(split)  # before scoring: mAP would be undefined
     with_masks = details and split.has_instances
-    logits, labels, localization = _score(model, source, progress, localize=with_masks)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    logits, labels, localization, correlation = _score(model, source, progress, localize=with_masks,
+                                                       correlate=details)
+    probs = sigmoid(logits)
     tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
     context = getattr(source, "context", None)
     if scores_path is not None and (context is None or context.is_main):
@@ -119,6 +130,8 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
         result.update(map_by_object_size(logits, labels, object_sizes(split), kind=settings.ap))
     if localization is not None:
         result.update(summarize_localization(*localization))
+    if correlation is not None and not np.isnan(correlation).all():
+        result["class_map_correlation"] = float(np.nanmean(correlation))
     return result
 
 
@@ -152,6 +165,8 @@ def detail_summary(metrics: Dict[str, object]) -> Dict[str, object]:
     x 100, rounded, with the bucket counts; empty where `evaluate` gave none."""
     out: Dict[str, object] = {key: round(100 * float(metrics[key]), 3)
                               for key in ("pointing_game", "mass_inside") if key in metrics}
+    if "class_map_correlation" in metrics:
+        out["class_map_correlation"] = round(float(metrics["class_map_correlation"]), 4)
     for key, counts in DETAIL_COUNTS.items():
         if key in metrics:
             out[key] = {name: None if value is None else round(100 * value, 3) for name, value in metrics[key].items()}
@@ -163,7 +178,8 @@ def detail_table(named: Sequence[Tuple[str, Dict[str, object]]]) -> Tuple[List[s
     """(headers, rows, note) of `detail_summary` results, one row per (name, details), with
     the columns any of them has; the note gives the images / positives in each bucket.
     Empty headers when none has details."""
-    columns = [("pointing_game", None, "pointing game"), ("mass_inside", None, "mass inside")]
+    columns = [("pointing_game", None, "pointing game"), ("mass_inside", None, "mass inside"),
+               ("class_map_correlation", None, "class-map corr.")]
     columns += [("mAP_by_labels", name, f"mAP {name} label{'' if name == '1' else 's'}") for name, _, _ in LABEL_BUCKETS]
     columns += [("mAP_by_size", name, f"mAP {name}") for name in SIZE_BUCKETS]
     columns = [column for column in columns if any(column[0] in details for _, details in named)]
@@ -173,7 +189,7 @@ def detail_table(named: Sequence[Tuple[str, Dict[str, object]]]) -> Tuple[List[s
     def cell(details, key, bucket):
         value = details.get(key)
         value = value.get(bucket) if isinstance(value, dict) else value
-        return "n/a" if value is None else f"{value:.2f}"
+        return "n/a" if value is None else f"{value:.3f}" if key == "class_map_correlation" else f"{value:.2f}"
 
     rows = [[label, *[cell(details, key, bucket) for key, bucket, _ in columns]] for label, details in named]
     counts = next((details for _, details in named if "images_by_labels" in details), {})
@@ -206,29 +222,57 @@ def evaluation_notes(settings: EvalConfig, classes: int) -> Dict[str, str]:
         "AP": AP_NAMES[settings.ap],
         "top3": top,
         "thresholds": "CF1/OF1 at probability 0.5; _tuned at per-class thresholds chosen on the validation split "
-                      "(max F1; classes without a validation positive: the max-OF1 threshold)",
+                      f"(max F1; classes with fewer than {settings.threshold_min_positives} known validation "
+                      f"positives: the max-OF1 threshold; none below calibrated probability "
+                      f"{settings.threshold_floor:g}), as predict uses them",
         "CF1": "CF1 = 2 CP CR / (CP + CR) (ML-GCN/SARB/DSRB code); CF1_mean = mean of the per-class F1s "
                "(DualCoOp's code)",
     }
 
 
-THRESHOLD_RULE = ("per class, the logit threshold maximising its F1 on the validation split; classes without "
-                  "a validation positive use the one maximising the pooled F1 (OF1)")
+THRESHOLD_RULE = ("per class, the logit threshold maximising its F1 on the validation split; classes with fewer "
+                  "than `min_positives` known validation positives use the one maximising the pooled F1 (OF1); "
+                  "none below the logit whose calibrated probability is `floor`")
 
 
-def decision_thresholds(model: MultiLabelCLIP, source, progress=None) -> Dict[str, object]:
-    """Per-class decision thresholds chosen on `source` (the validation split), as stored in a
-    prompt checkpoint: logit thresholds by class name (`per_class`), the `global` one for
-    classes without a validation positive (`fallback`) and for classes a checkpoint does not know."""
+def decision_thresholds(model: MultiLabelCLIP, source, progress=None,
+                        settings: Optional[EvalConfig] = None) -> Dict[str, object]:
+    """Per-class decision thresholds and a probability calibration chosen on `source` (the
+    validation split), as stored in a prompt checkpoint (see `choose_thresholds`)."""
     require_positives(source.split)
     logits, labels = predict(model, source, progress)
-    values, global_threshold, fallback = f1_thresholds(logits, labels)
+    return choose_thresholds(logits, labels, model.classnames, settings or EvalConfig())
+
+
+def choose_thresholds(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
+                      settings: EvalConfig) -> Dict[str, object]:
+    """Logit thresholds by class name (`per_class`), the `global` one for classes with fewer than
+    `settings.threshold_min_positives` known positives (`fallback`) and for classes a checkpoint
+    does not know, and `calibration`: Platt scaling of the logits on the known labels (the
+    ensembles' clipml.ensemble.fit_calibration), so that predict shows probabilities rather than
+    the saturated sigmoid of a partial-label loss (None where no fit is possible). No threshold lies below the logit whose
+    calibrated probability is `settings.threshold_floor` (`floor_logit`)."""
+    values, global_threshold, fallback = f1_thresholds(logits, labels, settings.threshold_min_positives)
+    calibration = fit_calibration(logits, labels) if (labels == 0).any() else None
+    if calibration is None or calibration.scale <= 0:  # nothing to calibrate against, or logits ranking against it
+        logger.warning("no calibration could be fit on the validation split (it needs known negatives, and logits "
+                       "that rank its positives higher): predict shows the plain sigmoid of the logits")
+        calibration = None
+    floor_logit = -np.inf
+    if calibration is not None and settings.threshold_floor > 0:
+        target = np.log(settings.threshold_floor) - np.log1p(-settings.threshold_floor)
+        floor_logit = (target - calibration.bias) / calibration.scale
+    values, global_threshold = np.maximum(values, floor_logit), max(global_threshold, floor_logit)
     return {
         "rule": THRESHOLD_RULE,
         "space": "logit",
-        "global": global_threshold,
-        "per_class": {name: float(v) for name, v, used in zip(model.classnames, values, fallback) if not used},
-        "fallback": [name for name, used in zip(model.classnames, fallback) if used],
+        "global": float(global_threshold),
+        "per_class": {name: float(v) for name, v, used in zip(classnames, values, fallback) if not used},
+        "fallback": [name for name, used in zip(classnames, fallback) if used],
+        "min_positives": settings.threshold_min_positives,
+        "floor": settings.threshold_floor,
+        "floor_logit": None if np.isinf(floor_logit) else float(floor_logit),
+        "calibration": None if calibration is None else {"scale": calibration.scale, "bias": calibration.bias},
     }
 
 

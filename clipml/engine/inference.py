@@ -8,20 +8,22 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from clipml.data.images import decode_image
 from clipml.data.transforms import Normalize255, eval_transform
+from clipml.engine import Progress
 from clipml.engine.evaluate import class_thresholds
+from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, DataError
+from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = (".csv", ".json")
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 
 def find_images(inputs: Sequence[str]) -> List[Path]:
@@ -54,7 +56,7 @@ class ScoredImages:
 
     @property
     def probabilities(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+        return sigmoid(self.logits)
 
 
 def _score_files(paths: Sequence[Path], batch_size: int, classes: int, decode: Callable,
@@ -115,17 +117,42 @@ def logit_threshold(probability: float) -> float:
         return float(np.log(probability) - np.log1p(-probability))
 
 
-def decision_rule(metadata: dict, classnames: Sequence[str], threshold: Optional[float]) -> Tuple[np.ndarray, str]:
-    """Logit thresholds [C] and a sentence saying where they come from: `threshold` (a
-    probability) if given, else the checkpoint's per-class thresholds chosen on validation,
-    else 0.5 (checkpoints written before thresholds were stored)."""
+def checkpoint_calibration(metadata: dict) -> Tuple[Calibration, str]:
+    """The Platt scaling a checkpoint stores with its thresholds (chosen on validation), and a
+    few words on what its probabilities are; checkpoints from before calibration was stored (and
+    zero-shot prediction, ensembles: already log-odds) get the identity, i.e. the plain sigmoid."""
+    thresholds = metadata.get("thresholds")
+    if thresholds is None:
+        return Calibration(), ""
+    if "calibration" not in thresholds:
+        return Calibration(), "uncalibrated sigmoid probabilities (the checkpoint predates calibration)"
+    stored = thresholds["calibration"]
+    if stored is None or float(stored["scale"]) <= 0:  # a scale of 0 would make every class alike
+        return Calibration(), "uncalibrated sigmoid probabilities (no calibration could be fit on validation)"
+    return Calibration(float(stored["scale"]), float(stored["bias"])), \
+        "probabilities Platt-calibrated on the validation split"
+
+
+def decision_rule(metadata: dict, classnames: Sequence[str], threshold: Optional[float]
+                  ) -> Tuple[np.ndarray, Calibration, str]:
+    """(thresholds [C], calibration, a sentence saying where they come from). `calibration`
+    turns the model's logits into the log-odds of the probabilities shown; the thresholds are
+    on those log-odds: `threshold` (a probability) if given, else the checkpoint's per-class
+    thresholds chosen on validation, else 0.5 (checkpoints written before thresholds were stored)."""
+    calibration, calibrated = checkpoint_calibration(metadata)
+    note = f"; {calibrated}" if calibrated else ""
     if threshold is not None:
-        return np.full(len(classnames), logit_threshold(threshold)), f"probability >= {threshold:g} (--threshold)"
+        thresholds = np.full(len(classnames), logit_threshold(threshold))
+        return thresholds, calibration, f"probability >= {threshold:g} (--threshold){note}"
     stored = metadata.get("thresholds")
     if stored is None:
-        return (np.zeros(len(classnames)),
+        return (np.zeros(len(classnames)), calibration,
                 "probability >= 0.5: the checkpoint holds no validation thresholds (it predates them)")
-    return class_thresholds(stored, classnames), "per-class thresholds chosen on the validation split (checkpoint)"
+    floor = f", none below probability {stored['floor']:g}" if stored.get("floor_logit") is not None else ""
+    own = f"; classes with fewer than {stored['min_positives']} known validation positives share one" \
+        if "min_positives" in stored else ""
+    return (calibration.apply(class_thresholds(stored, classnames)), calibration,
+            f"per-class thresholds chosen on the validation split (checkpoint){own}{floor}{note}")
 
 
 def choose_labels(logits: np.ndarray, thresholds: np.ndarray, classnames: Sequence[str],
@@ -134,7 +161,7 @@ def choose_labels(logits: np.ndarray, thresholds: np.ndarray, classnames: Sequen
     first; with `top_k`, at most that many."""
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top-k must be at least 1, got {top_k}")
-    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probabilities = sigmoid(logits)
     chosen = []
     for row, probs in zip(logits, probabilities):
         order = [c for c in np.argsort(-row, kind="stable") if row[c] >= thresholds[c]][:top_k]

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipml.config import config_to_dict, save_config
 from clipml.data import readable_names
+from clipml.data.lvis import check_disjoint
 from clipml.data.splits import warn_small_validation
-from clipml.engine import distributed
+from clipml.engine import Progress, distributed
 from clipml.engine.builders import (build_backbone, build_sources, build_splits, data_identity, known_percent,
                                     label_source, load_splits, select_device, validation_description)
 from clipml.engine.checkpoint import (
@@ -41,7 +42,6 @@ from clipml.methods import Step, baseline_config
 from clipml.model import ModelConfig, MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[Iterable, str], Iterable]]
 
 BEST, LAST, STATE, LOG = "best.safetensors", "last.safetensors", "state.pt", "log.jsonl"
 DATA = "data.json"  # the run's data identity (builders.data_identity)
@@ -202,7 +202,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         save_config(cfg, run / "config.yaml")
 
     if cfg.init_from:  # a missing or foreign file fails here, before data or weights load
-        read_prompt_checkpoint(cfg.init_from)
+        trained_on = read_prompt_checkpoint(cfg.init_from)[1]["config"].get("data", {}).get("dataset")
+        check_disjoint(trained_on, cfg.data.dataset, f"init_from={cfg.init_from}")
     context.on_main(claim_run_folder)
     started = time.time()
     previous = _previous_summary(run) if resume else None
@@ -254,7 +255,7 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         best = {"epoch": 0, "val": _headline(evaluate(model, val_source, progress, details=False,
                                                       settings=cfg.eval))}  # 0: not trained
 
-    thresholds = decision_thresholds(model, val_source, progress)  # chosen on validation, reported on test
+    thresholds = decision_thresholds(model, val_source, progress, cfg.eval)  # chosen on validation, reported on test
     test_metrics = evaluate(model, test_source, progress, settings=cfg.eval, thresholds=thresholds,
                             scores_path=scores_path, arrays_path=str(run / SCORES))
     test = _headline(test_metrics)
@@ -280,6 +281,8 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
         "zero_shot_val": zero_shot_val,
         "zero_shot_test": zero_shot_test,
         "test_ap": _per_class(classnames, test_metrics),
+        # Which test classes the mAP scores and why the others are not (clipml.metrics.class_coverage).
+        "test_classes": _coverage(test_metrics),
         "zero_shot_test_ap": _per_class(classnames, zero_shot_test_metrics),
         # Localisation and mAP breakdowns (METHODS §11), where the test split allows them.
         "test_details": detail_summary(test_metrics),
@@ -307,8 +310,14 @@ def _train(cfg: ExperimentConfig, run: Path, resume: bool, progress: Progress,
 
 
 def _per_class(classnames, metrics: Dict[str, object]) -> Dict[str, Optional[float]]:
-    """AP (%) per class; None for a class without a positive in the split."""
+    """AP (%) per class; None for a class the mAP does not score (see `_coverage`)."""
     return {name: round(100 * float(ap), 3) if ap == ap else None for name, ap in zip(classnames, metrics["AP"])}
+
+
+def _coverage(metrics: Dict[str, object]) -> Dict[str, object]:
+    """The counts of scored and unscored classes with the sentence summaries show."""
+    counts = {key: value for key, value in metrics["coverage"].items() if key != "reason"}
+    return {"text": metrics["coverage_text"], **counts}
 
 
 def _previous_summary(run: Path) -> Optional[Dict[str, object]]:
@@ -481,6 +490,7 @@ def _markdown(summary: Dict[str, object]) -> str:
     per_class = ["| class | test AP | zero-shot AP |", "|---|---|---|"] + [
         f"| {name} | {_ap_text(ap)} | {_ap_text(summary['zero_shot_test_ap'][name])} |"
         for name, ap in summary["test_ap"].items()]
+    coverage = summary.get("test_classes", {}).get("text")  # absent in summaries written before it
     best = f"best epoch {summary['best_epoch']}" if summary["best_epoch"] else "nothing trained"
     notes = summary["evaluation"]
     return (
@@ -490,7 +500,9 @@ def _markdown(summary: Dict[str, object]) -> str:
         f"{summary['backbone'].get('dense', 'tokens')}), loss {summary['loss']}, "
         f"{summary['trainable_parameters']} trainable parameters, {best}, "
         f"{summary['seconds']} s.\n\nValidation: {summary['splits']['val']}. Test: {summary['splits']['test']}.\n\n"
-        + "\n".join(rows) + "\n\n" + "".join(f"- {name}: {text}\n" for name, text in notes.items())
+        + "\n".join(rows) + "\n\n" + (f"Test mAP: {coverage} (a class needs a known positive and a known "
+                                       "negative; n/a below).\n\n" if coverage else "")
+        + "".join(f"- {name}: {text}\n" for name, text in notes.items())
         + _details_markdown(summary)
         + "\n## AP per class (test)\n\n" + "\n".join(per_class) + "\n"
     )

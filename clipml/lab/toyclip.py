@@ -80,16 +80,6 @@ def register_toy_config(tower: str = "vit") -> str:
     return toy_spec(tower).model_name
 
 
-def load_toy_clip(tower: str = "vit", weights: Optional[Path] = None) -> torch.nn.Module:
-    """A shipped toy CLIP in fp32, eval mode, loaded through open_clip's own path."""
-    import open_clip
-
-    name = register_toy_config(tower)
-    path = weights or toy_spec(tower).weights_path
-    model = open_clip.create_model(name, pretrained=str(path), require_pretrained=True)
-    return model.float().eval()
-
-
 def new_toy_model(tower: str = "vit", seed: int = 0) -> torch.nn.Module:
     """A randomly initialised toy CLIP (fixed seed), fp32."""
     import open_clip

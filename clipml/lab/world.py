@@ -55,6 +55,9 @@ from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+DATASET = "synthetic"
+"""The world's dataset name (data.dataset) and caption source name (data.captions.source)."""
+
 SYNTHETIC_CLASSES: List[str] = list(SHAPE_NAMES[:24])
 """The 24 object classes of the classic world, in label order."""
 
@@ -195,7 +198,7 @@ def world_preset(name: str) -> WorldPreset:
 
 @dataclasses.dataclass
 class PlacedObject:
-    """One drawn object: where it is, how to redraw it alone, and how much of it shows."""
+    """One drawn object: where it is, how it was drawn (seed, flip), and how much of it shows."""
 
     name: str
     left: int
@@ -206,10 +209,6 @@ class PlacedObject:
     flip: bool
     drawn_pixels: int
     visible_pixels: int
-
-    def draw_alone(self) -> np.ndarray:
-        """The object's RGBA pixels in its own box, exactly as the scene drew them."""
-        return draw_object(self.name, self.width, self.height, self.seed, self.flip)
 
 
 @dataclasses.dataclass
@@ -508,7 +507,7 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
     size = generator.config.image_size
     items = [f"scene-{preset}-{size}px-{split}-{seed}-{i:06d}" for i in range(num_images)]
     return SyntheticSplit(
-        dataset="synthetic",
+        dataset=DATASET,
         split=split,
         classes=list(generator.classes),
         items=items,

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Optional
 
 from clipml.decoupler import dualcoop_aggregate
+from clipml.config import require
 from clipml.errors import ConfigError
 from clipml.methods.base import Method, Output, cosine_head
 from clipml.methods.registry import register_method
@@ -27,6 +28,10 @@ class DualCoOpConfig:
     # The negative context's own init words (None: N(0, ctx_std), as the paper's default).
     # Setting it to model.ctx_init gives equal prompts, logits 0 at the start.
     negative_ctx_init: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        require(self.negative_ctx_init != "", "model.dualcoop.negative_ctx_init", self.negative_ctx_init,
+                "some words or null")
 
 
 @register_method("dualcoop")

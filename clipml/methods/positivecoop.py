@@ -11,6 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+from clipml.config import require
 from clipml.errors import ConfigError
 from clipml.methods.base import Method, Output, cosine_head
 from clipml.methods.dualcoop import aggregate
@@ -30,6 +31,9 @@ class PositiveCoOpConfig:
     # Aggregate over the attention pool's mean token too (ResNet backbones), as model.dualcoop.mean_token.
     mean_token: bool = False
 
+    def __post_init__(self) -> None:
+        require(self.negative_std > 0, "model.positivecoop.negative_std", self.negative_std, "> 0")
+
 
 class PositiveNegativePrompts(nn.Module):
     """A learned positive context per class (through the text encoder) and a learned negative
@@ -37,8 +41,6 @@ class PositiveNegativePrompts(nn.Module):
 
     def __init__(self, backbone, classnames, n_ctx: int, init, std: float, own: PositiveCoOpConfig) -> None:
         super().__init__()
-        if own.negative_std <= 0:
-            raise ConfigError(f"model.positivecoop.negative_std must be > 0, got {own.negative_std}")
         self.classnames = list(classnames)
         self.positive = ContextPrompts(backbone, classnames, n_ctx, own.class_specific, init, std)
         shape = (len(self.classnames), backbone.embed_dim)

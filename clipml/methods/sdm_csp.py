@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from clipml.decoupler import SemanticDecoupler
+from clipml.config import require
 from clipml.errors import ConfigError
 from clipml.methods.base import Method, Output, cosine_head
 from clipml.methods.registry import register_method
@@ -31,6 +32,11 @@ class SdmCspConfig:
     # A d×d linear layer (with bias) between the decoupler's tanh and its output layer, as
     # HCP-MLR-PL's SemanticDecoupling (fc3); false: the seed paper's P: d -> 1 directly (METHODS §3).
     decoupler_extra_linear: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.guidance in ("handcrafted", "learned") or self.guidance.endswith(".npy"), "model.sdm_csp.guidance",
+                self.guidance, "'handcrafted', 'learned' or a .npy file")
+        require(self.decoupler_dim >= 1, "model.sdm_csp.decoupler_dim", self.decoupler_dim, "at least 1")
 
 
 @register_method("sdm_csp")

@@ -7,7 +7,7 @@ import dataclasses
 
 from clipml.backbones import TextDense
 from clipml.decoupler import double_grained_scores
-from clipml.errors import ConfigError
+from clipml.config import require
 from clipml.methods.base import Method, Output, cosine_head
 from clipml.methods.registry import register_method
 from clipml.prompts import DoubleGrainedPrompts
@@ -22,6 +22,11 @@ class TaIDPTConfig:
     image_spatial_scale: float = 40.0  # softmax sharpness over an image's locations (evaluation)
     global_weight: float = 0.5  # score = w · global + (1 − w) · local
 
+    def __post_init__(self) -> None:
+        for key in ("scale", "text_spatial_scale", "image_spatial_scale"):
+            require(getattr(self, key) > 0, f"model.taidpt.{key}", getattr(self, key), "> 0")
+        require(0.0 <= self.global_weight <= 1.0, "model.taidpt.global_weight", self.global_weight, "in [0, 1]")
+
 
 @register_method("taidpt")
 class TaIDPT(Method):
@@ -30,11 +35,9 @@ class TaIDPT(Method):
     image_training = False
 
     def build(self, model) -> None:
-        cfg, own = model.config, model.config.method_options
+        cfg = model.config
         model.prompts = DoubleGrainedPrompts(model.backbone, model.classnames, cfg.n_ctx, cfg.ctx_init, cfg.ctx_std)
         model.head = cosine_head(model, bias="none", learnable=False)  # it scores with its own fixed scales
-        if not 0.0 <= own.global_weight <= 1.0:
-            raise ConfigError(f"model.taidpt.global_weight must be in [0, 1], got {own.global_weight}")
 
     def score(self, model, dense, text) -> Output:
         global_text, local_text = text

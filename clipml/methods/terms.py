@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from clipml.blending import PrototypeBank, RepresentationBlending, category_contrastive, peak_scores
+from clipml.config import require
 from clipml.errors import ConfigError
 from clipml.transport import ConditionalTransport
 
@@ -54,6 +55,15 @@ class BlendingConfig:
     # first epoch, its weight ramped linearly over that epoch's batches, as the reference code).
     contrastive_schedule: Literal["with_blending", "from_start"] = "with_blending"
 
+    def __post_init__(self) -> None:
+        for key in ("contrastive_weight", "lambda_instance", "lambda_prototype"):
+            require(getattr(self, key) >= 0, f"model.blending.{key}", getattr(self, key), ">= 0 (0: off)")
+        require(self.start_epoch >= 0, "model.blending.start_epoch", self.start_epoch, ">= 0")
+        for key in ("prototype_every", "max_samples", "topk"):
+            require(getattr(self, key) >= 1, f"model.blending.{key}", getattr(self, key), "at least 1")
+        for key in ("alpha_init", "beta_init"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"model.blending.{key}", getattr(self, key), "in [0, 1]")
+
     @property
     def enabled(self) -> bool:
         """Any DSRB training term is on (each needs the decoupler's per-class features)."""
@@ -69,6 +79,11 @@ class TransportConfig:
     tau_nav: float = 0.05  # temperature of the transport navigators
     rho: float = 0.2  # share of the location -> label direction (small: unannotated objects)
     background: bool = False  # a learned background target that absorbs locations
+
+    def __post_init__(self) -> None:
+        require(self.weight >= 0, "model.transport.weight", self.weight, ">= 0")
+        require(self.tau_nav > 0, "model.transport.tau_nav", self.tau_nav, "> 0")
+        require(0.0 <= self.rho <= 1.0, "model.transport.rho", self.rho, "in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -178,26 +193,30 @@ class Transport(TrainingTerm):
         return [self.settings.weight * model.transport(dense.tokens, output.text, targets, known)]
 
 
-def build_terms(model: nn.Module) -> List[TrainingTerm]:
-    """The training terms `model.config` switches on, checked against what its method offers."""
+def check_terms(config) -> None:
+    """The training terms `config` (a ModelConfig) switches on must be ones its method offers, as
+    its registry flags say; checked when the config is read."""
     from clipml.methods.registry import METHODS
 
-    config, method, terms = model.config, model.method, []
-    blend = config.blending
-    if blend.contrastive_weight < 0:
-        raise ConfigError(f"model.blending.contrastive_weight must be >= 0; got {blend.contrastive_weight}")
-    if blend.enabled:
-        if not method.class_features:
-            offer = sorted(name for name, cls in METHODS.items() if cls.class_features)
-            raise ConfigError(f"model.blending needs per-class features: method {' or '.join(offer)}, "
-                              f"not {config.method}")
-        terms.append(Blending(model, blend))
+    method = METHODS[config.method]
+    if config.blending.enabled and not method.class_features:
+        offer = sorted(name for name, cls in METHODS.items() if cls.class_features)
+        raise ConfigError(f"model.blending needs per-class features: method {' or '.join(offer)}, "
+                          f"not {config.method}")
+    if config.transport.enabled and not method.learns_prompts:
+        raise ConfigError(f"model.transport aligns learnable prompts; {config.method} has none")
+    if config.transport.enabled and not method.image_training:
+        raise ConfigError(f"model.transport aligns image features with image labels; {config.method} "
+                          f"does not train on images")
+
+
+def build_terms(model: nn.Module) -> List[TrainingTerm]:
+    """The training terms `model.config` switches on, checked against what its method offers."""
+    config, terms = model.config, []
+    check_terms(config)
+    if config.blending.enabled:
+        terms.append(Blending(model, config.blending))
     if config.transport.enabled:
-        if not method.learns_prompts:
-            raise ConfigError(f"model.transport aligns learnable prompts; {config.method} has none")
-        if not method.image_training:
-            raise ConfigError(f"model.transport aligns image features with image labels; {config.method} "
-                              f"does not train on images")
         terms.append(Transport(model, config.transport))
     return terms
 
