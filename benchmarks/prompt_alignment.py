@@ -22,7 +22,7 @@ from clipml.config import config_from_dict
 from clipml.data import readable_names
 from clipml.decoupler import dense_pool_scores
 from clipml.engine.builders import build_backbone, build_sources, build_splits
-from clipml.engine.train import load_model
+from clipml.engine.checkpoint import load_model
 from clipml.experiment import ExperimentConfig
 from clipml.localization import localize_image, summarize_localization
 from clipml.model import ModelConfig, MultiLabelCLIP

@@ -22,7 +22,7 @@ from clipml.data import load_split, readable_names
 from clipml.engine.builders import build_backbone, build_cached_sources, build_splits
 from clipml.engine.features import CachedFeatureSource
 from clipml.engine.evaluate import predict
-from clipml.engine.train import load_model
+from clipml.engine.checkpoint import load_model
 from clipml.experiment import ExperimentConfig
 from clipml.metrics import average_precision
 

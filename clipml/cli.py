@@ -247,7 +247,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
-        from clipml.engine.train import load_model
+        from clipml.engine.checkpoint import load_model
         from clipml.model import MultiLabelCLIP
 
         cfg = _config(args, args.checkpoint[0] if args.checkpoint else None)
@@ -421,7 +421,7 @@ def _predict_model(args):
     """The checkpoint's model, or zero-shot CLIP over --classes (CLIP's softmax over them: the
     probabilities sum to 1 over the classes, so a lower --threshold such as 0.2 lists several)."""
     from clipml.backbones import BackboneConfig, load_backbone
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
     from clipml.model import MultiLabelCLIP
 
     if args.checkpoint:

@@ -174,7 +174,7 @@ def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str
     Probabilities are calibrated as `predict` shows them."""
     from clipml.engine.checkpoint import read_prompt_checkpoint
     from clipml.engine.inference import checkpoint_calibration
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     if len(image_paths) != len(outputs):
         raise ConfigError(f"{len(image_paths)} images but {len(outputs)} output files")

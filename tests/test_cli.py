@@ -96,7 +96,7 @@ def test_predict_on_a_folder(trained_checkpoint, tmp_path, capsys):
 def test_predict_probabilities_are_those_of_the_model_on_normalised_images(calibrated_checkpoint, tmp_path):
     """uint8 images normalised on the device: the same probabilities as float32 images fed to the model."""
     from clipml.data.transforms import eval_transform
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     write_synthetic_dataset(tmp_path / "world", {"test": 3}, seed=4)
     paths = sorted((tmp_path / "world" / "images").rglob("*.jpg"))

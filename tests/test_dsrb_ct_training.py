@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from clipml.blending import category_contrastive
-from clipml.engine.checkpoint import load_into, model_tensors
-from clipml.engine.train import load_model, train, training_loss
+from clipml.engine.checkpoint import load_into, load_model, model_tensors
+from clipml.engine.train import train, training_loss
 from clipml.methods import Step
 from clipml.errors import ConfigError
 from clipml.losses import build_loss

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from clipml.config import load_config
 from clipml.engine.checkpoint import check_backbone, read_prompt_checkpoint
-from clipml.engine.train import load_model, train
+from clipml.engine.checkpoint import load_model
+from clipml.engine.train import train
 from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.methods import METHODS
 from clipml.experiment import ExperimentConfig

@@ -158,7 +158,7 @@ def test_evaluate_ensemble_fits_on_validation_and_scores_test(two_checkpoints, m
     from clipml.engine.evaluate import predict
     from clipml.engine.features import ImageFeatureSource
     from clipml.data.transforms import eval_transform
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
     from clipml.experiment import ExperimentConfig
 
     path, _, checkpoints = two_checkpoints

@@ -451,7 +451,7 @@ def test_zero_shot_predict_without_a_checkpoint(tmp_path):
 
 def test_visualize_several_images_in_one_call(tmp_path, capsys, monkeypatch):
     from clipml.config import config_to_dict
-    from clipml.engine import train as train_module
+    from clipml.engine import checkpoint as checkpoint_module
     from clipml.engine.checkpoint import save_prompt_checkpoint
     from clipml.model import MultiLabelCLIP
 
@@ -461,8 +461,8 @@ def test_visualize_several_images_in_one_call(tmp_path, capsys, monkeypatch):
     for name in ("one", "two"):
         Image.new("RGB", (48, 32), name == "one" and "red" or "blue").save(tmp_path / f"{name}.png")
     loads = []
-    original = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: loads.append(a) or original(*a, **k))
+    original = checkpoint_module.load_file  # every read of a checkpoint file goes through it
+    monkeypatch.setattr(checkpoint_module, "load_file", lambda *a, **k: loads.append(a) or original(*a, **k))
     code, out, _ = run_cli(visualize_attention, ["--checkpoint", str(path), str(tmp_path / "one.png"),
                                                  str(tmp_path / "two.png"), "--output", str(tmp_path / "maps"),
                                                  "--top-k", "2", "--device", "cpu"], capsys)

@@ -192,7 +192,7 @@ def test_ensembles_score_a_taidpt_member_as_it_scores_alone(rn_members, monkeypa
     from clipml.engine.ensemble import ImageScorer, evaluate_ensemble, load_members
     from clipml.engine.evaluate import predict
     from clipml.engine.features import ImageFeatureSource
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
     from clipml.metrics import mean_average_precision
 
     configs, paths = rn_members

@@ -13,7 +13,8 @@ from clipml.data.captions import CaptionSet
 from clipml.decoupler import double_grained_scores
 from clipml.engine.captions import CaptionSource
 from clipml.engine.checkpoint import read_prompt_checkpoint, save_prompt_checkpoint
-from clipml.engine.train import load_model, train, training_loss
+from clipml.engine.checkpoint import load_model
+from clipml.engine.train import train, training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 from clipml.losses import build_loss, partial_ranking

@@ -42,7 +42,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["sdm_csp", "dualcoop", "taidpt"])
 def test_top_k_classes_and_maps(files, method):
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     model = load_model(str(files[method]))
     image = Image.open(files["image"]).convert("RGB")
@@ -69,7 +69,7 @@ def test_top_k_classes_and_maps(files, method):
 
 
 def test_plot_has_one_panel_per_class_and_the_expected_size(files, tmp_path):
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     maps = attention_maps(load_model(str(files["sdm_csp"])), Image.open(files["image"]), top_k=2)
     figure = plot_attention(maps, tmp_path / "plot.png", panel_inches=3.0, title_inches=0.6, dpi=50)
@@ -132,7 +132,7 @@ def test_cli_shows_true_labels_from_a_manifest(files, tmp_path, capsys):
 
 
 def test_global_head_and_bad_inputs_are_clear_errors(files, tmp_path, capsys):
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     with pytest.raises(CheckpointError, match=r"coop.safetensors holds a 'coop' model.*no spatial attention.*sdm_csp"):
         visualize_attention(files["coop"], files["image"], tmp_path / "x.png")

@@ -15,8 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import clipml
-from clipml.backbones import BackboneConfig
+from clipml.backbones import BackboneConfig, load_backbone
+from clipml.devices import select_device
 from clipml.errors import CheckpointError
+from clipml.experiment import saved_config
 from clipml.model import MultiLabelCLIP
 from clipml.prompts import ContextPrompts
 
@@ -194,6 +196,26 @@ def _rows_by_class(value: torch.Tensor, saved: Sequence[str], wanted: Sequence[s
         if name in index:
             out[i] = value[index[name]]
     return out
+
+
+def load_model(checkpoint: Union[str, Path], classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
+    """A model from a prompt checkpoint; `classnames` may differ (prompts transfer by class name).
+    `device` may be "auto"; one the machine lacks is a ConfigError before anything is read."""
+    device = select_device(device)
+    return build_model(*read_prompt_checkpoint(checkpoint), checkpoint, classnames, backbone, device)
+
+
+def build_model(tensors: Dict[str, torch.Tensor], metadata: dict, checkpoint: Union[str, Path],
+                classnames: Optional[Sequence[str]] = None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
+    """`load_model` on a checkpoint already read (`read_prompt_checkpoint`), so that a caller
+    that also needs its metadata (thresholds, calibration) reads the file once. `backbone`:
+    default, the one the checkpoint was learned on, loaded on `device`."""
+    cfg = saved_config(metadata["config"], source=str(checkpoint))  # old flat configs upgraded when read
+    if backbone is None:
+        backbone = load_backbone(learned_backbone(cfg, metadata), select_device(device))
+    model = MultiLabelCLIP(backbone, list(classnames or metadata["classes"]), cfg.model)
+    load_into(model, tensors, metadata, checkpoint)
+    return model
 
 
 def save_training_state(path: Union[str, Path], state: dict) -> None:

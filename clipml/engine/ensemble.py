@@ -19,10 +19,9 @@ from clipml.data.base import MultiLabelSplit
 from clipml.data.transforms import eval_transform
 from clipml.engine import Progress
 from clipml.engine.builders import build_sources, build_splits, select_device
-from clipml.engine.checkpoint import learned_backbone, read_prompt_checkpoint
+from clipml.engine.checkpoint import build_model, learned_backbone, read_prompt_checkpoint
 from clipml.engine.evaluate import predict
 from clipml.engine.features import ImageFeatureSource
-from clipml.engine.train import load_model
 from clipml.ensemble import Calibration, Ensemble, EnsembleMember, file_digest, fit_ensemble
 from clipml.experiment import ExperimentConfig, saved_config
 from clipml.metrics import evaluate_scores, sigmoid
@@ -37,13 +36,13 @@ def load_members(checkpoints: Sequence[str], classnames: Optional[Sequence[str]]
     backbones: Dict[str, FrozenCLIP] = {}
     models = []
     for path in checkpoints:
-        _, metadata = read_prompt_checkpoint(path)
+        tensors, metadata = read_prompt_checkpoint(path)
         # The member's whole backbone config (dense mode, resize kernel, ...): its own tower.
         saved = learned_backbone(saved_config(metadata["config"], source=str(path)), metadata)
         key = json.dumps(dataclasses.asdict(saved), sort_keys=True)
         if key not in backbones:
             backbones[key] = load_backbone(saved, device)
-        models.append(load_model(str(path), classnames, backbones[key]))
+        models.append(build_model(tensors, metadata, path, classnames, backbones[key]))
     return models
 
 

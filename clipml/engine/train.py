@@ -23,7 +23,6 @@ from clipml.engine import Progress, distributed
 from clipml.engine.builders import (build_backbone, build_sources, build_splits, data_identity, known_percent,
                                     label_source, load_splits, select_device, validation_description)
 from clipml.engine.checkpoint import (
-    learned_backbone,
     load_into,
     load_training_state,
     model_tensors,
@@ -36,7 +35,7 @@ from clipml.engine.features import CountedPass
 from clipml.engine.tensorboard import EpochScalars, summary_writer_class
 from clipml.errors import CheckpointError, ConfigError, TrainingInterrupted
 from clipml.experiment import (DataConfig, ExperimentConfig, LossConfig, OptimConfig, config_differences,
-                               describe_differences, saved_config)
+                               describe_differences)
 from clipml.losses import build_loss
 from clipml.methods import Step, baseline_config
 from clipml.model import ModelConfig, MultiLabelCLIP
@@ -533,20 +532,5 @@ def _details_markdown(summary: Dict[str, object]) -> str:
     return "\n## Localisation and mAP breakdowns (test)\n\n" + "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
-def load_model(checkpoint: str, classnames=None, backbone=None, device: str = "cpu") -> MultiLabelCLIP:
-    """A model from a prompt checkpoint; `classnames` may differ (prompts transfer by class name).
-    `device` may be "auto"; one the machine lacks is a ConfigError before anything is read."""
-    from clipml.backbones import load_backbone
-
-    device = select_device(device)
-    tensors, metadata = read_prompt_checkpoint(checkpoint)
-    cfg = saved_config(metadata["config"], source=str(checkpoint))
-    if backbone is None:
-        backbone = load_backbone(learned_backbone(cfg, metadata), device)
-    model = MultiLabelCLIP(backbone, classnames or metadata["classes"], cfg.model)
-    load_into(model, tensors, metadata, checkpoint)
-    return model
-
-
-__all__ = ["train", "load_model", "build_optimizer", "build_scheduler", "build_training_loss", "cosine_with_warmup", "dassl_cosine",
+__all__ = ["train", "build_optimizer", "build_scheduler", "build_training_loss", "cosine_with_warmup", "dassl_cosine",
            "ModelConfig"]
