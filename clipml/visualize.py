@@ -31,6 +31,7 @@ class AttentionMaps:
     probabilities: List[float]
     maps: np.ndarray  # [k, H, W] attention (sums to 1 over the h x w grid) upsampled bilinearly to the image
     grid: Tuple[int, int]  # (h, w) of the attention before upsampling
+    cells: np.ndarray  # [k, h, w] the attention over the feature grid itself (each sums to 1)
     name: str = ""  # the image's file name, shown above the panels
     true_labels: Optional[List[str]] = None  # the image's positive classes, where known (None: unknown)
 
@@ -69,6 +70,7 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3,
         probabilities=[float(probabilities[i]) for i in top.tolist()],
         maps=upsampled[:, 0].cpu().numpy(),
         grid=(h, w),
+        cells=grid[:, 0].cpu().numpy(),
     )
 
 

@@ -92,8 +92,8 @@ def test_labels_follow_the_thresholds_and_top_k(trained):
     checkpoint, images = trained
     predictor = Predictor.from_checkpoint(checkpoint)
     result = predictor.predict(images, threshold=0.0, top_k=3)
-    for row, probabilities in zip(result.labels, result.probabilities):  # exactly the 3 most probable
-        assert row == [predictor.classnames[c] for c in np.argsort(-probabilities, kind="stable")[:3]]
+    for row, log_odds in zip(result.labels, result.log_odds):  # exactly the 3 most probable
+        assert row == [predictor.classnames[c] for c in np.argsort(-log_odds, kind="stable")[:3]]
     stored = predictor.predict(images)
     for row, log_odds in zip(stored.labels, stored.log_odds):
         assert set(row) == {c for c, v, t in zip(predictor.classnames, log_odds, predictor.thresholds) if v >= t}
@@ -173,10 +173,10 @@ def test_attention_maps_of_the_top_classes(trained):
     h, w = maps.grid
     assert maps.cells.shape == (2, h, w)
     np.testing.assert_allclose(maps.cells.sum(axis=(1, 2)), 1.0, atol=1e-5)
-    probabilities = predictor.predict([image]).probabilities[0]
-    top = np.argsort(-probabilities, kind="stable")[:2]
+    scored = predictor.predict([image])
+    top = np.argsort(-scored.log_odds[0], kind="stable")[:2]
     assert maps.classes == [predictor.classnames[c] for c in top]
-    np.testing.assert_allclose(maps.probabilities, probabilities[top], atol=1e-5)
+    np.testing.assert_allclose(maps.probabilities, scored.probabilities[0, top], atol=1e-5)
     with pytest.raises(ConfigError, match="zero-shot"):
         Predictor.zero_shot(["cat", "dog"]).attention(image)
 
