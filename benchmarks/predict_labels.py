@@ -30,7 +30,7 @@ from clipml.data import readable_names
 from clipml.engine.builders import build_backbone, build_sources, build_splits
 from clipml.engine.evaluate import choose_thresholds, class_thresholds, evaluate, predict
 from clipml.engine.inference import checkpoint_calibration, choose_labels
-from clipml.engine.train import load_model
+from clipml.engine.checkpoint import load_model
 from clipml.experiment import ExperimentConfig
 from clipml.metrics import f1_thresholds
 

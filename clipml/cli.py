@@ -247,8 +247,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
-        from clipml.engine.checkpoint import load_model
-        from clipml.model import MultiLabelCLIP
+        from clipml.predictor import Predictor
 
         cfg = _config(args, args.checkpoint[0] if args.checkpoint else None)
         for checkpoint in args.checkpoint:  # LVIS and COCO 2014 share images: never train on one, test on the other
@@ -268,10 +267,10 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
             raise ClipmlError("--save-ensemble needs two or more --checkpoint files to ensemble")
         backbone = build_backbone(cfg)
         if args.checkpoint:
-            model = load_model(args.checkpoint[0], classnames, backbone)
+            model = Predictor.from_checkpoint(args.checkpoint[0], classnames=classnames, backbone=backbone).model
             what = f"prompt checkpoint {args.checkpoint[0]}"
         else:
-            model = MultiLabelCLIP(backbone, classnames, zero_shot_config(args.templates, args.scoring, cfg.model))
+            model = Predictor.zero_shot(classnames, backbone, args.templates, args.scoring, base=cfg.model).model
             what = f"zero-shot, {len(model.config.templates)} template(s), {args.scoring} scoring"
         transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
         source = ImageFeatureSource(split, backbone, transform,
@@ -282,19 +281,6 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
             print(f"scores: {args.export_scores}")
 
     _run(main)
-
-
-def zero_shot_config(template_set: str, scoring: str, base=None):
-    """The baseline's ModelConfig (clipml.methods.baseline_config) for a template set name or a
-    text file of templates (one a line); `base`: the config whose temperature it takes."""
-    from clipml.data import templates
-    from clipml.methods import baseline_config
-    from clipml.model import ModelConfig
-
-    path = Path(template_set)
-    chosen = ([line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-              if path.is_file() else templates(template_set))
-    return baseline_config(base if base is not None else ModelConfig(), chosen, scoring)
 
 
 def _print_metrics(what, where, cfg, classnames, metrics) -> None:
@@ -361,9 +347,7 @@ def predict(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     def main():
-        from clipml.engine.checkpoint import read_prompt_checkpoint
-        from clipml.engine.inference import (check_output, choose_labels, decision_rule, find_images,
-                                             logit_threshold, score_ensemble, score_images, write_predictions)
+        from clipml.engine.inference import check_output, find_images, logit_threshold, write_predictions
 
         select_device(args.device)
         if args.threshold is not None:
@@ -372,37 +356,24 @@ def predict(argv: Optional[List[str]] = None) -> None:
             raise ClipmlError(f"--top-k must be at least 1, got {args.top_k}")
         check_output(args.output)
         paths = find_images(args.inputs)
-        if args.checkpoint and args.checkpoint.endswith(".json"):
-            scored, classnames = score_ensemble(args.checkpoint, paths, args.batch_size, args.device)
-            thresholds, _, rule = decision_rule({}, classnames, args.threshold)
-        else:
-            model = _predict_model(args)
-            classnames = model.classnames
-            metadata = read_prompt_checkpoint(args.checkpoint)[1] if args.checkpoint else {}
-            thresholds, calibration, rule = decision_rule(metadata, classnames, args.threshold)
-            scored = score_images(model, paths, args.batch_size)
-            scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities shown
-            if model.method.tower_scores:
-                # The tower's own zero-shot probability (CLIP: its softmax over the classes), written
-                # as a logit so that thresholds read it alike.
-                logits = torch.from_numpy(scored.logits).double()
-                probabilities = model.backbone.zero_shot_probabilities(logits).clamp(1e-12, 1 - 1e-12)
-                scored.logits = (probabilities.log() - (-probabilities).log1p()).numpy()
-        print(f"labels listed at {rule}", file=sys.stderr)
-        for path, why in scored.skipped:
+        predictor = _predictor(args)
+        result = predictor.predict(paths, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                                   skip_unreadable=True)
+        print(f"labels listed at {result.rule}", file=sys.stderr)
+        for path, why in result.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
-        if not scored.paths:
+        if not result.images:
             raise ClipmlError(f"none of the {len(paths)} image file(s) could be read (reasons above)")
-        labels = choose_labels(scored.logits, thresholds, classnames, args.top_k)
         if args.output:
-            write_predictions(args.output, scored, classnames, labels)
-            print(f"wrote {len(scored.paths)} predictions to {args.output}")
+            write_predictions(args.output, result)
+            print(f"wrote {len(result.images)} predictions to {args.output}")
         else:
-            for path, listed in zip(scored.paths, labels):
-                shown = ", ".join(f"{name} ({probability:.3f})" for name, probability in listed)
+            column = {name: c for c, name in enumerate(result.classnames)}
+            for path, listed, probabilities in zip(result.images, result.labels, result.probabilities):
+                shown = ", ".join(f"{name} ({probabilities[column[name]]:.3f})" for name in listed)
                 print(f"{path}: {shown or '(none above threshold)'}")
-        if scored.skipped:
-            print(f"{len(scored.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
+        if result.skipped:
+            print(f"{len(result.skipped)} of {len(paths)} file(s) skipped (listed above)", file=sys.stderr)
 
     _run(main)
 
@@ -417,17 +388,16 @@ def _add_zero_shot_options(parser: argparse.ArgumentParser) -> None:
                        help="template set: 'single', 'default' (16), 'imagenet' (CLIP's 80), 'taidpt' or a text file")
 
 
-def _predict_model(args):
-    """The checkpoint's model, or zero-shot CLIP over --classes (CLIP's softmax over them: the
-    probabilities sum to 1 over the classes, so a lower --threshold such as 0.2 lists several)."""
-    from clipml.backbones import BackboneConfig, load_backbone
-    from clipml.engine.checkpoint import load_model
-    from clipml.model import MultiLabelCLIP
+def _predictor(args):
+    """The Predictor of --checkpoint (a prompt checkpoint or an ensemble spec), or zero-shot CLIP
+    over --classes (CLIP's softmax over them: the probabilities sum to 1 over the classes, so a
+    lower --threshold such as 0.2 lists several)."""
+    from clipml.predictor import Predictor
 
     if args.checkpoint:
         if args.classes:
             raise ClipmlError("--classes is for zero-shot prediction; a checkpoint brings its own classes")
-        return load_model(args.checkpoint, device=args.device)
+        return Predictor.from_checkpoint(args.checkpoint, device=args.device)
     if not args.classes:
         raise ClipmlError("give --checkpoint FILE, or --classes (and --backbone) for zero-shot prediction")
     path = Path(args.classes)
@@ -435,8 +405,8 @@ def _predict_model(args):
     names = [name.strip() for name in names if name.strip()]
     if len(set(names)) != len(names) or not names:
         raise ClipmlError(f"--classes {args.classes}: expected distinct class names, found {names}")
-    backbone = load_backbone(BackboneConfig(spec=args.backbone, image_size=args.image_size), args.device)
-    return MultiLabelCLIP(backbone, names, zero_shot_config(args.templates, "global"))
+    return Predictor.zero_shot(names, backbone=args.backbone, templates=args.templates, image_size=args.image_size,
+                               device=args.device)
 
 
 # complete_labels -------------------------------------------------------------------------------

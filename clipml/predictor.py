@@ -24,9 +24,11 @@ from clipml.data.images import decode_image, open_image
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.devices import select_device
 from clipml.engine.checkpoint import build_model, read_prompt_checkpoint
-from clipml.engine.inference import Progress, choose_labels, decision_rule, logit_threshold
+from clipml.engine import Progress
+from clipml.engine.inference import choose_labels, decision_rule
 from clipml.ensemble import Calibration, Ensemble
 from clipml.errors import CheckpointError, ConfigError, DataError
+from clipml.metrics import sigmoid
 from clipml.model import ModelConfig, MultiLabelCLIP
 
 ImageLike = Union[Image.Image, str, Path]
@@ -48,8 +50,17 @@ def zero_shot_config(templates: Union[str, Sequence[str]] = "single", scoring: s
         chosen = list(templates)
     if not chosen or not all(isinstance(t, str) and "{}" in t for t in chosen):
         raise ConfigError(f"templates {templates!r}: expected templates with a '{{}}' for the class name")
-    temperature = base.temperature if base is not None else ModelConfig.temperature
-    return ModelConfig(method="zero_shot", templates=chosen, zero_shot_scoring=scoring, temperature=temperature)
+    from clipml.methods import baseline_config
+
+    return baseline_config(base if base is not None else ModelConfig(), chosen, scoring)
+
+
+def tower_log_odds(backbone, logits: np.ndarray) -> np.ndarray:
+    """The tower's own zero-shot probabilities of `logits` (CLIP: its softmax over the classes),
+    written as log-odds so that thresholds read them alike."""
+    probabilities = backbone.zero_shot_probabilities(torch.from_numpy(np.asarray(logits)).double())
+    probabilities = probabilities.clamp(1e-12, 1 - 1e-12)
+    return (probabilities.log() - (-probabilities).log1p()).numpy()
 
 
 @dataclasses.dataclass
@@ -66,7 +77,7 @@ class Predictions:
     @property
     def probabilities(self) -> np.ndarray:
         """[N, C] per-class probabilities."""
-        return 1.0 / (1.0 + np.exp(-self.log_odds))
+        return sigmoid(self.log_odds)
 
 
 class Predictor:
@@ -107,8 +118,11 @@ class Predictor:
         tensors, metadata = read_prompt_checkpoint(path)
         model = build_model(tensors, metadata, path, classnames, backbone, device)
         thresholds, calibration, rule = decision_rule(metadata, model.classnames, None)
-        return cls([model], lambda logits: calibration.apply(logits[0]), thresholds, rule, calibration,
-                   f"prompt checkpoint {path}", metadata)
+        if model.method.tower_scores:  # a baseline checkpoint: the tower's zero-shot rule, as predict had it
+            log_odds = lambda logits: tower_log_odds(model.backbone, calibration.apply(logits[0]))  # noqa: E731
+        else:
+            log_odds = lambda logits: calibration.apply(logits[0])  # noqa: E731
+        return cls([model], log_odds, thresholds, rule, calibration, f"prompt checkpoint {path}", metadata)
 
     @classmethod
     def from_ensemble(cls, spec: Union[str, Path, Ensemble], device: str = "cpu") -> "Predictor":
@@ -143,13 +157,8 @@ class Predictor:
             backbone = load_backbone(BackboneConfig(spec=backbone, image_size=image_size), select_device(device))
         model = MultiLabelCLIP(backbone, names, config)
 
-        def log_odds(logits: List[np.ndarray]) -> np.ndarray:
-            probabilities = backbone.zero_shot_probabilities(torch.from_numpy(logits[0]).double())
-            probabilities = probabilities.clamp(1e-12, 1 - 1e-12)
-            return (probabilities.log() - (-probabilities).log1p()).numpy()
-
         rule = f"probability >= 0.5 ({backbone.zero_shot_rule} zero-shot probabilities)"
-        return cls([model], log_odds, np.zeros(len(names)), rule,
+        return cls([model], lambda logits: tower_log_odds(backbone, logits[0]), np.zeros(len(names)), rule,
                    source=f"zero-shot, {len(config.templates)} template(s), {scoring} scoring")
 
     # scoring ------------------------------------------------------------------------------------
@@ -187,7 +196,8 @@ class Predictor:
     def _decision(self, threshold: Optional[float]) -> Tuple[np.ndarray, str]:
         if threshold is None:
             return self.thresholds, self.rule
-        return np.full(len(self.classnames), logit_threshold(threshold)), f"probability >= {threshold:g}"
+        thresholds, _, rule = decision_rule(self.metadata, self.classnames, threshold)  # says how calibrated
+        return thresholds, rule
 
     def _score_items(self, items: list, batch_size: int, skip_unreadable: bool, progress: Progress):
         kept, skipped, log_odds = [], [], [np.zeros((0, len(self.classnames)))]

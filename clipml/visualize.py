@@ -166,27 +166,26 @@ def visualize_attention(checkpoint: Union[str, Path], image_path: Union[str, Pat
     return visualize_many(checkpoint, [image_path], [output], top_k, device, alpha).written[0][2]
 
 
-def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str, Path]],
+def visualize_many(checkpoint, image_paths: Sequence[Union[str, Path]],
                    outputs: Sequence[Union[str, Path]], top_k: int = 3, device: str = "cpu",
                    alpha: float = 0.5, labels: Optional[Union[str, Path]] = None) -> Visualized:
     """`visualize_attention` for several images with one model load. An image that cannot be
     read (missing, corrupt, not an image) is skipped and listed with the reason, as `predict`
     does; a DataError only if none can be read. Images are opened one at a time. `labels`: a
     manifest giving the images' true labels for the figures (see `manifest_labels`).
-    Probabilities are calibrated as `predict` shows them."""
-    from clipml.engine.checkpoint import read_prompt_checkpoint
-    from clipml.engine.inference import checkpoint_calibration
-    from clipml.engine.checkpoint import load_model
+    Probabilities are calibrated as `predict` shows them. `checkpoint`: a prompt checkpoint's
+    path or a clipml.predictor.Predictor built from one."""
+    from clipml.predictor import Predictor
 
     if len(image_paths) != len(outputs):
         raise ConfigError(f"{len(image_paths)} images but {len(outputs)} output files")
-    model = load_model(str(checkpoint), device=device)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
+    model = predictor.model
     if not model.method.spatial:
         raise CheckpointError(
-            f"{checkpoint} holds a '{model.config.method}' model, which scores the pooled image feature "
+            f"{predictor.source} holds a '{model.config.method}' model, which scores the pooled image feature "
             f"and has no spatial attention; attention maps need one of: {', '.join(spatial_methods())}"
         )
-    calibration, _ = checkpoint_calibration(read_prompt_checkpoint(checkpoint)[1])
     truths = manifest_labels(labels, image_paths, model.classnames) if labels else [None] * len(image_paths)
     result = Visualized([], [])
     for path, output, truth in zip(map(Path, image_paths), map(Path, outputs), truths):
@@ -195,7 +194,7 @@ def visualize_many(checkpoint: Union[str, Path], image_paths: Sequence[Union[str
         except DataError as error:
             result.skipped.append((path, str(error)))
             continue
-        maps = attention_maps(model, image, top_k, calibration)
+        maps = predictor.attention(image, top_k)
         maps.name, maps.true_labels = path.name, truth
         plot_attention(maps, output, alpha=alpha)
         logger.info("attention maps of %s for %s written to %s", path, ", ".join(maps.classes), output)

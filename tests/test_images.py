@@ -154,10 +154,8 @@ def test_predict_scores_a_16_bit_png_and_a_rotated_jpeg_as_their_8_bit_upright_t
     """The user-facing path (`predict`'s scoring): a 16-bit PNG scores as its 8-bit equivalent
     (not as a white square), a photo stored sideways with Orientation 6 as the upright photo,
     far from what its stored pixels alone would score."""
-    from clipml.backbones import load_backbone
-    from clipml.cli import zero_shot_config
-    from clipml.engine.inference import find_images, score_images
-    from clipml.model import MultiLabelCLIP
+    from clipml.engine.inference import find_images
+    from clipml.predictor import Predictor
 
     values = (np.kron(RNG.randint(0, 65536, size=(12, 12)), np.ones((8, 8)))).astype(np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
@@ -169,10 +167,9 @@ def test_predict_scores_a_16_bit_png_and_a_rotated_jpeg_as_their_8_bit_upright_t
     Image.fromarray(stored).save(tmp_path / "sideways.jpg", quality=100, subsampling=0, exif=exif)
     Image.fromarray(stored).save(tmp_path / "stored.jpg", quality=100, subsampling=0)
     Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=100, subsampling=0)
-    model = MultiLabelCLIP(load_backbone("toy"), ["circle", "square", "star", "car", "tree"],
-                           zero_shot_config("single", "global"))
-    scored = score_images(model, find_images([str(tmp_path)]))
-    logits = {path.name: row for path, row in zip(scored.paths, scored.logits)}
+    predictor = Predictor.zero_shot(["circle", "square", "star", "car", "tree"], backbone="toy")
+    scored = predictor.predict(find_images([str(tmp_path)]))
+    logits = {path.name: row for path, row in zip(scored.images, scored.log_odds)}
     np.testing.assert_allclose(logits["deep.png"], logits["eight.png"], atol=1e-4)
     rotation_error = np.abs(logits["sideways.jpg"] - logits["upright.jpg"]).max()
     assert rotation_error < 0.1 * np.abs(logits["stored.jpg"] - logits["upright.jpg"]).max()

@@ -189,7 +189,7 @@ def test_ensembles_score_a_taidpt_member_as_it_scores_alone(rn_members, monkeypa
     from clipml.backbones import BackboneConfig, load_backbone
     from clipml.data.transforms import eval_transform
     from clipml.engine.builders import build_splits
-    from clipml.engine.ensemble import ImageScorer, evaluate_ensemble, load_members
+    from clipml.engine.ensemble import evaluate_ensemble, load_members
     from clipml.engine.evaluate import predict
     from clipml.engine.features import ImageFeatureSource
     from clipml.engine.checkpoint import load_model
@@ -198,7 +198,9 @@ def test_ensembles_score_a_taidpt_member_as_it_scores_alone(rn_members, monkeypa
     configs, paths = rn_members
     members = load_members([paths["taidpt"], paths["coop"]], None, "cpu")
     assert members[0].backbone.attnpool_positional is False and members[1].backbone.attnpool_positional is True
-    assert ImageScorer(paths["taidpt"]).models[0].backbone.identity["attnpool_positional"] is False
+    from clipml.predictor import Predictor
+
+    assert Predictor.from_checkpoint(paths["taidpt"]).model.backbone.identity["attnpool_positional"] is False
 
     result = evaluate_ensemble(configs["coop"], [paths["taidpt"], paths["coop"]], memo={})
     _, _, test = build_splits(configs["coop"])

@@ -86,7 +86,7 @@ def test_plot_has_one_panel_per_class_and_the_expected_size(files, tmp_path):
 def test_plot_shares_one_colour_scale_and_names_the_file_and_true_labels(files):
     """Issue 24: a colour bar on one scale for every class panel (maps that are one map look
     alike), the file name and the true labels above the panels, each class marked true or not."""
-    from clipml.engine.train import load_model
+    from clipml.engine.checkpoint import load_model
 
     maps = attention_maps(load_model(str(files["sdm_csp"])), Image.open(files["image"]), top_k=3)
     maps.name, maps.true_labels = "scene.png", [maps.classes[1], "boat"]

@@ -1,7 +1,8 @@
-"""Ensembles of trained checkpoints on a dataset and on image files: members are scored with their
-own backbones, calibrated and weighted on the validation split carved from the training split
-(never the test split), then scored on any split. The calibration, weights and ensemble file are
-clipml.ensemble's, which works on logit arrays alone; this module brings the models and data."""
+"""Ensembles of trained checkpoints on a dataset: members are scored with their own backbones,
+calibrated and weighted on the validation split carved from the training split (never the test
+split), then scored on any split. The calibration, weights and ensemble file are clipml.ensemble's,
+which works on logit arrays alone; this module brings the models and data. On image files an
+ensemble is scored by clipml.predictor.Predictor.from_ensemble."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import readable_names
@@ -22,7 +22,7 @@ from clipml.engine.builders import build_sources, build_splits, select_device
 from clipml.engine.checkpoint import build_model, learned_backbone, read_prompt_checkpoint
 from clipml.engine.evaluate import predict
 from clipml.engine.features import ImageFeatureSource
-from clipml.ensemble import Calibration, Ensemble, EnsembleMember, file_digest, fit_ensemble
+from clipml.ensemble import Ensemble, file_digest, fit_ensemble
 from clipml.experiment import ExperimentConfig, saved_config
 from clipml.metrics import evaluate_scores, sigmoid
 from clipml.model import MultiLabelCLIP
@@ -106,36 +106,4 @@ def evaluate_ensemble(cfg: ExperimentConfig, checkpoints: Sequence[str] = (), en
     )
 
 
-class ImageScorer:
-    """Per-class logits of images from one prompt checkpoint or a fitted ensemble spec (.json):
-    one code path, a single checkpoint being an ensemble of one with weight 1 and no calibration."""
-
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        if str(path).endswith(".json"):
-            self.ensemble = Ensemble.load(path)
-        else:
-            self.ensemble = Ensemble([EnsembleMember(str(path), 1.0, Calibration())], [])
-        paths = [member.checkpoint for member in self.ensemble.members]
-        self.models = load_members(paths, self.ensemble.classes or None, device)
-        self.classnames = self.models[0].classnames
-        self.transforms = [eval_transform(m.backbone.image_size, m.backbone.mean, m.backbone.std) for m in self.models]
-        self._text = [None] * len(self.models)
-
-    @property
-    def device(self) -> torch.device:
-        return self.models[0].backbone.device
-
-    def logits(self, images: Sequence) -> np.ndarray:
-        """Logits [B, C] of PIL images (a calibrated log-odds for an ensemble)."""
-        per_member = []
-        with torch.no_grad():
-            for k, (model, transform) in enumerate(zip(self.models, self.transforms)):
-                model.eval()
-                if self._text[k] is None:
-                    self._text[k] = model.text_features()
-                batch = torch.stack([transform(image) for image in images]).to(model.backbone.device)
-                per_member.append(model(batch, self._text[k]).logits.float().cpu().numpy())
-        return self.ensemble.combine(per_member)
-
-
-__all__ = ["EnsembleEvaluation", "ImageScorer", "evaluate_ensemble", "load_members", "probabilities"]
+__all__ = ["EnsembleEvaluation", "evaluate_ensemble", "load_members", "probabilities"]

@@ -1,26 +1,20 @@
-"""Labels for a user's image files from a prompt checkpoint (the `predict` tool): finding the
-images, scoring them in batches while skipping files that cannot be decoded (saying which and
-why), the decision thresholds, and the CSV/JSON output with every class's probability."""
+"""The rules behind `predict` that clipml.predictor.Predictor applies: finding image files, the
+decision thresholds and calibration a checkpoint stores, choosing labels, and the CSV/JSON output
+with every class's probability."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from clipml.data.images import decode_image
-from clipml.data.transforms import Normalize255, eval_transform
-from clipml.engine import Progress
 from clipml.engine.evaluate import class_thresholds
 from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, DataError
 from clipml.metrics import sigmoid
-from clipml.model import MultiLabelCLIP
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -46,67 +40,6 @@ def check_output(path: Optional[str]) -> None:
     if path is not None and Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--output {path}: unknown extension {Path(path).suffix or '(none)'!r}; "
                           f"expected {' or '.join(OUTPUT_SUFFIXES)}")
-
-
-@dataclasses.dataclass
-class ScoredImages:
-    paths: List[Path]  # the images that were read, in input order
-    logits: np.ndarray  # [N, C]
-    skipped: List[Tuple[Path, str]]  # files that could not be decoded, with the reason
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        return sigmoid(self.logits)
-
-
-def _score_files(paths: Sequence[Path], batch_size: int, classes: int, decode: Callable,
-                 logits_of: Callable, progress: Progress = None) -> ScoredImages:
-    """Logits of every decodable image, a batch at a time; an undecodable one (corrupt, truncated,
-    not an image) is skipped and listed with the reason, so one bad file does not cost the others."""
-    kept: List[Path] = []
-    skipped: List[Tuple[Path, str]] = []
-    logits = [np.zeros((0, classes), np.float32)]
-    starts = range(0, len(paths), batch_size)
-    for start in (progress(starts, "predict") if progress is not None else starts):
-        images = []
-        for path in paths[start:start + batch_size]:
-            try:
-                images.append(decode(decode_image(path)))
-                kept.append(path)
-            except DataError as error:
-                skipped.append((path, str(error)))
-        if images:
-            logits.append(np.asarray(logits_of(images), dtype=np.float32))
-    return ScoredImages(kept, np.concatenate(logits), skipped)
-
-
-def score_images(model: MultiLabelCLIP, paths: Sequence[Path], batch_size: int = 32,
-                 progress: Progress = None) -> ScoredImages:
-    """Logits of every decodable image (see `_score_files`)."""
-    backbone = model.backbone
-    # uint8 to the device, normalised there: a quarter of the bytes of float32 over the bus.
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
-    normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
-    model.eval()
-    with torch.no_grad():
-        text = model.text_features()
-
-        def logits_of(images):
-            batch = normalize(torch.stack(images).to(backbone.device))
-            return model(batch, text).logits.float().cpu().numpy()
-
-        return _score_files(paths, batch_size, len(model.classnames), transform, logits_of, progress)
-
-
-def score_ensemble(spec: str, paths: Sequence[Path], batch_size: int = 32, device: str = "cpu"
-                   ) -> Tuple[ScoredImages, List[str]]:
-    """score_images for an ensemble spec (.json from zero_shot_eval --save-ensemble): its
-    calibrated combined logits, and its class names."""
-    from clipml.engine.ensemble import ImageScorer
-
-    scorer = ImageScorer(spec, device=device)
-    scored = _score_files(paths, batch_size, len(scorer.classnames), lambda image: image, scorer.logits)
-    return scored, scorer.classnames
 
 
 def logit_threshold(probability: float) -> float:
@@ -169,19 +102,19 @@ def choose_labels(logits: np.ndarray, thresholds: np.ndarray, classnames: Sequen
     return chosen
 
 
-def write_predictions(path: str, scored: ScoredImages, classnames: Sequence[str],
-                      labels: List[List[Tuple[str, float]]]) -> None:
-    """CSV (image, labels, one probability column per class) or JSON (one record per image)."""
+def write_predictions(path: str, predictions) -> None:
+    """CSV (image, labels, one probability column per class) or JSON (one record per image) of
+    clipml.predictor.Predictions."""
     check_output(path)
-    probabilities = scored.probabilities
+    classnames, probabilities = predictions.classnames, predictions.probabilities
     if Path(path).suffix.lower() == ".json":
-        records = [{"image": str(image), "labels": [name for name, _ in listed],
+        records = [{"image": str(image), "labels": listed,
                     "probabilities": {c: round(float(p), 5) for c, p in zip(classnames, row)}}
-                   for image, listed, row in zip(scored.paths, labels, probabilities)]
+                   for image, listed, row in zip(predictions.images, predictions.labels, probabilities)]
         Path(path).write_text(json.dumps(records, indent=1))
         return
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "labels", *classnames])
-        for image, listed, row in zip(scored.paths, labels, probabilities):
-            writer.writerow([str(image), ";".join(name for name, _ in listed), *[f"{p:.5f}" for p in row]])
+        for image, listed, row in zip(predictions.images, predictions.labels, probabilities):
+            writer.writerow([str(image), ";".join(listed), *[f"{p:.5f}" for p in row]])
