@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 
 from clipml.devices import select_device
 from clipml.errors import ClipmlError

@@ -23,11 +23,11 @@ from PIL import Image
 from clipml.data.images import decode_image, open_image
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.devices import select_device
-from clipml.engine.checkpoint import build_model, read_prompt_checkpoint
 from clipml.engine import Progress
+from clipml.engine.checkpoint import build_model, read_prompt_checkpoint
 from clipml.engine.inference import choose_labels, decision_rule
 from clipml.ensemble import Calibration, Ensemble
-from clipml.errors import CheckpointError, ConfigError, DataError
+from clipml.errors import ConfigError, DataError
 from clipml.metrics import sigmoid
 from clipml.model import ModelConfig, MultiLabelCLIP
 
