@@ -3,8 +3,9 @@ probabilities and its labels at the decision thresholds, written as a new JSONL 
 
 Known entries are copied as they were; each filled entry goes under the record's "predicted" key
 (`clipml.data.manifest` says how it reads back), never into "positive" or "negative", so a
-prediction is never mistaken for an annotation. Scoring is `predict`'s own path (`score_images`,
-`decision_rule`), so the probabilities are those `predict` writes for the same image.
+prediction is never mistaken for an annotation. Scoring is `predict`'s own path
+(clipml.predictor.Predictor), so the probabilities and labels are those `predict` writes for the
+same image.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 from clipml.data.base import UNKNOWN
 from clipml.data.manifest import load_manifest, read_records
 from clipml.engine import Progress
-from clipml.engine.checkpoint import atomic_write, read_prompt_checkpoint
-from clipml.engine.inference import decision_rule, logit_threshold, score_images
+from clipml.engine.checkpoint import atomic_write
+from clipml.engine.inference import logit_threshold
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def complete_labels(
     and `image_root` as `load_manifest` reads them) and write the completed manifest to `output`
     (.jsonl; image paths as written, so beside `manifest` it reads with the same options). Labels
     are cut at the checkpoint's per-class thresholds, or at `threshold` (a probability) if given."""
-    from clipml.engine.train import load_model
+    from clipml.predictor import Predictor
 
     manifest, output = Path(manifest), Path(output)
     if output.suffix.lower() != ".jsonl":
@@ -69,21 +70,21 @@ def complete_labels(
     split = load_manifest(manifest, classes=classes, unlisted=unlisted, image_root=image_root)
     records = read_records(manifest)
 
-    model = load_model(str(checkpoint), device=device)
-    missing = [name for name in split.classes if name not in model.classnames]
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    classnames = predictor.classnames
+    missing = [name for name in split.classes if name not in classnames]
     if missing:
         raise ConfigError(f"{checkpoint} has no learned prompts for classes {missing} of {manifest}; "
-                          f"its classes: {model.classnames}")
-    thresholds, calibration, rule = decision_rule(read_prompt_checkpoint(checkpoint)[1], model.classnames, threshold)
-    columns = [model.classnames.index(name) for name in split.classes]
+                          f"its classes: {classnames}")
+    columns = [classnames.index(name) for name in split.classes]
 
     rows = [i for i in range(len(split)) if (split.labels[i] == UNKNOWN).any()]
     paths = [split.image_path(i) for i in rows]
-    scored = score_images(model, paths, batch_size, progress) if rows else None
-    if scored:
-        scored.logits = calibration.apply(scored.logits)  # log-odds of the probabilities predict shows
-    position = {path: k for k, path in enumerate(scored.paths)} if scored else {}
-    probabilities = scored.probabilities if scored else None
+    # All labels above threshold are wanted (no top-k): a class is predicted positive when listed.
+    scored = predictor.predict(paths, threshold=threshold, batch_size=batch_size, skip_unreadable=True,
+                               progress=progress)
+    position = {path: k for k, path in enumerate(scored.images)}
+    probabilities = scored.probabilities
 
     lines, filled, positive = [], 0, 0
     for i, (_, image, fields) in enumerate(records):
@@ -93,8 +94,8 @@ def complete_labels(
         unknown = [c for c in range(len(split.classes)) if split.labels[i, c] == UNKNOWN]
         k = position.get(split.image_path(i))
         if unknown and k is not None:
-            logits, probs = scored.logits[k], probabilities[k]
-            above = {c: bool(logits[columns[c]] >= thresholds[columns[c]]) for c in unknown}
+            listed, probs = set(scored.labels[k]), probabilities[k]
+            above = {c: split.classes[c] in listed for c in unknown}
             record["predicted"] = {
                 "positive": [split.classes[c] for c in unknown if above[c]],
                 "negative": [split.classes[c] for c in unknown if not above[c]],
@@ -109,10 +110,10 @@ def complete_labels(
     if output.parent.resolve() != manifest.parent.resolve():
         logger.warning("%s keeps the image paths of %s: read it with data.options.image_root=%s and classes=%s",
                        output, manifest, split.root, classes or manifest.parent / "classes.txt")
-    skipped = scored.skipped if scored else []
-    for path, why in skipped:
+    for path, why in scored.skipped:
         logger.warning("not completed, cannot be decoded: %s (%s)", path, why)
-    return Completion(output, len(records), len(rows) - len(skipped), filled, positive, rule, skipped)
+    return Completion(output, len(records), len(rows) - len(scored.skipped), filled, positive, scored.rule,
+                      scored.skipped)
 
 
 __all__ = ["Completion", "complete_labels"]

@@ -22,8 +22,6 @@ import torch
 from torch import nn
 
 import clipml
-from clipml.engine.checkpoint import read_prompt_checkpoint
-from clipml.engine.inference import decision_rule
 from clipml.ensemble import Calibration
 from clipml.errors import ConfigError, ExportError
 from clipml.metrics import sigmoid
@@ -95,7 +93,7 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
     """Write `checkpoint`'s model as ONNX to `output` (batch axis dynamic), then check it with
     onnxruntime against PyTorch on `check_batch` random normalised images (ExportError when any
     probability differs by more than TOLERANCE; nothing is left at `output` then)."""
-    from clipml.engine.train import load_model
+    from clipml.predictor import Predictor
 
     output = Path(output)
     if output.suffix.lower() != ".onnx":
@@ -103,13 +101,12 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
     if check_batch < 1:
         raise ConfigError(f"check_batch must be at least 1, got {check_batch}")
     onnx, _ = _exporter()
-    model = load_model(str(checkpoint), device="cpu")
-    metadata = read_prompt_checkpoint(checkpoint)[1]
-    thresholds, calibration, rule = decision_rule(metadata, model.classnames, None)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")  # predict's model, calibration, thresholds
+    model, metadata, thresholds, rule = predictor.model, predictor.metadata, predictor.thresholds, predictor.rule
     if getattr(model, "decoupler", None) is not None:
         # One chunk of all classes: CPU chunking depends on the batch size, a traced graph must not.
         model.decoupler.class_chunk = len(model.classnames)
-    wrapper = ImageToProbabilities(model, calibration).eval()
+    wrapper = ImageToProbabilities(model, predictor.calibration).eval()
     size = model.backbone.image_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(2, 3, size, size, generator=generator)

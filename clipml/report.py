@@ -216,7 +216,7 @@ def _attention(run: Path, cfg: ExperimentConfig, model, test_split, count: int, 
     except ImportError:
         return _note("attention overlays need matplotlib (pip install clipml[plot]); the rest of the report does not")
     if model is None:
-        from clipml.engine.train import load_model
+        from clipml.engine.checkpoint import load_model
 
         checkpoint = run / "prompts.safetensors"
         if not checkpoint.is_file():

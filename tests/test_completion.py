@@ -14,8 +14,8 @@ from clipml.cli import complete_labels as complete_labels_cli
 from clipml.completion import complete_labels
 from clipml.data import NEGATIVE, POSITIVE, UNKNOWN, load_manifest, load_split
 from clipml.data.transforms import eval_transform
-from clipml.engine.checkpoint import read_prompt_checkpoint
-from clipml.engine.train import load_model, train
+from clipml.engine.checkpoint import load_model, read_prompt_checkpoint
+from clipml.engine.train import train
 from clipml.errors import ClipmlError, ConfigError, DataError
 from clipml.experiment import load_experiment
 from clipml.lab.world import write_synthetic_dataset

@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 
 from clipml.cli import export_onnx as export_onnx_cli
-from clipml.data.transforms import eval_transform
-from clipml.engine.checkpoint import read_prompt_checkpoint
-from clipml.engine.inference import decision_rule, score_images
-from clipml.engine.train import load_model, train
+from clipml.data.transforms import Normalize255, eval_transform
+from clipml.engine.checkpoint import load_model, read_prompt_checkpoint
+from clipml.engine.train import train
 from clipml.errors import ExportError
 from clipml.experiment import load_experiment
 from clipml.export import export_onnx, onnx_metadata, run_onnx
 from clipml.lab.world import write_synthetic_dataset
+from clipml.predictor import Predictor
 
 onnx = pytest.importorskip("onnx")  # the `test` extra installs it; a bare install skips, never fails
 pytest.importorskip("onnxruntime")
@@ -85,9 +85,17 @@ def test_onnx_probabilities_match_predict_on_image_files(exported, images):
     batch = np.stack([preprocess_as_documented(image, metadata) for image in images])
     found = run_onnx(path, batch)
     model = load_model(str(checkpoint))
-    _, calibration, _ = decision_rule(read_prompt_checkpoint(checkpoint)[1], model.classnames, None)
-    scored = score_images(model, images, batch_size=2)
-    expected = 1 / (1 + np.exp(-calibration.apply(scored.logits)))  # predict's calibrated probabilities
+    backbone = model.backbone
+    # predict's path written out: uint8 pixels, normalised as floats afterwards; the stored Platt
+    # scale and bias on the logits (read from the checkpoint, not through clipml's decision rule)
+    uint8 = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+    pixels = torch.stack([uint8(Image.open(image).convert("RGB")) for image in images])
+    stored = read_prompt_checkpoint(checkpoint)[1]["thresholds"]["calibration"]
+    with torch.no_grad():
+        logits = model(Normalize255(backbone.mean, backbone.std)(pixels)).logits.double()
+    expected = torch.sigmoid(stored["scale"] * logits + stored["bias"]).numpy()
+    shown = Predictor.from_checkpoint(checkpoint).predict(images, batch_size=2).probabilities
+    assert np.abs(shown - expected).max() <= 1e-5  # the oracle is what `predict` shows
     assert found.shape == (len(images), len(model.classnames)) == expected.shape
     assert np.abs(found - expected).max() <= 1e-4
     assert found.std() > 1e-3  # not a constant output that would match anything
