@@ -100,6 +100,9 @@ def export_onnx(checkpoint: Union[str, Path], output: Union[str, Path], *, check
         raise ConfigError(f"output {output}: name the exported model *.onnx")
     if check_batch < 1:
         raise ConfigError(f"check_batch must be at least 1, got {check_batch}")
+    if Path(checkpoint).suffix.lower() == ".json":  # Predictor.from_checkpoint would read it as an ensemble
+        raise ConfigError(f"checkpoint {checkpoint}: export takes one prompt checkpoint (.safetensors), "
+                          "not an ensemble spec")
     onnx, _ = _exporter()
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")  # predict's model, calibration, thresholds
     model, metadata, thresholds, rule = predictor.model, predictor.metadata, predictor.thresholds, predictor.rule

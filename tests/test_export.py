@@ -15,7 +15,7 @@ from clipml.cli import export_onnx as export_onnx_cli
 from clipml.data.transforms import Normalize255, eval_transform
 from clipml.engine.checkpoint import load_model, read_prompt_checkpoint
 from clipml.engine.train import train
-from clipml.errors import ExportError
+from clipml.errors import ConfigError, ExportError
 from clipml.experiment import load_experiment
 from clipml.export import export_onnx, onnx_metadata, run_onnx
 from clipml.lab.world import write_synthetic_dataset
@@ -146,6 +146,8 @@ def test_careless_outputs_and_a_missing_exporter_are_one_error(tmp_path, capsys,
     with pytest.raises(SystemExit):
         export_onnx_cli(["--checkpoint", str(tmp_path / "prompts.safetensors"), "--output", str(tmp_path / "m.pt")])
     assert "name the exported model *.onnx" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not an ensemble spec"):  # not read as an ensemble by Predictor
+        export_onnx(tmp_path / "ensemble.json", tmp_path / "model.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when not installed
     with pytest.raises(ExportError, match=r"pip install 'clipml\[export\]'"):
         export_onnx(tmp_path / "prompts.safetensors", tmp_path / "model.onnx")
