@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clipml.config import describe_config, load_config
-from clipml.engine.train import load_model
+from clipml.engine.checkpoint import load_model
 from clipml.errors import ConfigError
 from clipml.experiment import ExperimentConfig
 from clipml.methods import METHODS

@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
         "backbone": {"spec": "open_clip:clipml-tiny-vit", "image_size": 32, "allow_random": True},
         "data": {"options": {"num_images": 64}, "mask_dir": str(tmp / "masks"), "workers": 0, "batch_size": 16,
                  "val_fraction": 0.25},
-        "model": {"n_ctx": 4, "decoupler_dim": 16},
+        "model": {"n_ctx": 4, "sdm_csp": {"decoupler_dim": 16}},
         "optim": {"name": "adamw", "lr": 0.01, "epochs": 1},
     }
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
