@@ -154,8 +154,8 @@ def main() -> int:
                             f"peak {cfg.model.blending.peak} empty_cells {cfg.model.blending.empty_cells} "
                             f"zero_row {cfg.model.blending.prototype_zero_row} "
                             f"target_grad {cfg.model.blending.target_grad}",
-                "scales": f"scale {cfg.model.method_options.scale}, text {cfg.model.method_options.text_spatial_scale}, image "
-                          f"{cfg.model.method_options.image_spatial_scale}, w {cfg.model.method_options.global_weight}",
+                "scales": (lambda o: f"scale {o.scale}, text {o.text_spatial_scale}, image {o.image_spatial_scale}, "
+                                     f"w {o.global_weight}")(cfg.model.method_options) if method == "taidpt" else "-",
                 "selection": f"carved val ({cfg.data.val_fraction} of train)",
                 "captions": f"{cfg.data.captions.source} class_prompts={cfg.data.captions.class_prompts}",
             }

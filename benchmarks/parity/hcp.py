@@ -283,7 +283,7 @@ def decoupler(report, ref_sd, args) -> None:
         f, attn = ours(dense, words)
     report.close("diagnostic: without the extra layer, clipml P = reference fc4 . fc3 (collapsed) gives the same "
                  "features (same function class)", feat, f, atol=1e-5, rtol=1e-5)
-    used = args.cfg.model.sdm_csp.decoupler_extra_linear
+    used = args.cfg.model.method_options.decoupler_extra_linear
     report.check(f"deviation (documented: the decoupler follows the seed paper, P: d -> 1, METHODS 3): {args.config} "
                  f"sets model.sdm_csp.decoupler_extra_linear={str(used).lower()}; the reference's SemanticDecoupling has fc3 "
                  f"({n_ref} vs {sum(p.numel() for p in ours.parameters())} parameters at d={d}): same function class, "
