@@ -1,4 +1,4 @@
-"""What a newcomer hit on a fresh clone (issue 18): one clear line instead of tracebacks, bad files
+"""What a newcomer hit on a fresh clone, by feature: one clear line instead of tracebacks, bad files
 that can be skipped, config that can be reset and printed, one epoch numbering, honest timings,
 rank-0 output, named validation splits, progress bars, and the tools' extra options."""
 
@@ -115,7 +115,7 @@ def trained(tmp_path_factory):
     return tmp, summary, out.getvalue(), scores
 
 
-# 1 -------------------------------------------------------------------------------------------------
+# devices ------------------------------------------------------------------------------------------
 def test_device_check_is_one_clear_error_for_every_tool(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     image = tmp_path / "a.png"
@@ -136,7 +136,7 @@ def test_device_check_is_one_clear_error_for_every_tool(tmp_path, capsys, monkey
         load_backbone("toy", device="cuda:3")
 
 
-# 2 -------------------------------------------------------------------------------------------------
+# images that cannot be decoded --------------------------------------------------------------------
 @pytest.mark.parametrize("cache", [False, True])
 def test_a_corrupt_image_is_one_error_naming_it(world, tmp_path, capsys, cache):
     root, bad = damaged_copy(world, tmp_path)
@@ -161,7 +161,7 @@ def test_undecodable_images_can_be_skipped(world, tmp_path, caplog, how):
         load_split("manifest", root, "test", on_undecodable_image="ignore")
 
 
-# 3 -------------------------------------------------------------------------------------------------
+# corrupt weights ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".safetensors"])
 def test_corrupt_weights_are_a_backbone_error_naming_the_file(tmp_path, suffix):
     path = tmp_path / f"rand{suffix}"
@@ -190,7 +190,7 @@ def test_corrupt_transformers_folder_never_suggests_unpickling(tmp_path, capsys)
     assert "Traceback" not in err and "weights_only" not in err
 
 
-# 4 -------------------------------------------------------------------------------------------------
+# interruption (Ctrl-C) ----------------------------------------------------------------------------
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, capsys, monkeypatch, caplog):
     import clipml.cli as cli
 
@@ -214,7 +214,7 @@ def test_ctrl_c_before_any_epoch(tmp_path):
         train(tiny_config(tmp_path, "early"), progress=interrupt_at("eval"))
 
 
-# 7 -------------------------------------------------------------------------------------------------
+# config options that can be cleared ---------------------------------------------------------------
 def test_data_options_can_be_cleared_and_follow_a_dataset_switch(world, caplog):
     demo = str(REPO / "clipml" / "assets" / "demo.yaml")
     assert load_experiment(demo, ["data.options={}"]).data.options == {}
@@ -232,7 +232,7 @@ def test_data_options_can_be_cleared_and_follow_a_dataset_switch(world, caplog):
     assert in_file and load_experiment(demo, ["data.dataset=synthetic"]).data.options == in_file
 
 
-# 8 -------------------------------------------------------------------------------------------------
+# error hints --------------------------------------------------------------------------------------
 def _hinted_override(message):
     """The key=value a hint names."""
     return re.search(r"\b([a-z_]+(?:\.[a-z_]+)+=\S+?)[;,)]?(?:\s|$)", message).group(1)
@@ -263,7 +263,7 @@ def test_every_hint_names_the_key_path_and_following_it_works(world, tmp_path):
     assert build_backbone(load_config(ExperimentConfig, None, ["backbone.spec=hf:clipml-tiny-hf", hint]))
 
 
-# 9 -------------------------------------------------------------------------------------------------
+# failed downloads ---------------------------------------------------------------------------------
 def test_a_failed_download_is_one_line_per_file(monkeypatch, tmp_path, caplog, capfd):
     """The hub's own retry loop runs (its waits skipped) against a closed local port."""
     import huggingface_hub.constants as hub
@@ -285,7 +285,7 @@ def test_a_failed_download_is_one_line_per_file(monkeypatch, tmp_path, caplog, c
     assert "Retry" not in capfd.readouterr().err
 
 
-# 10 ------------------------------------------------------------------------------------------------
+# --print-config -----------------------------------------------------------------------------------
 def test_print_config_shows_every_key_with_default_and_help(tmp_path, capsys):
     code, out, _ = run_cli(train_prompts, [*tiny_args(tmp_path, "cfg"), "optim.epochs=7", "--print-config"], capsys)
     assert code == 0 and not (tmp_path / "runs").exists()
@@ -303,7 +303,7 @@ def test_print_config_shows_every_key_with_default_and_help(tmp_path, capsys):
     assert '"num_images": 96' in lines["data.options"]
 
 
-# 11 ------------------------------------------------------------------------------------------------
+# epoch numbering ----------------------------------------------------------------------------------
 def test_epochs_are_counted_from_one_everywhere(trained):
     tmp, summary, out, _ = trained
     run = tmp / "runs" / "run"
@@ -327,7 +327,7 @@ def test_a_state_saved_with_zero_based_epochs_resumes_counted_from_one(tmp_path)
     assert [record["epoch"] for record in summary["history"]] == [1, 2] and summary["best_epoch"] in (1, 2)
 
 
-# 12 ------------------------------------------------------------------------------------------------
+# recorded training time ---------------------------------------------------------------------------
 def test_rerunning_keeps_the_recorded_training_time(tmp_path):
     cfg = tiny_config(tmp_path, "timed", "optim.epochs=1")
     train(cfg)
@@ -347,7 +347,7 @@ def test_a_resumed_run_adds_the_new_time(tmp_path):
     assert abs(summary["seconds"] - (1000.0 + summary["seconds_this_call"])) <= 0.11
 
 
-# 13 ------------------------------------------------------------------------------------------------
+# output of several processes ----------------------------------------------------------------------
 def test_only_rank_zero_prints(trained, capsys, monkeypatch, caplog):
     """The CLI reads its rank as torchrun gives it (RANK); here one process plays rank 1."""
     tmp, _, printed, _ = trained
@@ -362,7 +362,7 @@ def test_only_rank_zero_prints(trained, capsys, monkeypatch, caplog):
     assert code == 0 and out.count("zero-shot AP") == 1 and "run folder" in err
 
 
-# 14 ------------------------------------------------------------------------------------------------
+# zero_shot_eval's splits --------------------------------------------------------------------------
 def test_zero_shot_eval_names_the_split_and_scores_the_carved_part(trained, capsys):
     tmp, summary, printed, _ = trained
     code, out, _ = run_cli(zero_shot_eval, [*tiny_args(tmp, "run"), "--split", "carved-val"], capsys)
@@ -374,7 +374,7 @@ def test_zero_shot_eval_names_the_split_and_scores_the_carved_part(trained, caps
     assert "carved from split 'train'" in summary["splits"]["val"] and "carved from split 'train'" in printed
 
 
-# 15 ------------------------------------------------------------------------------------------------
+# progress bars ------------------------------------------------------------------------------------
 def test_progress_bars_on_a_pseudo_terminal(tmp_path):
     """stderr on a pseudo-terminal that reports no size (as `script` makes without a terminal)."""
     master, slave = os.openpty()
@@ -403,7 +403,7 @@ def test_progress_bars_on_a_pseudo_terminal(tmp_path):
     assert re.search(r"epoch 1/1: +\d+%", text) and re.search(r"eval: +\d+%", text), text[-2000:]
 
 
-# 16 ------------------------------------------------------------------------------------------------
+# summaries, exports and the tools' extra options --------------------------------------------------
 def test_summary_has_per_class_ap_and_the_export_matches_it(trained):
     tmp, summary, printed, scores = trained
     cfg = tiny_config(tmp, "run")
