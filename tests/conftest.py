@@ -1,9 +1,12 @@
+import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from clipml.backbones import BackboneConfig, load_backbone
+from clipml.engine.train import build_scheduler
 
 # The tests run tiny models: one thread avoids OpenMP overhead (and stalls on a busy machine).
 torch.set_num_threads(1)
@@ -28,6 +31,19 @@ def tiny_run(folder, name: str, *overrides: str):
     """TINY_RUN with its mask and run folders under `folder`, named `name`, then `overrides`."""
     return [*TINY_RUN, f"data.mask_dir={folder / 'masks'}", f"output_dir={folder / 'runs' / '{name}'}",
             f"name={name}", *overrides]
+
+
+def rates_per_step(optim, epochs: int, steps: int):
+    """The learning rate of every optimizer step [epochs, steps] under clipml's schedule for `optim`
+    with `epochs` epochs of `steps` steps (what the parity tests set beside a reference scheduler)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = build_scheduler(dataclasses.replace(optim, epochs=epochs), optimizer, steps)
+    rates = []
+    for _ in range(epochs * steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return np.reshape(rates, (epochs, steps))
 
 
 @pytest.fixture(autouse=True)

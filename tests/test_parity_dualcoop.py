@@ -17,13 +17,14 @@ import torch
 from clipml.backbones import load_backbone
 from clipml.data.coco import load_coco2014
 from clipml.data.voc import load_voc2007
-from clipml.engine.train import build_scheduler, build_training_loss
+from clipml.engine.train import build_training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import load_experiment
 from clipml.lab.tiny import clipml_backbone, images, tiny_openclip
 from clipml.metrics import threshold_metrics
 from clipml.methods.dualcoop import DualCoOpConfig
 from clipml.model import ModelConfig, MultiLabelCLIP
+from conftest import rates_per_step
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = np.load(ROOT / "tests" / "golden" / "dualcoop.npz")
@@ -100,16 +101,8 @@ def test_asl_floor_is_the_references():
 
 def test_dassl_schedule_matches_dassls_scheduler_epoch_by_epoch():
     expected = GOLDEN["ref_epoch_lr"]
-    exp = experiment()
-    steps = 3
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=exp.optim.lr)
-    scheduler = build_scheduler(dataclasses.replace(exp.optim, epochs=len(expected)), optimizer, steps)
-    rates = []
-    for _ in range(len(expected) * steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    close(np.reshape(rates, (len(expected), steps)), np.repeat(expected[:, None], steps, axis=1), atol=1e-12, rtol=1e-9)
+    rates = rates_per_step(experiment().optim, len(expected), steps=3)
+    close(rates, np.repeat(expected[:, None], 3, axis=1), atol=1e-12, rtol=1e-9)
 
 
 def test_cf1_mean_is_dualcoops_cf1():
@@ -146,6 +139,8 @@ def test_voc_difficult_only_classes_are_negatives(tmp_path):
 def test_settings_are_checked_when_read():
     with pytest.raises(ConfigError, match="mean_token"):
         MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig.of(method="dualcoop", n_ctx=2, mean_token=True))
+    with pytest.raises(ConfigError, match="model.positivecoop.mean_token needs a ModifiedResNet"):
+        MultiLabelCLIP(load_backbone("toy"), CLASSES, ModelConfig.of(method="positivecoop", n_ctx=2, mean_token=True))
     with pytest.raises(ConfigError, match="whole epochs"):
         load_experiment(None, ["optim.schedule=dassl", "optim.warmup_epochs=0.5"])
     with pytest.raises(ConfigError, match="loss.weight"):

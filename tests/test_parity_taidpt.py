@@ -226,18 +226,10 @@ def test_ensembles_score_a_taidpt_member_as_it_scores_alone(rn_members, monkeypa
 def test_learning_rate_per_epoch_is_the_references(path):
     """Item 12: the published configs step Dassl's schedule (constant warm-up epoch, cosine per
     epoch), read from TaI-DPT's own scheduler epoch by epoch."""
-    from clipml.engine.train import build_scheduler
+    from conftest import rates_per_step
 
     expected = np.asarray(GOLDEN["ref_epoch_lr"])
     optim = load_experiment(str(path)).optim
     assert optim.epochs == len(expected)
-    steps = 3
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
-    scheduler = build_scheduler(optim, optimizer, steps)
-    rates = []
-    for _ in range(len(expected) * steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    np.testing.assert_allclose(np.reshape(rates, (len(expected), steps)), np.repeat(expected[:, None], steps, axis=1),
+    np.testing.assert_allclose(rates_per_step(optim, optim.epochs, steps=3), np.repeat(expected[:, None], 3, axis=1),
                                rtol=1e-9, atol=1e-12)

@@ -46,13 +46,18 @@ class DualCoOp(Method):
                                     own.negative_ctx_init, own.class_specific)
         # S+ − S−: the negative prompt already sets each class's offset, so no bias.
         model.head = cosine_head(model, bias="none")
-        if own.mean_token and not model.backbone.has_attention_pool:
-            raise ConfigError("model.dualcoop.mean_token needs a ModifiedResNet backbone (CLIP's attention pool "
-                              "has the mean token); this backbone has none: set it to false")
+        check_mean_token(model, "dualcoop")
 
     def score(self, model, dense, text) -> Output:
         positive, negative = text
         return aggregate(model, dense, positive, negative, model.config.method_options.mean_token)
+
+
+def check_mean_token(model, method: str) -> None:
+    """The mean token exists only on a tower that ends in CLIP's attention pool (ModifiedResNet)."""
+    if model.config.method_options.mean_token and not model.backbone.has_attention_pool:
+        raise ConfigError(f"model.{method}.mean_token needs a ModifiedResNet backbone (CLIP's attention pool has "
+                          "the mean token); this backbone has none: set it to false")
 
 
 def aggregate(model, dense, positive, negative, mean_token: bool) -> Output:

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from clipml.config import require
-from clipml.errors import ConfigError
 from clipml.methods.base import Method, Output, cosine_head
-from clipml.methods.dualcoop import aggregate
+from clipml.methods.dualcoop import aggregate, check_mean_token
 from clipml.methods.registry import register_method
 from clipml.prompts import ContextPrompts
 
@@ -65,9 +64,7 @@ class PositiveCoOp(Method):
         model.prompts = PositiveNegativePrompts(model.backbone, model.classnames, cfg.n_ctx, cfg.ctx_init,
                                                 cfg.ctx_std, own)
         model.head = cosine_head(model, bias="none")  # S+ − S−: the negative embedding sets the offset
-        if own.mean_token and not model.backbone.has_attention_pool:
-            raise ConfigError("model.positivecoop.mean_token needs a ModifiedResNet backbone (CLIP's attention "
-                              "pool has the mean token); this backbone has none: set it to false")
+        check_mean_token(model, "positivecoop")
 
     def score(self, model, dense, text) -> Output:
         positive, negative = text
