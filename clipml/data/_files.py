@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +29,28 @@ def read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{what} {path} is not UTF-8 text: {error}") from None
+
+
+def read_json(path: Path, what: str) -> object:
+    """A JSON file's content; a missing, unreadable or malformed file is a DataError naming `what` and the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{what} {path} is not valid JSON: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} {path} cannot be read: {error}") from None
+
+
+def first_file(candidates: Sequence[Path], what: str) -> Path:
+    """The first of `candidates` that is a file (datasets ship their files in more than one layout)."""
+    for path in candidates:
+        if Path(path).is_file():
+            return Path(path)
+    raise DataError(f"{what} not found: {' or '.join(str(path) for path in candidates)}")
 
 
 def read_lines(path: Path, what: str) -> List[str]:

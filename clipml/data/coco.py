@@ -19,14 +19,13 @@ import contextlib
 import dataclasses
 import functools
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from clipml.data._files import check_unique, finish_split, resolve_missing
+from clipml.data._files import check_unique, finish_split, read_json, resolve_missing
 from clipml.data.base import MultiLabelSplit, ObjectInstance
 from clipml.errors import ConfigError, DataError
 
@@ -141,15 +140,7 @@ def load_coco2014(
     root = Path(root)
     ann_path = Path(annotations) if annotations else root / "annotations" / f"instances_{split}2014.json"
     image_dir = image_dir if image_dir is not None else f"{split}2014"
-    if not ann_path.is_file():
-        raise DataError(f"{DATASET}: annotation file not found: {ann_path}")
-    try:
-        with open(ann_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{DATASET}: {ann_path} is not valid JSON: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{DATASET}: {ann_path} cannot be read: {error}") from None
+    data = read_json(ann_path, f"{DATASET}: annotation file")
     where = f"{DATASET}/{split} ({ann_path})"
     sections = {}
     for section in ("images", "categories", "annotations"):

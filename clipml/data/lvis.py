@@ -15,7 +15,6 @@ one must not be scored on the other: see `check_disjoint`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -23,7 +22,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from clipml.data._files import check_unique, finish_split, resolve_missing
+from clipml.data._files import check_unique, finish_split, first_file, read_json, resolve_missing
 from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
 from clipml.errors import ConfigError, DataError
 
@@ -72,11 +71,8 @@ def _image_file(entry, where: str, number: int) -> str:
 
 def find_annotations(root: Path, split: str) -> Path:
     """`root/annotations/lvis_v1_<split>.json` or `root/lvis_v1_<split>.json`."""
-    candidates = [root / "annotations" / f"lvis_v1_{split}.json", root / f"lvis_v1_{split}.json"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise DataError(f"{DATASET}: annotation file not found: {candidates[0]} or {candidates[1]}")
+    return first_file([root / "annotations" / f"lvis_v1_{split}.json", root / f"lvis_v1_{split}.json"],
+                      f"{DATASET}: annotation file")
 
 
 def load_lvis(
@@ -93,15 +89,7 @@ def load_lvis(
     split = SPLITS[split]
     root = Path(root)
     path = Path(annotations) if annotations else find_annotations(root, split)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DataError(f"{DATASET}: annotation file not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{DATASET}: {path} is not valid JSON: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{DATASET}: {path} cannot be read: {error}") from None
+    data = read_json(path, f"{DATASET}: annotation file")
     where = f"{DATASET}/{split} ({path})"
     sections = {}
     for section in ("images", "categories", "annotations"):

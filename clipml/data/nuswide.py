@@ -20,7 +20,7 @@ from typing import Union
 
 import numpy as np
 
-from clipml.data._files import check_unique, finish_split, read_lines, resolve_missing
+from clipml.data._files import check_unique, finish_split, first_file, read_lines, resolve_missing
 from clipml.data.base import MultiLabelSplit
 from clipml.errors import DataError
 
@@ -29,10 +29,7 @@ SPLITS = {"train": "Train", "test": "Test"}
 
 
 def _concepts_file(root: Path) -> Path:
-    for candidate in (root / "Concepts81.txt", root / "ConceptsList" / "Concepts81.txt"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{DATASET}: concept list not found: {root / 'Concepts81.txt'} or {root / 'ConceptsList/Concepts81.txt'}")
+    return first_file([root / "Concepts81.txt", root / "ConceptsList" / "Concepts81.txt"], f"{DATASET}: concept list")
 
 
 def load_nuswide(
