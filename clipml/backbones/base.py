@@ -55,6 +55,7 @@ class FrozenCLIP(nn.Module):
     context_length: int
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"  # how images are resized to image_size (the library's preprocessing)
 
     def __init__(self, config: Optional[BackboneConfig] = None) -> None:
         super().__init__()
@@ -103,9 +104,11 @@ class FrozenCLIP(nn.Module):
             identity["attnpool_positional"] = False
         return identity
 
-    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:
-        """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity)."""
-        resized = resize_grid_embedding(embedding, new_grid, antialias=self.pos_embed_resize == "bicubic_antialias")
+    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1) -> torch.Tensor:
+        """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity);
+        its first `extra_tokens` rows (class tokens) are kept."""
+        resized = resize_grid_embedding(embedding, new_grid, extra_tokens,
+                                        antialias=self.pos_embed_resize == "bicubic_antialias")
         self._resized = getattr(self, "_resized", False) or resized is not embedding
         return resized
 
