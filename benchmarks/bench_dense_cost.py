@@ -88,7 +88,6 @@ def main() -> None:
         grid = "x".join(map(str, backbone.grid))
         print(f"| {spec:36s} | {size:>4s} | {grid:>5s} | {times['image']:14.4f} | {times['dense']:14.4f} | "
               f"{times['dense'] / times['image']:5.3f} |", flush=True)
-        del backbone
 
 
 if __name__ == "__main__":

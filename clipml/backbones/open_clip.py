@@ -140,7 +140,8 @@ def _preprocess_of_tags(model: nn.Module, name: str) -> None:
     chosen = {tuple((key, config.get(key)) for key in keys if config.get(key) is not None) for config in configs}
     if len(chosen) > 1:
         raise BackboneError(f"the pretrained tags of open_clip:{name} preprocess images differently; load the "
-                            f"weights by their tag (backbone.spec=open_clip:{name}@TAG) so their preprocessing is known")
+                            f"weights by their tag (backbone.spec=open_clip:{name}@TAG) so their preprocessing "
+                            "is known")
     if chosen:
         open_clip.set_model_preprocess_cfg(model, dict(model.visual.preprocess_cfg, **dict(chosen.pop())))
 
@@ -200,7 +201,8 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.image_tower = timm_image_tower(visual, name, dense, self._resize) if _is_timm(visual) else None
         if self.image_tower is None and not self.is_resnet and not isinstance(visual, VisionTransformer):
             raise BackboneError(f"open_clip:{name}: image tower {type(visual).__name__} is not supported")
-        if self.image_tower is None and not self.is_resnet and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
+        own_vit = self.image_tower is None and not self.is_resnet
+        if own_vit and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
             raise BackboneError(f"open_clip:{name}: attention-pooled ViT towers give no dense map")
         if self.is_resnet and dense != "tokens":
             raise BackboneError(
@@ -212,7 +214,7 @@ class OpenCLIPBackbone(FrozenCLIP):
                 f"open_clip:{name} is a ViT: backbone.attnpool_positional=false applies to ModifiedResNet "
                 "towers (their attention pool's positional embedding); a ViT adds its own at the input"
             )
-        if self.image_tower is None and not self.is_resnet and dense != "tokens":
+        if own_vit and dense != "tokens":
             last = visual.transformer.resblocks[-1]
             if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
                 raise BackboneError(f"open_clip:{name}: dense mode {dense!r} needs open_clip's standard "
