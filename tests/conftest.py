@@ -18,6 +18,10 @@ TINY_SPECS = {
     "hf_vit": "hf:clipml-tiny-hf",
 }
 
+EVERY_TOWER = [*TINY_SPECS.values(), "open_clip:clipml-tiny-siglip", "open_clip:clipml-tiny-siglip2",
+               "open_clip:clipml-tiny-pe-core"]
+"""Every tiny tower of every family: each method is trained, saved and reloaded on each (test_every_tower.py).
+A new family adds its tiny spec here."""
 
 TINY_RUN = ["backbone.spec=open_clip:clipml-tiny-vit", "backbone.image_size=32", "backbone.allow_random=true",
             "data.workers=0", "data.batch_size=16", "model.n_ctx=4", "model.sdm_csp.decoupler_dim=16",

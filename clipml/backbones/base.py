@@ -21,6 +21,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 RESIZE_MODES = ("bicubic", "bicubic_antialias")
+PLACEHOLDERS = ("X", "x", "*", "#", "a")  # context-slot words tried in turn (CoOp's is "X")
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class FrozenCLIP(nn.Module):
     context_length: int
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"  # how images are resized to image_size (the library's preprocessing)
 
     def __init__(self, config: Optional[BackboneConfig] = None) -> None:
         super().__init__()
@@ -103,9 +105,11 @@ class FrozenCLIP(nn.Module):
             identity["attnpool_positional"] = False
         return identity
 
-    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:
-        """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity)."""
-        resized = resize_grid_embedding(embedding, new_grid, antialias=self.pos_embed_resize == "bicubic_antialias")
+    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1) -> torch.Tensor:
+        """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity);
+        its first `extra_tokens` rows (class tokens) are kept."""
+        resized = resize_grid_embedding(embedding, new_grid, extra_tokens,
+                                        antialias=self.pos_embed_resize == "bicubic_antialias")
         self._resized = getattr(self, "_resized", False) or resized is not embedding
         return resized
 
@@ -178,14 +182,18 @@ class FrozenCLIP(nn.Module):
 
     def context_prompt_ids(self, classnames: Sequence[str], n_ctx: int) -> Tuple[torch.Tensor, slice]:
         """Ids of ``X..X <class>.`` prompts and the positions of the n_ctx placeholders, which
-        learned context vectors replace (CoOp's prompt form)."""
-        ids = self.text_ids([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
+        learned context vectors replace (CoOp's prompt form). The placeholder is the first of
+        PLACEHOLDERS that this tokenizer turns into one token per context slot."""
         context = slice(self.leading_tokens, self.leading_tokens + n_ctx)
-        placeholder = self.word_ids("X")
-        if len(placeholder) != 1 or not bool((ids[:, context] == placeholder.to(ids.device)).all()):
-            raise BackboneError(f"{type(self).__name__}: the prompt placeholder 'X' does not take one token "
-                                f"per context slot at positions {context.start}..{context.stop - 1}")
-        return ids, context
+        for word in PLACEHOLDERS:
+            placeholder = self.word_ids(word)
+            if len(placeholder) != 1:
+                continue
+            ids = self.text_ids([" ".join([word] * n_ctx) + f" {name}." for name in classnames])
+            if bool((ids[:, context] == placeholder.to(ids.device)).all()):
+                return ids, context
+        raise BackboneError(f"{type(self).__name__}: none of the prompt placeholders {PLACEHOLDERS} takes one token "
+                            f"per context slot at positions {context.start}..{context.stop - 1}")
 
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Text features [T, D] from token embeddings [T, L, W] of prompts whose ids are [T, L].

@@ -1,4 +1,6 @@
-"""open_clip towers (ViT and ModifiedResNet) behind the FrozenCLIP protocol."""
+"""open_clip towers behind the FrozenCLIP protocol: open_clip's own ViT and ModifiedResNet image
+towers here, timm image towers (SigLIP, SigLIP 2, PE-Core) in timm_towers.py; CLIP's tokenizer or
+the model's own transformers tokenizer (tokenizer_layout.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import register_family
 from clipml.backbones.shipped import TOY_MODELS, register_test_models
+from clipml.backbones.timm_towers import timm_image_tower
+from clipml.backbones.tokenizer_layout import TokenizerLayout
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
@@ -121,7 +125,52 @@ def build_open_clip(source: str, config: BackboneConfig) -> "OpenCLIPBackbone":
     model, weights_id = create_open_clip(name, weights or None, config.allow_random)
     if weights_id.startswith("file:") and name in TOY_MODELS.values():
         weights_id = "toy:" + weights_id.rsplit(":", 1)[1]
+    if weights_id.startswith("file:") and _is_timm(model.visual):
+        _preprocess_of_tags(model, name)
     return OpenCLIPBackbone(model, name, weights_id, config)
+
+
+def _preprocess_of_tags(model: nn.Module, name: str) -> None:
+    """A local weights file gets the preprocessing its model's pretrained tags agree on (open_clip
+    reads it from a tag only; SigLIP and PE-Core normalise with 0.5, not CLIP's statistics)."""
+    import open_clip
+
+    configs = [open_clip.get_pretrained_cfg(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)]
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    chosen = {tuple((key, config.get(key)) for key in keys if config.get(key) is not None) for config in configs}
+    if len(chosen) > 1:
+        raise BackboneError(f"the pretrained tags of open_clip:{name} preprocess images differently; load the "
+                            f"weights by their tag (backbone.spec=open_clip:{name}@TAG) so their preprocessing "
+                            "is known")
+    if chosen:
+        open_clip.set_model_preprocess_cfg(model, dict(model.visual.preprocess_cfg, **dict(chosen.pop())))
+
+
+def _is_timm(visual: nn.Module) -> bool:
+    from open_clip.timm_model import TimmModel
+
+    return isinstance(visual, TimmModel)
+
+
+def _own_tokenizer(name: str, context_length: int):
+    """CLIP's tokenizer, or the model's own from open_clip (SigLIP: a transformers tokenizer from
+    the hub, which must be in the local cache when offline)."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    config = open_clip.get_model_config(name) or {}
+    hub_name = config.get("text_cfg", {}).get("hf_tokenizer_name")
+    if not hub_name and "siglip" not in name.lower():
+        return SimpleTokenizer(context_length=context_length)
+    try:
+        with quiet_downloads():
+            return open_clip.get_tokenizer(name, context_length=context_length)
+    except Exception as error:  # hub and file errors come as many exception types
+        raise BackboneError(
+            f"could not load the tokenizer of open_clip:{name} ({hub_name or 'SigLIP sentencepiece model'}: "
+            f"{cause_text(error)}). Without internet access, download it elsewhere "
+            f"(huggingface-cli download {hub_name or 'timm/' + name}) into the Hugging Face cache and set "
+            "HF_HUB_OFFLINE=1") from None
 
 
 def _is_resnet(visual: nn.Module) -> bool:
@@ -148,9 +197,12 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.model = model
         visual = model.visual
         self.is_resnet = _is_resnet(visual)
-        if not self.is_resnet and not isinstance(visual, VisionTransformer):
+        # A timm image tower (timm_towers.py) does the image half of the protocol itself.
+        self.image_tower = timm_image_tower(visual, name, dense, self._resize) if _is_timm(visual) else None
+        if self.image_tower is None and not self.is_resnet and not isinstance(visual, VisionTransformer):
             raise BackboneError(f"open_clip:{name}: image tower {type(visual).__name__} is not supported")
-        if not self.is_resnet and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
+        own_vit = self.image_tower is None and not self.is_resnet
+        if own_vit and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
             raise BackboneError(f"open_clip:{name}: attention-pooled ViT towers give no dense map")
         if self.is_resnet and dense != "tokens":
             raise BackboneError(
@@ -162,7 +214,7 @@ class OpenCLIPBackbone(FrozenCLIP):
                 f"open_clip:{name} is a ViT: backbone.attnpool_positional=false applies to ModifiedResNet "
                 "towers (their attention pool's positional embedding); a ViT adds its own at the input"
             )
-        if not self.is_resnet and dense != "tokens":
+        if own_vit and dense != "tokens":
             last = visual.transformer.resblocks[-1]
             if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
                 raise BackboneError(f"open_clip:{name}: dense mode {dense!r} needs open_clip's standard "
@@ -179,27 +231,36 @@ class OpenCLIPBackbone(FrozenCLIP):
         native = visual.image_size if self.is_resnet else visual.image_size[0]
         self.image_size = int(image_size or native)
         self._set_resolution(self.image_size)
-        self.embed_dim = int(visual.output_dim)
+        self.embed_dim = int(visual.output_dim if self.image_tower is None else self.text_tower.output_dim)
         self.context_length = int(self.text_tower.positional_embedding.shape[0])
-        self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        self._tokenizer = _own_tokenizer(name, self.context_length)
+        self._layout = None  # CLIP's tokenizer: the contract's defaults (start token, end token)
+        if not isinstance(self._tokenizer, SimpleTokenizer):
+            self._layout = TokenizerLayout(self._tokenizer.tokenizer, f"open_clip:{name}")
+            self.leading_tokens = self._layout.leading_tokens
         tower = self.text_tower
         self._pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
         if self._pool_type not in ("argmax", "eos", "first", "last"):
             raise BackboneError(f"open_clip:{name}: text pooling {self._pool_type!r} is not supported")
         # 'eos' towers name their end id (it must match their tokenizer); CLIP's is the tokenizer's.
         tower_eos = getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
-        self.end_token_id = int(tower_eos if self._pool_type == "eos" else self._tokenizer.eot_token_id)
+        self.end_token_id = int(tower_eos if self._pool_type == "eos" else self._tokenizer.eot_token_id
+                                if self._layout is None else self._layout.end_token_id)
         self.zero_shot_rule = "softmax" if self.logit_bias is None else "sigmoid"
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
         self.mean = tuple(preprocess.get("mean", self.mean))
         self.std = tuple(preprocess.get("std", self.std))
+        if self.image_tower is not None:  # how open_clip resizes images for this model (tag) itself
+            self.interpolation = str(preprocess.get("interpolation", self.interpolation))
         self._identity = {"library": "open_clip", "model": name, "weights": weights_id}
         self.freeze()
 
     def _set_resolution(self, image_size: int) -> None:
         """Interpolate the positional embedding of the image tower to the new grid, once."""
         visual = self.model.visual
-        if self.is_resnet:
+        if self.image_tower is not None:
+            self.grid = self.image_tower.set_resolution(image_size)
+        elif self.is_resnet:
             pool = visual.attnpool
             self.grid = check_image_size(image_size, 32, "a ModifiedResNet (stride 32)")
             resized = self._resize(pool.positional_embedding.data, self.grid)
@@ -216,11 +277,19 @@ class OpenCLIPBackbone(FrozenCLIP):
     # Image ---------------------------------------------------------------------------------
     def encode_dense(self, images: torch.Tensor) -> Dense:
         with self.autocast():
-            if self.is_resnet:
+            if self.image_tower is not None:
+                tokens, pooled = self.image_tower.dense(images)
+            elif self.is_resnet:
                 tokens, pooled = self._resnet_dense(images)
             else:
                 tokens, pooled = self._vit_dense(images)
         return Dense(tokens=tokens.float(), pooled=pooled.float(), grid=self.grid)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.image_tower is None:
+            return super().encode_image(images)
+        with self.autocast():
+            return self.image_tower.pooled(images).float()
 
     def _vit_dense(self, images: torch.Tensor):
         """Dense map of `self.dense` (vit_dense.py); the global feature by the library's own pooling."""
@@ -315,6 +384,12 @@ class OpenCLIPBackbone(FrozenCLIP):
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_tower.token_embedding(ids.to(self.device))
+
+    def text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().text_lengths(ids) if self._layout is None else self._layout.text_lengths(ids)
+
+    def word_ids(self, text: str) -> torch.Tensor:
+        return super().word_ids(text) if self._layout is None else self._layout.word_slice(self.tokenize([text]))
 
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         with self.autocast():

@@ -17,10 +17,15 @@ TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "c
 
 @lru_cache(maxsize=None)
 def register_test_models() -> Dict[str, dict]:
-    """Register clipml's tiny open_clip configs; return the tiny transformers configs by name."""
+    """Register clipml's tiny open_clip configs (those with timm image towers: tiny_towers.py);
+    return the tiny transformers configs by name."""
     import open_clip
 
+    from clipml.backbones.tiny_towers import register_tiny_trunks, write_tiny_configs
+
     open_clip.add_model_config(ASSETS / "model_configs")
+    register_tiny_trunks()
+    open_clip.add_model_config(write_tiny_configs())
     return {path.stem: json.loads(path.read_text()) for path in sorted((ASSETS / "hf_configs").glob("*.json"))}
 
 
