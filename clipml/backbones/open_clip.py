@@ -130,6 +130,57 @@ def _is_resnet(visual: nn.Module) -> bool:
     return isinstance(visual, ModifiedResNet)
 
 
+def _timm_tower(visual: nn.Module, name: str, config: BackboneConfig):
+    """The adapter of a timm image tower (timm_token_vit.py, fastvit.py); None for open_clip's own towers."""
+    from open_clip.timm_model import TimmModel
+
+    if not isinstance(visual, TimmModel):
+        return None
+    from timm.models.eva import Eva
+    from timm.models.fastvit import FastVit
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from clipml.backbones.fastvit import FastViTTower
+    from clipml.backbones.timm_token_vit import TokenViTTower
+
+    if isinstance(visual.trunk, (Eva, TimmViT)):
+        tower = TokenViTTower(visual, config, name)
+    elif isinstance(visual.trunk, FastVit):
+        tower = FastViTTower(visual, config, name)
+    else:
+        raise BackboneError(f"open_clip:{name}: timm image tower {type(visual.trunk).__name__} is not supported")
+    if not config.attnpool_positional:
+        raise BackboneError(f"open_clip:{name} has a timm image tower: backbone.attnpool_positional=false applies "
+                            "to ModifiedResNet towers (their attention pool's positional embedding)")
+    return tower
+
+
+def _timm_output_dim(visual: nn.Module) -> int:
+    """Width of a TimmModel's output: its adapter head's last linear layer, else the trunk's classifier."""
+    linears = [m for m in visual.head.modules() if isinstance(m, nn.Linear)]
+    return (linears[-1] if linears else visual.trunk.get_classifier()).out_features
+
+
+def tags_of(name: str) -> list:
+    import open_clip
+
+    return open_clip.list_pretrained_tags_by_model(name)
+
+
+def tag_preprocess(name: str) -> dict:
+    """Mean, std and interpolation of a model's pretrained tags, where they all agree: what
+    open_clip applies for a tag but not for a weights file (MobileCLIP2-S0 wants mean 0, std 1)."""
+    import open_clip
+
+    keys = ("mean", "std", "interpolation")
+    settings = {tuple(open_clip.get_pretrained_cfg(name, tag).get(key) for key in keys) for tag in tags_of(name)}
+    if len(settings) != 1:
+        if settings:
+            logger.warning("open_clip:%s: its pretrained tags preprocess differently; using open_clip's defaults", name)
+        return {}
+    return {key: value for key, value in zip(keys, settings.pop()) if value is not None}
+
+
 class OpenCLIPBackbone(FrozenCLIP):
     """An open_clip CLIP (ViT or ModifiedResNet image tower, open_clip text transformer)."""
 
@@ -148,9 +199,11 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.model = model
         visual = model.visual
         self.is_resnet = _is_resnet(visual)
-        if not self.is_resnet and not isinstance(visual, VisionTransformer):
+        self.timm_tower = _timm_tower(visual, name, self.config)
+        if self.timm_tower is None and not self.is_resnet and not isinstance(visual, VisionTransformer):
             raise BackboneError(f"open_clip:{name}: image tower {type(visual).__name__} is not supported")
-        if not self.is_resnet and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
+        if self.timm_tower is None and not self.is_resnet and (
+                visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
             raise BackboneError(f"open_clip:{name}: attention-pooled ViT towers give no dense map")
         if self.is_resnet and dense != "tokens":
             raise BackboneError(
@@ -162,7 +215,7 @@ class OpenCLIPBackbone(FrozenCLIP):
                 f"open_clip:{name} is a ViT: backbone.attnpool_positional=false applies to ModifiedResNet "
                 "towers (their attention pool's positional embedding); a ViT adds its own at the input"
             )
-        if not self.is_resnet and dense != "tokens":
+        if self.timm_tower is None and not self.is_resnet and dense != "tokens":
             last = visual.transformer.resblocks[-1]
             if type(last) is not ResidualAttentionBlock or hasattr(last, "ln_1_kv"):
                 raise BackboneError(f"open_clip:{name}: dense mode {dense!r} needs open_clip's standard "
@@ -176,10 +229,13 @@ class OpenCLIPBackbone(FrozenCLIP):
         if getattr(self.text_tower, "cls_emb", None) is not None:
             raise BackboneError(f"open_clip:{name}: text towers with a class token are not supported")
 
-        native = visual.image_size if self.is_resnet else visual.image_size[0]
+        if self.timm_tower is not None:
+            native = self.timm_tower.native_size
+        else:
+            native = visual.image_size if self.is_resnet else visual.image_size[0]
         self.image_size = int(image_size or native)
         self._set_resolution(self.image_size)
-        self.embed_dim = int(visual.output_dim)
+        self.embed_dim = int(visual.output_dim if self.timm_tower is None else _timm_output_dim(visual))
         self.context_length = int(self.text_tower.positional_embedding.shape[0])
         self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         tower = self.text_tower
@@ -191,6 +247,8 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.end_token_id = int(tower_eos if self._pool_type == "eos" else self._tokenizer.eot_token_id)
         self.zero_shot_rule = "softmax" if self.logit_bias is None else "sigmoid"
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
+        if self.timm_tower is not None and not weights_id.startswith("toy:") and weights_id not in tags_of(name):
+            preprocess = dict(preprocess, **tag_preprocess(name))  # a file or random weights: the tags' settings
         self.mean = tuple(preprocess.get("mean", self.mean))
         self.std = tuple(preprocess.get("std", self.std))
         self._identity = {"library": "open_clip", "model": name, "weights": weights_id}
@@ -199,7 +257,10 @@ class OpenCLIPBackbone(FrozenCLIP):
     def _set_resolution(self, image_size: int) -> None:
         """Interpolate the positional embedding of the image tower to the new grid, once."""
         visual = self.model.visual
-        if self.is_resnet:
+        if self.timm_tower is not None:
+            self.grid = self.timm_tower.set_resolution(image_size)
+            self._resized = self.timm_tower.resized
+        elif self.is_resnet:
             pool = visual.attnpool
             self.grid = check_image_size(image_size, 32, "a ModifiedResNet (stride 32)")
             resized = self._resize(pool.positional_embedding.data, self.grid)
@@ -216,7 +277,9 @@ class OpenCLIPBackbone(FrozenCLIP):
     # Image ---------------------------------------------------------------------------------
     def encode_dense(self, images: torch.Tensor) -> Dense:
         with self.autocast():
-            if self.is_resnet:
+            if self.timm_tower is not None:
+                tokens, pooled = self.timm_tower.dense(images)
+            elif self.is_resnet:
                 tokens, pooled = self._resnet_dense(images)
             else:
                 tokens, pooled = self._vit_dense(images)

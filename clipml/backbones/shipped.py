@@ -20,6 +20,8 @@ def register_test_models() -> Dict[str, dict]:
     """Register clipml's tiny open_clip configs; return the tiny transformers configs by name."""
     import open_clip
 
+    from clipml.backbones import tiny_timm  # noqa: F401  (registers the tiny timm towers the configs name)
+
     open_clip.add_model_config(ASSETS / "model_configs")
     return {path.stem: json.loads(path.read_text()) for path in sorted((ASSETS / "hf_configs").glob("*.json"))}
 
