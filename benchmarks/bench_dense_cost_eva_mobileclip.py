@@ -52,7 +52,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     print(f"device={args.device} ({name}) precision={args.precision} batch={args.batch} repeats={args.repeats} "
           f"torch threads={torch.get_num_threads()} clock={args.clock}")
-    print(f"{'model':30s} {'size':>5s} {'grid':>7s} {'encode_image s':>15s} " + " ".join(f"{m:>10s}" for m in DENSE_MODES))
+    header = f"{'model':30s} {'size':>5s} {'grid':>7s} {'encode_image s':>15s} "
+    print(header + " ".join(f"{m:>10s}" for m in DENSE_MODES))
     for entry in args.models:
         spec, _, size = entry.rpartition("@")
         built = towers(spec, int(size), args)
@@ -71,10 +72,10 @@ def main() -> None:
 
         medians = interleaved_medians({"plain": plain, **{m: dense(b) for m, b in built.items()}},
                                       args.repeats, args.device, clock=clock)
-        ratios = " ".join(f"{medians[m] / medians['plain']:10.3f}" if m in built else f"{'-':>10s}" for m in DENSE_MODES)
+        ratios = " ".join(f"{medians[m] / medians['plain']:10.3f}" if m in built else f"{'-':>10s}"
+                          for m in DENSE_MODES)
         grid = "x".join(map(str, first.grid))
         print(f"{spec:30s} {first.image_size:5d} {grid:>7s} {medians['plain']:15.4f} {ratios}", flush=True)
-        del built, first
 
 
 if __name__ == "__main__":

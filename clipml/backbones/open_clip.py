@@ -1,4 +1,4 @@
-"""open_clip towers (ViT and ModifiedResNet) behind the FrozenCLIP protocol."""
+"""open_clip towers (ViT, ModifiedResNet, and timm image towers: EVA-02, MobileCLIP 2) behind the FrozenCLIP protocol."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def _timm_output_dim(visual: nn.Module) -> int:
     return (linears[-1] if linears else visual.trunk.get_classifier()).out_features
 
 
-def tags_of(name: str) -> list:
+def _pretrained_tags(name: str) -> list:
     import open_clip
 
     return open_clip.list_pretrained_tags_by_model(name)
@@ -173,7 +173,8 @@ def tag_preprocess(name: str) -> dict:
     import open_clip
 
     keys = ("mean", "std", "interpolation")
-    settings = {tuple(open_clip.get_pretrained_cfg(name, tag).get(key) for key in keys) for tag in tags_of(name)}
+    settings = {tuple(open_clip.get_pretrained_cfg(name, tag).get(key) for key in keys)
+                for tag in _pretrained_tags(name)}
     if len(settings) != 1:
         if settings:
             logger.warning("open_clip:%s: its pretrained tags preprocess differently; using open_clip's defaults", name)
@@ -182,7 +183,7 @@ def tag_preprocess(name: str) -> dict:
 
 
 class OpenCLIPBackbone(FrozenCLIP):
-    """An open_clip CLIP (ViT or ModifiedResNet image tower, open_clip text transformer)."""
+    """An open_clip CLIP (ViT, ModifiedResNet or timm image tower, open_clip text transformer)."""
 
     def __init__(
         self,
@@ -247,7 +248,7 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.end_token_id = int(tower_eos if self._pool_type == "eos" else self._tokenizer.eot_token_id)
         self.zero_shot_rule = "softmax" if self.logit_bias is None else "sigmoid"
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
-        if self.timm_tower is not None and not weights_id.startswith("toy:") and weights_id not in tags_of(name):
+        if self.timm_tower is not None and weights_id not in _pretrained_tags(name):
             preprocess = dict(preprocess, **tag_preprocess(name))  # a file or random weights: the tags' settings
         self.mean = tuple(preprocess.get("mean", self.mean))
         self.std = tuple(preprocess.get("std", self.std))

@@ -5,6 +5,8 @@ under clipml_* names; the JSON configs in clipml/assets/model_configs name them.
 
 from __future__ import annotations
 
+from functools import partial
+
 from timm.layers import LayerNorm2d
 from timm.models import register_model
 from timm.models.eva import eva02_base_patch16_clip_224
@@ -12,8 +14,6 @@ from timm.models.fastvit import RepConditionalPosEnc, fastvit_mci0, fastvit_mci3
 from timm.models.vision_transformer import vit_large_patch14_clip_224
 from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
 from torch import nn
-
-from functools import partial
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
