@@ -19,7 +19,8 @@ TINY_SPECS = {
 }
 
 EVERY_TOWER = [*TINY_SPECS.values(), "open_clip:clipml-tiny-siglip", "open_clip:clipml-tiny-siglip2",
-               "open_clip:clipml-tiny-pe-core"]
+               "open_clip:clipml-tiny-pe-core", "open_clip:clipml-tiny-eva02", "open_clip:clipml-tiny-mobileclip2-b",
+               "open_clip:clipml-tiny-mobileclip2-l", "open_clip:clipml-tiny-mobileclip2-s"]
 """Every tiny tower of every family: each method is trained, saved and reloaded on each (test_every_tower.py).
 A new family adds its tiny spec here."""
 

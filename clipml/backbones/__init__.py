@@ -11,7 +11,9 @@ Backbone specs understood by `load_backbone`:
 - ``toy`` (= ``toy-vit``) and ``toy-rn``: the lab's tiny CLIPs shipped with clipml (a ViT and a
   ModifiedResNet with its attention pool), trained on the synthetic world's coco_like preset;
 - ``open_clip:clipml-tiny-vit``, ``open_clip:clipml-tiny-rn``, ``hf:clipml-tiny-hf``: tiny
-  random-weight test models (``allow_random=True``), like timm's test models.
+  random-weight test models (``allow_random=True``), like timm's test models;
+  ``open_clip:clipml-tiny-eva02`` and ``open_clip:clipml-tiny-mobileclip2-{b,l,s,s3}`` the same for
+  the timm image towers of EVA-02 and MobileCLIP 2 (``open_clip:EVA02-B-16@TAG``, ...).
 
 Each family (the part before ':') is a module here that registers its builder with
 ``@register_family`` (clipml.backbones.registry); its adapter subclasses `FrozenCLIP`.

@@ -1,5 +1,5 @@
 """open_clip towers behind the FrozenCLIP protocol: open_clip's own ViT and ModifiedResNet image
-towers here, timm image towers (SigLIP, SigLIP 2, PE-Core) in timm_towers.py; CLIP's tokenizer or
+towers here, timm image towers (SigLIP, SigLIP 2, PE-Core, EVA-02, MobileCLIP 2) in timm_towers.py; CLIP's tokenizer or
 the model's own transformers tokenizer (tokenizer_layout.py)."""
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ def register_test_models() -> Dict[str, dict]:
     return the tiny transformers configs by name."""
     import open_clip
 
+    from clipml.backbones import tiny_timm  # noqa: F401  (registers the tiny timm towers the configs name)
     from clipml.backbones.tiny_towers import register_tiny_trunks, write_tiny_configs
 
     open_clip.add_model_config(ASSETS / "model_configs")

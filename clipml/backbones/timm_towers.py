@@ -3,7 +3,7 @@
 open_clip.py dispatches here by the visual's type; each tower class says which timm trunks it
 fits (`fits`) and implements the image half of the FrozenCLIP protocol: `set_resolution` once
 at load, `dense` (per-location features and the pooled one, in one pass) and `pooled`.
-Add a family by writing its class and listing it in `TIMM_TOWERS`.
+Add a family by writing its class (its own module, like timm_token_vit.py and fastvit.py) and listing it in `_towers`.
 """
 
 from __future__ import annotations
@@ -98,16 +98,20 @@ class MapHeadTower:
         return self.visual(images.to(self.trunk.patch_embed.proj.weight.dtype))
 
 
-TIMM_TOWERS = [MapHeadTower]
-"""Tower classes tried in order on an open_clip TimmModel; the first whose `fits` holds builds it."""
+def _towers() -> list:
+    """Tower classes tried in order on an open_clip TimmModel; the first whose `fits` holds builds it."""
+    from clipml.backbones.fastvit import FastViTTower
+    from clipml.backbones.timm_token_vit import TokenViTTower
+
+    return [MapHeadTower, TokenViTTower, FastViTTower]
 
 
 def timm_image_tower(visual: nn.Module, name: str, dense: str, resize: Resize):
     """The tower object for an open_clip TimmModel visual, or one BackboneError naming it."""
-    for tower in TIMM_TOWERS:
+    for tower in _towers():
         if tower.fits(visual):
             return tower(visual, name, dense, resize)
     trunk = visual.trunk
     pool = getattr(trunk, "attn_pool", None) or getattr(trunk, "global_pool", None)
     raise BackboneError(f"open_clip:{name}: timm image tower {type(trunk).__name__} (pool {pool!r}) is not supported; "
-                        f"supported: {'; '.join(tower.what for tower in TIMM_TOWERS)}")
+                        f"supported: {'; '.join(tower.what for tower in _towers())}")
