@@ -243,7 +243,7 @@ def _attention_figure(model, split, index: int) -> str:
     buffer = io.BytesIO()
     # JPEG: heatmaps over photos take about a tenth of the bytes of PNG at no visible cost
     figure.savefig(buffer, format="jpeg", dpi=FIGURE_DPI, pil_kwargs={"quality": 85})
-    true = [model.classnames[c] for c in np.flatnonzero(split.labels[index] == 1)]
+    true = [model.classnames[c] for c in np.flatnonzero(split.targets.dense([index])[0] == 1)]
     shown = [f"{name} {'(true)' if name in true else '(not true)'}" for name in maps.classes]
     caption = (f"<b>{escape(split.items[index])}</b>; true labels: {escape(', '.join(true) or 'none')}; "
                f"top {len(maps.classes)} predicted: {escape(', '.join(shown))}")
