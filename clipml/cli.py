@@ -205,7 +205,8 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
             took += f" (this call: {summary['seconds_this_call']} s)"
         saved = f"; prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}" if summary["trainable_parameters"] else ""
         print(f"\ntraining labels: {labels_text(summary)}")
-        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}")
+        coverage = summary.get("test_classes", {}).get("text", "")
+        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}; test mAP {coverage}")
         if args.export_scores:
             print(f"test scores: {args.export_scores}")
 

@@ -21,7 +21,7 @@ from clipml.errors import DataError
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """Boolean [N, C]: the k highest scores of each row, ties broken towards the lower class index."""
     predicted = np.zeros(scores.shape, dtype=bool)
-    remaining = np.array(scores, dtype=np.float64)
+    remaining = np.array(scores, dtype=np.result_type(scores, np.float32))  # a copy, float32 kept
     rows = np.arange(scores.shape[0])
     for _ in range(k):  # argmax takes the first of tied maxima: the lower class index
         best = remaining.argmax(axis=1)

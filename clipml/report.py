@@ -114,7 +114,9 @@ def _header(summary: Dict[str, object]) -> str:
         cells = "".join(f'<td class="number">{values[k]:.2f}</td>' if k in values else "<td>-</td>" for k in keys)
         table.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
     table.append("</table>")
-    notes = _items({**summary.get("splits", {}), **summary.get("evaluation", {})})
+    coverage = summary.get("test_classes", {}).get("text")  # absent in summaries written before it
+    notes = _items({**summary.get("splits", {}), **({"test mAP": coverage} if coverage else {}),
+                    **summary.get("evaluation", {})})
     return (f"<h1>{escape(str(summary.get('name')))}</h1>\n<p>{escape(facts)}</p>\n" + "\n".join(table)
             + f"\n<ul>{notes}</ul>")
 

@@ -20,8 +20,9 @@ import numpy as np
 from clipml.errors import DataError
 
 UNKNOWN = -1
-CHUNK_ENTRIES = 1 << 22
-"""Dense entries handled at once where a dense form is read or written in pieces (4 MB of int8)."""
+CHUNK_ENTRIES = 1 << 20
+"""Dense entries handled at once where a dense form is read or written in pieces (1 MB of int8, 8 MB of
+the float64 draws that simulate a mask)."""
 
 
 class SparseLabels:
