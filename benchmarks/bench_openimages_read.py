@@ -50,12 +50,13 @@ def main() -> None:
             labels, names, _ = read_image_labels(folder, "train", sources=sources)
             read, cpu = time.perf_counter() - started, time.process_time() - cpu
             started = time.perf_counter()
-            dense = labels.dense()
-            densify = time.perf_counter() - started
+            sparse = labels.sparse()
+            build = time.perf_counter() - started
             print(f"{sources}: {files * args.rows:,} rows in {read:.2f} s = {files * args.rows / read:,.0f} rows/s "
                   f"(CPU {cpu:.2f} s = {files * args.rows / cpu:,.0f} rows/s); "
                   f"{len(labels.images):,} images x {len(names):,} classes, {len(labels.values):,} known labels; "
-                  f"dense matrix {dense.nbytes / 1e6:,.0f} MB in {densify:.2f} s")
+                  f"sparse labels {sparse.nbytes / 1e6:,.1f} MB in {build:.2f} s "
+                  f"(a dense matrix would take {len(labels.images) * len(names) / 1e6:,.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -205,7 +205,8 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
             took += f" (this call: {summary['seconds_this_call']} s)"
         saved = f"; prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}" if summary["trainable_parameters"] else ""
         print(f"\ntraining labels: {labels_text(summary)}")
-        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}")
+        coverage = summary.get("test_classes", {}).get("text", "")
+        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}; test mAP {coverage}")
         if args.export_scores:
             print(f"test scores: {args.export_scores}")
 
@@ -577,6 +578,9 @@ def report(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("run", help="a finished run folder (with summary.json)")
     parser.add_argument("--images", type=int, help="test images with attention overlays (default: the run's "
                                                     "train.report_images)")
+    parser.add_argument("--curves", type=int,
+                        help="with more than 100 classes, draw the mean precision-recall curve and this many best "
+                             "and worst classes instead of every class (default 8)")
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     args = parser.parse_args(argv)
 
@@ -584,6 +588,7 @@ def report(argv: Optional[List[str]] = None) -> None:
         from clipml.report import write_report
 
         device = select_device(args.device)
-        print(f"wrote {write_report(args.run, images=args.images, device=device)}")
+        curves = {} if args.curves is None else {"curves": args.curves}
+        print(f"wrote {write_report(args.run, images=args.images, device=device, **curves)}")
 
     _run(main)

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from clipml.data.base import UNKNOWN
 from clipml.data.manifest import load_manifest, read_records
 from clipml.engine import Progress
@@ -78,7 +80,7 @@ def complete_labels(
                           f"its classes: {classnames}")
     columns = [classnames.index(name) for name in split.classes]
 
-    rows = [i for i in range(len(split)) if (split.labels[i] == UNKNOWN).any()]
+    rows = np.flatnonzero(split.targets.count_per_row() < split.num_classes).tolist()  # with an unknown entry
     paths = [split.image_path(i) for i in rows]
     # All labels above threshold are wanted (no top-k): a class is predicted positive when listed.
     scored = predictor.predict(paths, threshold=threshold, batch_size=batch_size, skip_unreadable=True,
@@ -91,7 +93,7 @@ def complete_labels(
         record = {"image": image.strip(), "positive": fields["positive"]}
         if fields["negative"]:
             record["negative"] = fields["negative"]
-        unknown = [c for c in range(len(split.classes)) if split.labels[i, c] == UNKNOWN]
+        unknown = np.flatnonzero(split.targets.dense([i])[0] == UNKNOWN).tolist()
         k = position.get(split.image_path(i))
         if unknown and k is not None:
             listed, probs = set(scored.labels[k]), probabilities[k]

@@ -29,6 +29,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from clipml.errors import ConfigError, DataError
+from clipml.known_scores import KnownScores, top_k_mask
 
 PROPORTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 """The known-label proportions of the papers' "Avg." column."""
@@ -76,36 +77,45 @@ def average_precision(scores, labels, kind: str = "envelope") -> np.ndarray:
     if kind not in AP_KINDS:
         raise DataError(f"AP kind must be one of {AP_KINDS}, got {kind!r}")
     scores, labels = _inputs(scores, labels)
-    s = np.ascontiguousarray(scores.T)  # [C, N]
-    y = np.ascontiguousarray(labels.T)
-    # One sort per class column; ignored entries sink below every real score.
-    ranked = np.sort(np.where(y == -1, -np.inf, s), axis=1)
-    n = s.shape[1]
-    ap = np.full(s.shape[0], np.nan)
-    levels = np.arange(0.0, 1.1, 0.1)  # the devkit's recall levels, float rounding included
-    for c in range(s.shape[0]):  # per class: searches over its positives only
-        positives = np.sort(s[c, y[c] == 1])
-        if positives.size == 0:
-            continue
-        # At the threshold of each positive (ties = one threshold): how many positives,
-        # and how many known images, score at least as high.
-        tp = positives.size - np.searchsorted(positives, positives, side="left")
-        retrieved = n - np.searchsorted(ranked[c], positives, side="left")
-        precision = tp / retrieved
-        if kind == "raw":
-            ap[c] = precision.mean()
-            continue
-        # Envelope: best precision at this recall or any higher one (positives run from the
-        # lowest score, i.e. the highest recall, upwards).
-        envelope = np.maximum.accumulate(precision)
-        if kind == "envelope":
-            ap[c] = envelope.mean()
-        else:  # voc07: recall falls along the positives, so the points with recall >= t are
-            # a prefix of them and the best precision there is the envelope at its end.
-            recall = tp / positives.size
-            count = (recall[None, :] >= levels[:, None]).sum(axis=1)
-            ap[c] = np.where(count > 0, envelope[np.maximum(count - 1, 0)], 0.0).mean()
+    return known_average_precision(KnownScores.from_dense(scores, labels), kind)
+
+
+def known_average_precision(known: KnownScores, kind: str = "envelope") -> np.ndarray:
+    """Per-class AP [C] from the known entries alone (`average_precision`'s kinds); nan for a
+    class without a known positive."""
+    if kind not in AP_KINDS:
+        raise DataError(f"AP kind must be one of {AP_KINDS}, got {kind!r}")
+    ap = np.full(known.shape[1], np.nan)
+    for c, scores, positive in known.by_class():
+        if positive.any():
+            ap[c] = class_average_precision(scores, positive, kind)
     return ap
+
+
+_VOC07_LEVELS = np.arange(0.0, 1.1, 0.1)  # the devkit's recall levels, float rounding included
+
+
+def class_average_precision(scores: np.ndarray, positive: np.ndarray, kind: str) -> float:
+    """AP of one class over its known entries (`scores`, `positive` flags; at least one positive)."""
+    ranked = np.sort(scores)
+    positives = np.sort(scores[positive])
+    # At the threshold of each positive (ties = one threshold): how many positives, and how
+    # many known images, score at least as high.
+    tp = positives.size - np.searchsorted(positives, positives, side="left")
+    retrieved = ranked.size - np.searchsorted(ranked, positives, side="left")
+    precision = tp / retrieved
+    if kind == "raw":
+        return float(precision.mean())
+    # Envelope: best precision at this recall or any higher one (positives run from the
+    # lowest score, i.e. the highest recall, upwards).
+    envelope = np.maximum.accumulate(precision)
+    if kind == "envelope":
+        return float(envelope.mean())
+    # voc07: recall falls along the positives, so the points with recall >= t are a prefix of
+    # them and the best precision there is the envelope at its end.
+    recall = tp / positives.size
+    count = (recall[None, :] >= _VOC07_LEVELS[:, None]).sum(axis=1)
+    return float(np.where(count > 0, envelope[np.maximum(count - 1, 0)], 0.0).mean())
 
 
 def precision_recall_curve(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
@@ -137,14 +147,19 @@ def class_coverage(labels) -> Dict[str, object]:
     labels = _numpy(labels)
     if labels.ndim != 2:
         raise DataError(f"labels must be an [images, classes] array, got shape {labels.shape}")
-    positive, negative = (labels == 1).any(axis=0), (labels == 0).any(axis=0)
-    reason = np.full(labels.shape[1], "", dtype=object)
+    return coverage_of_counts((labels == 1).sum(axis=0), (labels == 0).sum(axis=0))
+
+
+def coverage_of_counts(positives: np.ndarray, negatives: np.ndarray) -> Dict[str, object]:
+    """`class_coverage` from the known positives and negatives [C] of each class."""
+    positive, negative = np.asarray(positives) > 0, np.asarray(negatives) > 0
+    reason = np.full(positive.size, "", dtype=object)
     reason[positive & ~negative] = "no known negative"
     reason[~positive & negative] = "no known positive"
     reason[~positive & ~negative] = "no known label"
     scored = positive & negative
     counts = {name.replace(" ", "_"): int((reason == name).sum()) for name in COVERAGE_REASONS}
-    return {"scored": scored, "reason": reason.tolist(), "classes": int(labels.shape[1]),
+    return {"scored": scored, "reason": reason.tolist(), "classes": int(positive.size),
             "scored_classes": int(scored.sum()), **counts}
 
 
@@ -156,9 +171,8 @@ def coverage_text(coverage: Mapping[str, object]) -> str:
     return text + ("; " + ", ".join(missing) if missing else "")
 
 
-def _scored_map(ap: np.ndarray, labels) -> Tuple[np.ndarray, float]:
-    """(AP [C] with nan for the classes `class_coverage` does not score, their mean)."""
-    coverage = class_coverage(labels)
+def _scored_map(ap: np.ndarray, coverage: Mapping[str, object]) -> Tuple[np.ndarray, float]:
+    """(AP [C] with nan for the classes `coverage` (`class_coverage`) does not score, their mean)."""
     ap = np.where(coverage["scored"], ap, np.nan)
     if not coverage["scored_classes"]:
         raise DataError(f"no class has both a known positive and a known negative label, so mAP is undefined "
@@ -168,20 +182,29 @@ def _scored_map(ap: np.ndarray, labels) -> Tuple[np.ndarray, float]:
 
 def mean_average_precision(scores, labels, kind: str = "envelope") -> float:
     """mAP over the classes with at least one known positive and one known negative (`class_coverage`)."""
-    return _scored_map(average_precision(scores, labels, kind), labels)[1]
+    return _scored_map(average_precision(scores, labels, kind), class_coverage(labels))[1]
 
 
 def _f1_family(predicted: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-    """CP/CR/CF1 (per-class means over classes with a positive) and OP/OR/OF1 (pooled counts).
+    """The F1 family of a boolean [N, C] prediction against 1/0/-1 labels (see `_f1_counts`)."""
+    valid, truth = labels != -1, labels == 1
+    return _f1_counts((predicted & truth).sum(axis=0), (predicted & valid).sum(axis=0), truth.sum(axis=0))
+
+
+def _known_f1_family(known: KnownScores, predicted: np.ndarray) -> Dict[str, float]:
+    """The F1 family of a prediction [nnz] at the known entries."""
+    truth = known.labels == 1
+    return _f1_counts(known.counts(predicted & truth), known.counts(predicted), known.counts(truth))
+
+
+def _f1_counts(correct: np.ndarray, predicted_n: np.ndarray, truth_n: np.ndarray) -> Dict[str, float]:
+    """CP/CR/CF1 (per-class means over classes with a positive) and OP/OR/OF1 (pooled counts),
+    from per-class counts of correct predictions, predictions on known entries and positives.
 
     CF1 is 2·CP·CR/(CP + CR), the ML-GCN/SSGRL/SARB formula; CF1_mean is the mean of the
     per-class F1s over the same classes, what DualCoOp's evaluation code reports as CF1.
     A class with no predicted positive has precision 0 (as in the reference code).
     """
-    valid, truth = labels != -1, labels == 1
-    correct = (predicted & truth).sum(axis=0)
-    predicted_n = (predicted & valid).sum(axis=0)
-    truth_n = truth.sum(axis=0)
     has_pos = truth_n > 0
     if not has_pos.any():
         raise DataError("no class has a positive label: CP/CR are undefined")
@@ -217,13 +240,7 @@ def topk_metrics(scores, labels, k: int = 3, threshold: Optional[float] = None) 
     scores, labels = _inputs(scores, labels)
     if not 1 <= k <= scores.shape[1]:
         raise DataError(f"k must be between 1 and the number of classes ({scores.shape[1]}), got {k}")
-    predicted = np.zeros(scores.shape, dtype=bool)
-    remaining = scores.copy()
-    rows = np.arange(scores.shape[0])
-    for _ in range(k):  # argmax takes the first of tied maxima: the lower class index
-        best = remaining.argmax(axis=1)
-        predicted[rows, best] = True
-        remaining[rows, best] = -np.inf
+    predicted = top_k_mask(scores, k)
     if threshold is not None:
         predicted &= scores >= threshold
     return _f1_family(predicted, labels)
@@ -247,24 +264,39 @@ def evaluate_scores(
     mAP and `AP` cover the classes `class_coverage` scores (nan for the others); `coverage`
     holds its counts and per-class `reason`, `coverage_text` the sentence a summary shows.
     """
+    probs, labels = _inputs(probs, labels)
+    if probs.min(initial=0) < 0 or probs.max(initial=1) > 1:
+        raise DataError(f"threshold metrics need probabilities in [0, 1], found values in [{probs.min():.3g}, "
+                        f"{probs.max():.3g}] (apply a sigmoid to logits)")
+    if scores is not None:
+        scores = _inputs(scores, labels)[0]
     if top_k_rule not in TOP_K_RULES:
         raise DataError(f"top-k rule must be one of {TOP_K_RULES}, got {top_k_rule!r}")
-    ranking = probs if scores is None else scores
-    average, mean = _scored_map(average_precision(ranking, labels, ap), labels)
-    coverage = {key: value for key, value in class_coverage(labels).items() if key != "scored"}
+    known = KnownScores.from_dense(probs, labels, scores, k=k if labels.shape[1] >= k else 0)
+    return evaluate_known(known, threshold=threshold, ap=ap, top_k_rule=top_k_rule, tuned_thresholds=tuned_thresholds,
+                          logits=scores is not None)
+
+
+def evaluate_known(known: KnownScores, *, threshold: float = 0.5, ap: str = "envelope",
+                   top_k_rule: str = "reference", tuned_thresholds=None, logits: bool = True) -> Dict[str, object]:
+    """`evaluate_scores` from the scores at the known entries alone (`logits`: whether
+    `known.ranking` holds logits, whose reference top-k threshold is 0, or probabilities: 0.5)."""
+    if top_k_rule not in TOP_K_RULES:
+        raise DataError(f"top-k rule must be one of {TOP_K_RULES}, got {top_k_rule!r}")
+    coverage = coverage_of_counts(known.counts(known.labels == 1), known.counts(known.labels == 0))
+    average, mean = _scored_map(known_average_precision(known, ap), coverage)
+    coverage = {key: value for key, value in coverage.items() if key != "scored"}
     result: Dict[str, object] = {"mAP": mean, "AP": average.tolist(), "coverage": coverage,
                                  "coverage_text": coverage_text(coverage)}
-    result.update(threshold_metrics(probs, labels, threshold))
-    if _numpy(labels).shape[1] >= k:
+    result.update(_known_f1_family(known, known.probs >= threshold))
+    if known.k:
+        top = known.top
         if top_k_rule == "reference":  # logit >= 0 is probability >= 0.5
-            top = topk_metrics(ranking, labels, k, threshold=0.5 if scores is None else 0.0)
-        else:
-            top = topk_metrics(ranking, labels, k)
-        suffix = f"_top{k}" + ("_plain" if top_k_rule == "plain" else "")
-        result.update({key + suffix: value for key, value in top.items()})
+            top = top & (known.ranking >= (0.0 if logits else 0.5))
+        suffix = f"_top{known.k}" + ("_plain" if top_k_rule == "plain" else "")
+        result.update({key + suffix: value for key, value in _known_f1_family(known, top).items()})
     if tuned_thresholds is not None:
-        ranking, labels = _inputs(ranking, labels)
-        tuned = _f1_family(ranking >= np.asarray(tuned_thresholds)[None, :], labels)
+        tuned = _known_f1_family(known, known.ranking >= np.asarray(tuned_thresholds)[known.cols])
         result.update({key + "_tuned": value for key, value in tuned.items()})
     return result
 

@@ -12,7 +12,7 @@ import json
 import logging
 from html import escape
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import yaml
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 REPORT = "report.html"
 MAX_CURVE_POINTS = 400  # per precision-recall curve; larger test splits are thinned to about this
 TOP_K = 3  # classes per attention figure
+ALL_CURVES = 100  # up to this many classes, one precision-recall curve each
+CURVES = 8  # above it, the mean curve and this many best and worst classes
 FIGURE_DPI = 80  # 240 px per attention panel: readable, and about 0.4 s per figure on one core
 
 STYLE = """
@@ -42,11 +44,15 @@ figure img { max-width: 100%; } pre { background: #f7f7f7; padding: 8px; font-si
 
 
 def write_report(run_dir: Union[str, Path], model=None, test_split=None, images: Optional[int] = None,
-                 device: str = "cpu") -> Path:
+                 device: str = "cpu", curves: int = CURVES) -> Path:
     """Write <run_dir>/report.html from what the run saved (summary.json, config.yaml,
     test_scores.npz, prompts.safetensors) and return its path. Training passes its `model` and
     `test_split`; otherwise they are loaded (on `device`) for the attention overlays.
-    `images`: test images with overlays (default: the config's train.report_images)."""
+    `images`: test images with overlays (default: the config's train.report_images). `curves`:
+    with more than ALL_CURVES classes (and more than twice `curves`), the report draws the mean
+    precision-recall curve and the `curves` best and worst classes instead of one per class."""
+    if curves < 1:
+        raise ConfigError(f"the number of best and worst precision-recall curves must be >= 1, got {curves}")
     run = Path(run_dir)
     summary = _read_json(run / "summary.json")
     config_path = run / "config.yaml"
@@ -60,7 +66,7 @@ def write_report(run_dir: Union[str, Path], model=None, test_split=None, images:
     sections = [
         _header(summary),
         _section("Per-class AP (test)", _ap_bars(summary)),
-        _section("Precision-recall curves (test)", _pr_curves(run / "test_scores.npz", summary)),
+        _section("Precision-recall curves (test)", _pr_curves(run / "test_scores.npz", summary, curves)),
         _section("mAP by labels per image and by object size (test)", _breakdowns(summary)),
         _section("Training", _training(summary.get("history", []))),
         _section("Attention on test images", _attention(run, cfg, model, test_split, count, device)),
@@ -108,7 +114,9 @@ def _header(summary: Dict[str, object]) -> str:
         cells = "".join(f'<td class="number">{values[k]:.2f}</td>' if k in values else "<td>-</td>" for k in keys)
         table.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
     table.append("</table>")
-    notes = _items({**summary.get("splits", {}), **summary.get("evaluation", {})})
+    coverage = summary.get("test_classes", {}).get("text")  # absent in summaries written before it
+    notes = _items({**summary.get("splits", {}), **({"test mAP": coverage} if coverage else {}),
+                    **summary.get("evaluation", {})})
     return (f"<h1>{escape(str(summary.get('name')))}</h1>\n<p>{escape(facts)}</p>\n" + "\n".join(table)
             + f"\n<ul>{notes}</ul>")
 
@@ -127,26 +135,71 @@ def _ap_bars(summary: Dict[str, object]) -> str:
                     "test split (" + str(summary.get("test_classes", {}).get("text", "")) + ")."))
 
 
-def _pr_curves(path: Path, summary: Dict[str, object]) -> str:
+def _pr_curves(path: Path, summary: Dict[str, object], curves: int) -> str:
     if not path.is_file():
         return _note(f"this run saved no {path.name} (runs trained before clipml wrote it): no curves")
-    with np.load(path) as arrays:
-        classes, logits, labels = list(arrays["classes"]), arrays["logits"], arrays["labels"]
-    if logits.shape != labels.shape or logits.shape[1:] != (len(classes),):
-        raise DataError(f"{path}: logits {logits.shape}, labels {labels.shape} and {len(classes)} classes do not match")
+    classes, by_class = read_score_arrays(path)
     ap = summary.get("test_ap", {})
-    plots = []
-    for column, name in enumerate(classes):
-        if not (labels[:, column] == 1).any():
-            continue
-        precision, recall = thin_curve(*precision_recall_curve(logits[:, column], labels[:, column]))
+    with_positive = [c for c, (_, positive) in enumerate(by_class) if positive.any()]
+    capped = len(with_positive) > max(ALL_CURVES, 2 * curves)
+    if capped:  # thousands of classes: the mean curve and the k best and worst classes
+        ranked = sorted((ap[classes[c]], c) for c in with_positive if ap.get(classes[c]) is not None)
+        shown = [c for _, c in ranked[-curves:][::-1]] + [c for _, c in ranked[:curves]]
+    else:
+        shown = with_positive
+    plots = [] if not capped else [_mean_curve(classes, by_class, ap)]
+    for column in shown:
+        name = classes[column]
+        precision, recall = thin_curve(*precision_recall_curve(*by_class[column]))
         value = ap.get(name)
         title = name if value is None else f"{name} (AP {value:.1f})"
         plots.append(svg.line_plot([(name, recall, precision)], title, "recall", "precision", (0.0, 1.0),
                                    (0.0, 1.0), width=230, height=200, legend=False))
-    return (f'<div class="grid">{"".join(plots)}</div>'
-            + _note("Precision against recall of the trained model at every distinct score (scikit-learn's "
-                    "convention); the titles' AP is the run's: " + str(summary.get("evaluation", {}).get("AP", ""))))
+    note = ("Precision against recall of the trained model at every distinct score (scikit-learn's convention), "
+            "over each class's known test entries; the titles' AP is the run's: "
+            + str(summary.get("evaluation", {}).get("AP", "")))
+    if capped:
+        note = (f"{len(with_positive):,} classes have a known positive: shown are the mean curve over the scored "
+                f"classes and the {curves} best and {curves} worst classes by AP (clipml-report --curves K "
+                "changes how many). " + note)
+    return f'<div class="grid">{"".join(plots)}</div>' + _note(note)
+
+
+MEAN_RECALLS = np.linspace(0.0, 1.0, 101)
+
+
+def _mean_curve(classes: Sequence[str], by_class, ap: Dict[str, object]) -> str:
+    """The mean over the scored classes (an AP in the summary) of each class's best precision at
+    recall r or higher, at r = 0, 0.01, ..., 1."""
+    envelopes = []
+    for name, (scores, labels) in zip(classes, by_class):
+        if ap.get(name) is None or not (labels == 1).any():
+            continue
+        precision, recall = precision_recall_curve(scores, labels)  # recall falls along the curve
+        best = np.maximum.accumulate(precision)  # best precision at this recall or a higher one
+        envelopes.append(best[np.searchsorted(-recall, -MEAN_RECALLS, side="right") - 1])
+    mean = np.mean(envelopes, axis=0) if envelopes else np.zeros_like(MEAN_RECALLS)
+    return svg.line_plot([("mean", MEAN_RECALLS, mean)], f"mean of {len(envelopes):,} scored classes", "recall",
+                         "precision", (0.0, 1.0), (0.0, 1.0), width=230, height=200, legend=False)
+
+
+def read_score_arrays(path: Path) -> Tuple[List[str], List[Tuple[np.ndarray, np.ndarray]]]:
+    """(classes, per class its (logits, labels) at the known test entries) from a run's
+    test_scores.npz: the known-entry form clipml writes, or the [N, C] one of earlier runs."""
+    with np.load(path) as arrays:
+        classes, logits, labels = list(arrays["classes"]), arrays["logits"], arrays["labels"]
+        cols = arrays["cols"] if "cols" in arrays.files else None
+    if cols is None:  # an earlier run's dense arrays
+        if logits.shape != labels.shape or logits.shape[1:] != (len(classes),):
+            raise DataError(f"{path}: logits {logits.shape}, labels {labels.shape} and {len(classes)} classes "
+                            "do not match")
+        return classes, [(logits[labels[:, c] != -1, c], labels[labels[:, c] != -1, c]) for c in range(len(classes))]
+    if not logits.shape == labels.shape == cols.shape or (cols.size and cols.max() >= len(classes)):
+        raise DataError(f"{path}: logits {logits.shape}, labels {labels.shape} and class ids {cols.shape} of "
+                        f"{len(classes)} classes do not match")
+    order = np.argsort(cols, kind="stable")
+    starts = np.searchsorted(cols[order], np.arange(len(classes) + 1))
+    return classes, [(logits[order[a:b]], labels[order[a:b]]) for a, b in zip(starts[:-1], starts[1:])]
 
 
 def thin_curve(precision: np.ndarray, recall: np.ndarray,
@@ -243,7 +296,7 @@ def _attention_figure(model, split, index: int) -> str:
     buffer = io.BytesIO()
     # JPEG: heatmaps over photos take about a tenth of the bytes of PNG at no visible cost
     figure.savefig(buffer, format="jpeg", dpi=FIGURE_DPI, pil_kwargs={"quality": 85})
-    true = [model.classnames[c] for c in np.flatnonzero(split.labels[index] == 1)]
+    true = [model.classnames[c] for c in np.flatnonzero(split.targets.dense([index])[0] == 1)]
     shown = [f"{name} {'(true)' if name in true else '(not true)'}" for name in maps.classes]
     caption = (f"<b>{escape(split.items[index])}</b>; true labels: {escape(', '.join(true) or 'none')}; "
                f"top {len(maps.classes)} predicted: {escape(', '.join(shown))}")
@@ -253,4 +306,4 @@ def _attention_figure(model, split, index: int) -> str:
             f'<img alt="{alt}" src="data:image/jpeg;base64,{data}"/></figure>')
 
 
-__all__ = ["write_report", "thin_curve", "REPORT"]
+__all__ = ["write_report", "thin_curve", "read_score_arrays", "REPORT"]

@@ -165,7 +165,7 @@ def _check_p_applies(cfg: ExperimentConfig, train_split: MultiLabelSplit) -> Non
     if not train_split.labels_complete and cfg.data.partial_labels == "keep" and not cfg.data.mask_file:
         raise ConfigError(
             f"sweep: the training labels of {cfg.data.dataset} (data.root={cfg.data.root}) are already partial "
-            f"({100 * train_split.known.mean():.1f}% known), and data.partial_labels=keep uses them as they are at "
+            f"({100 * train_split.known_fraction:.1f}% known), and data.partial_labels=keep uses them as they are at "
             f"every p; add --set data.partial_labels=simulate to simulate each p on top of them")
 
 

@@ -143,13 +143,14 @@ def manifest_labels(manifest: Union[str, Path], image_paths: Sequence[Union[str,
     classes = None if (manifest.parent / "classes.txt").is_file() else list(classnames)
     # only its positives are shown: classes a record leaves out need no rule of their own here
     split = load_manifest(manifest, classes=classes, unlisted="unknown", check_images=False)
-    rows = {(manifest.parent / item).resolve(): row for item, row in zip(split.items, split.labels)}
+    rows = {(manifest.parent / item).resolve(): k for k, item in enumerate(split.items)}
     found: List[Optional[List[str]]] = []
     for path in image_paths:
         row = rows.get(Path(path).resolve())
         if row is None:
             logger.warning("%s is not listed in %s: its true labels are not shown", path, manifest)
-        found.append(None if row is None else [name for name, code in zip(split.classes, row) if code == POSITIVE])
+        found.append(None if row is None else
+                     [name for name, code in zip(split.classes, split.targets.dense([row])[0]) if code == POSITIVE])
     return found
 
 

@@ -99,3 +99,34 @@ def test_object_sizes_take_each_class_largest_object():
     sizes = object_sizes(split)
     np.testing.assert_allclose(sizes[0], [0.2, 1.0])
     assert np.isnan(sizes[1]).all()  # class b is labelled but has no object: no size
+
+
+def partial_sklearn_map(scores, labels, rows_per_class):
+    """mAP over the classes with a known positive and a known negative among their rows, each
+    class's AP by scikit-learn on its known entries there (the partial rule)."""
+    aps = []
+    for c, rows in enumerate(rows_per_class):
+        y, s = labels[rows, c], scores[rows, c]
+        if (y == 1).any() and (y == 0).any():
+            aps.append(average_precision_score(y[y != -1] == 1, s[y != -1]))
+    return float(np.mean(aps))
+
+
+def test_on_a_partial_split_buckets_score_only_classes_with_a_known_negative(case):
+    scores, labels = case
+    labels = labels.copy()
+    labels[np.random.RandomState(5).rand(*labels.shape) < 0.4] = -1
+    labels[(labels == 1).sum(axis=1) >= 2, 0] = 1  # class 0: no known negative in the larger buckets
+    count = (labels == 1).sum(axis=1)
+    result = map_by_label_count(scores, labels, kind="raw")
+    for name, rows in (("1", count == 1), ("2-3", (count >= 2) & (count <= 3)), ("4+", count >= 4)):
+        assert result["images_by_labels"][name] == rows.sum()
+        expected = partial_sklearn_map(scores[rows], labels[rows], [slice(None)] * labels.shape[1])
+        assert result["mAP_by_labels"][name] == pytest.approx(expected, abs=1e-12)
+        assert expected != pytest.approx(sklearn_map(scores[rows], labels[rows], [slice(None)] * labels.shape[1]))
+    sizes = np.where(labels == 1, np.random.RandomState(4).choice([0.01, 0.05, 0.5], size=labels.shape), np.nan)
+    result = map_by_object_size(scores, labels, sizes, kind="raw")
+    for name, low, high in (("small", 0, 0.02), ("medium", 0.02, 0.10), ("large", 0.10, 1.1)):
+        inside = (labels == 1) & (sizes >= low) & (sizes < high)
+        rows = [np.flatnonzero((labels[:, c] != 1) | inside[:, c]) for c in range(labels.shape[1])]
+        assert result["mAP_by_size"][name] == pytest.approx(partial_sklearn_map(scores, labels, rows), abs=1e-12)

@@ -260,3 +260,4 @@ def test_a_run_on_openimages_keeps_its_labels_and_says_which_test_classes_were_s
     assert summary["test_ap"]["Car"] is None and summary["test_ap"]["Bus"] is None
     assert summary["test_ap"]["Cat"] is not None
     assert summary["test_classes"]["text"] in (Path(cfg.run_dir()) / "summary.md").read_text()
+    assert f"test mAP: {summary['test_classes']['text']}" in (Path(cfg.run_dir()) / "report.html").read_text()

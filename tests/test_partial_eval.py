@@ -76,3 +76,47 @@ def test_no_scorable_class_is_an_error_naming_the_counts():
     labels = np.array([[1, -1], [1, 0]], dtype=np.int8)
     with pytest.raises(DataError, match="scored 0 of 2 classes; 1 without a known positive, 1 without a known neg"):
         mean_average_precision(np.random.rand(2, 2), labels)
+
+
+def write_known_scores(path, scores, labels):
+    """A run's test_scores.npz in the known-entry form evaluate writes."""
+    from clipml.engine.evaluate import write_score_arrays
+    from clipml.known_scores import KnownScores
+
+    split = type("Split", (), {"items": [f"{i}.jpg" for i in range(len(scores))]})()
+    classes = [f"class{c}" for c in range(scores.shape[1])]
+    write_score_arrays(str(path), split, classes, KnownScores.from_dense(scores, labels, scores))
+    return classes
+
+
+def test_the_report_draws_the_mean_curve_and_the_best_and_worst_classes_of_many(tmp_path):
+    from clipml.report import _pr_curves
+
+    scores, labels = partial_case(seed=3, images=60, classes=150)
+    path = tmp_path / "test_scores.npz"
+    classes = write_known_scores(path, scores, labels)
+    aps = sklearn_partial_map(scores, labels)
+    summary = {"test_ap": {name: (100 * aps[c] if c in aps else None) for c, name in enumerate(classes)}}
+    html = _pr_curves(path, summary, curves=4)
+    drawn = [line.split('"')[0] for line in html.split('data-label="')[1:]]
+    ranked = sorted(aps, key=aps.get)
+    assert drawn == ["mean"] + [classes[c] for c in ranked[::-1][:4]] + [classes[c] for c in ranked[:4]]
+    assert "shown are the mean curve over the scored classes and the 4 best and 4 worst classes by AP" in html
+    few = partial_case(seed=3, images=60, classes=12)
+    write_known_scores(path, *few)
+    html = _pr_curves(path, {"test_ap": {}}, curves=4)
+    assert "mean" not in html and html.count("<polyline") == int(((few[1] == 1).any(axis=0)).sum())  # one per class
+
+
+def test_the_report_reads_the_known_entries_and_earlier_dense_score_files(tmp_path):
+    from clipml.report import read_score_arrays
+
+    scores, labels = partial_case(seed=4, images=30, classes=5)
+    scores = scores.astype(np.float32)  # as a run saves them
+    write_known_scores(tmp_path / "known.npz", scores, labels)
+    np.savez(tmp_path / "dense.npz", classes=np.array([f"class{c}" for c in range(5)]), logits=scores, labels=labels)
+    for name in ("known.npz", "dense.npz"):
+        classes, by_class = read_score_arrays(tmp_path / name)
+        for c, (logits, known) in enumerate(by_class):
+            np.testing.assert_array_equal(logits, scores[labels[:, c] != -1, c])
+            np.testing.assert_array_equal(known, labels[labels[:, c] != -1, c])

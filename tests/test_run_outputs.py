@@ -63,8 +63,14 @@ def page(run_dir: Path) -> Elements:
 
 
 def scores(run_dir: Path):
+    """(classes, logits [N, C], labels [N, C]) from the known entries the run saved (every entry
+    of this complete test split)."""
     with np.load(run_dir / "test_scores.npz") as arrays:
-        return list(arrays["classes"]), arrays["logits"], arrays["labels"]
+        shape, rows, cols = tuple(arrays["shape"]), arrays["rows"], arrays["cols"]
+        assert rows.size == shape[0] * shape[1]
+        logits, labels = np.full(shape, np.nan, dtype=np.float32), np.full(shape, -1, dtype=np.int8)
+        logits[rows, cols], labels[rows, cols] = arrays["logits"], arrays["labels"]
+        return list(arrays["classes"]), logits, labels
 
 
 def test_training_writes_a_well_formed_self_contained_report(run):

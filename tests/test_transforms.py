@@ -99,7 +99,7 @@ def test_image_label_dataset_and_loader(tmp_path):
     batches = list(loader)
     assert [len(b[2]) for b in batches] == [2, 2, 1]  # nothing dropped at evaluation
     assert torch.cat([b[2] for b in batches]).tolist() == list(range(5))
-    torch.testing.assert_close(torch.cat([b[1] for b in batches]), torch.from_numpy(split.labels))
+    torch.testing.assert_close(torch.cat([b[1] for b in batches]), torch.from_numpy(split.labels.copy()))
     shuffled = make_loader(split, eval_transform(16, MEAN, STD), batch_size=5, workers=0, shuffle=True, seed=3)
     again = make_loader(split, eval_transform(16, MEAN, STD), batch_size=5, workers=0, shuffle=True, seed=3)
     assert next(iter(shuffled))[2].tolist() == next(iter(again))[2].tolist()

@@ -188,8 +188,8 @@ def test_a_split_asked_for_again_reuses_the_rendering_and_it_cannot_be_changed()
         first.labels[0, 0] = 1 - first.labels[0, 0]
     with pytest.raises(ValueError):
         first.rendered[0][0, 0, 0] = 0
-    masked = partial_split(first, 0.5, seed=0)  # derived splits get their own label arrays
-    assert masked.labels.flags.writeable and (masked.labels == -1).any()
+    masked = partial_split(first, 0.5, seed=0)  # derived splits get their own labels
+    assert (masked.labels == -1).any() and not masked.labels.flags.writeable  # every dense view is read-only
     assert np.array_equal(synthetic_split("val", num_images=5, seed=9).labels, first.labels)
 
 

@@ -7,12 +7,13 @@ import logging
 import os
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from clipml.data.base import MultiLabelSplit
 from clipml.data.images import image_problem
+from clipml.data.sparse import SparseLabels
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ def check_unique(names: Sequence[str], where: str, what: str = "image") -> None:
 def resolve_missing(
     root: Optional[Path],
     items: List[str],
-    labels: np.ndarray,
+    labels: Union[np.ndarray, SparseLabels],
     *,
     check_images: bool,
     on_missing_image: str,
     where: str,
-) -> Tuple[List[str], np.ndarray, List[str]]:
+) -> Tuple[List[str], Union[np.ndarray, SparseLabels], List[str]]:
     """Check that every image file exists (cheap stat loop) and apply the missing-image policy.
 
     Returns the kept items and labels and the list of skipped items (empty unless
@@ -105,7 +106,8 @@ def resolve_missing(
         where, len(missing), len(items), root, missing[:5],
     )
     kept = [item for item, ok in zip(items, exists) if ok]
-    return kept, labels[exists], missing
+    rows = np.flatnonzero(exists)
+    return kept, labels.take(rows) if isinstance(labels, SparseLabels) else labels[rows], missing
 
 
 def decode_problem(split, index: int) -> Optional[str]:

@@ -1,4 +1,5 @@
-"""The one in-memory form every dataset loader returns: image ids plus an int8 label matrix."""
+"""The one in-memory form every dataset loader returns: image ids plus their known labels, held
+sparsely (clipml.data.sparse) so that natively partial datasets with thousands of classes fit."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from clipml.data.images import ImageDecodeError, open_image as read_image  # noqa: F401 (re-exported)
+from clipml.data.sparse import SparseLabels
 from clipml.errors import DataError
 
 
@@ -40,9 +42,13 @@ class ObjectInstance:
 class MultiLabelSplit:
     """One split of a multi-label dataset.
 
-    `labels[i, c]` is 1 (positive), 0 (negative) or -1 (unknown in training, ignored in
-    evaluation). Images are read from `root / items[i]`; subclasses that render images in
-    memory override `open_image` (and set no root).
+    Entry (i, c) is 1 (positive), 0 (negative) or -1 (unknown in training, ignored in
+    evaluation). `targets` holds the known entries sparsely (a loader passes a `SparseLabels`
+    built from its triples, or a dense [N, C] matrix that is converted): memory grows with the
+    labels known, not N x C. `labels` and `known` are dense views for small splits and tests;
+    library code reads `targets` (batches densify per batch, statistics come from the sparse
+    form). Images are read from `root / items[i]`; subclasses that render images in memory
+    override `open_image` (and set no root).
 
     `labels_complete` declares whether the labels are the full annotation (COCO, VOC, ...: the
     partial-label protocol simulates unknowns on them) or already partial (a user's manifest
@@ -53,26 +59,30 @@ class MultiLabelSplit:
     split: str
     classes: List[str]
     items: List[str]
-    labels: np.ndarray
+    targets: Union[SparseLabels, np.ndarray]
     root: Optional[Path] = None
     labels_complete: bool = True
 
     def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels)
-        if self.labels.dtype != np.int8:
-            if not np.isin(self.labels, (POSITIVE, NEGATIVE, UNKNOWN)).all():
-                bad = np.unique(self.labels[~np.isin(self.labels, (POSITIVE, NEGATIVE, UNKNOWN))])
-                raise DataError(
-                    f"{self.dataset}/{self.split}: labels must be 1, 0 or -1, found {bad[:5].tolist()}"
-                )
-            self.labels = self.labels.astype(np.int8)
-        if self.labels.shape != (len(self.items), len(self.classes)):
+        if not isinstance(self.targets, SparseLabels):
+            self.targets = self._from_dense(np.asarray(self.targets))
+        if self.targets.shape != (len(self.items), len(self.classes)):
             raise DataError(
-                f"{self.dataset}/{self.split}: label matrix has shape {self.labels.shape}, "
+                f"{self.dataset}/{self.split}: label matrix has shape {self.targets.shape}, "
                 f"expected ({len(self.items)} images, {len(self.classes)} classes)"
             )
         if self.root is not None:
             self.root = Path(self.root)
+
+    def _from_dense(self, labels: np.ndarray) -> SparseLabels:
+        if labels.ndim != 2:
+            raise DataError(f"{self.dataset}/{self.split}: labels must be an [images, classes] matrix, "
+                            f"got shape {labels.shape}")
+        valid = np.isin(labels, (POSITIVE, NEGATIVE, UNKNOWN))
+        if not valid.all():
+            raise DataError(f"{self.dataset}/{self.split}: labels must be 1, 0 or -1, "
+                            f"found {np.unique(labels[~valid])[:5].tolist()}")
+        return SparseLabels.from_dense(labels)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -82,9 +92,22 @@ class MultiLabelSplit:
         return len(self.classes)
 
     @property
+    def labels(self) -> np.ndarray:
+        """The dense int8 [N, C] matrix, read-only (it is rebuilt on each access: change labels
+        with `with_labels`). It costs N x C bytes: library code reads `targets` instead."""
+        dense = self.targets.dense()
+        dense.flags.writeable = False
+        return dense
+
+    @property
     def known(self) -> np.ndarray:
-        """Boolean [N, C]: which entries are known (not -1)."""
+        """Boolean [N, C]: which entries are known (not -1); dense, as `labels`."""
         return self.labels != UNKNOWN
+
+    @property
+    def known_fraction(self) -> float:
+        """Share of the N x C entries that are known."""
+        return self.targets.nnz / max(len(self) * self.num_classes, 1)
 
     def image_path(self, index: int) -> Path:
         if self.root is None:
@@ -119,12 +142,12 @@ class MultiLabelSplit:
             self,
             split=split or self.split,
             items=[self.items[i] for i in indices],
-            labels=self.labels[indices].copy(),
+            targets=self.targets.take(indices),
         )
 
-    def with_labels(self, labels: np.ndarray) -> "MultiLabelSplit":
-        """The same images with another label matrix (e.g. a partial-label mask applied)."""
-        return dataclasses.replace(self, labels=np.asarray(labels, dtype=np.int8))
+    def with_labels(self, labels: Union[SparseLabels, np.ndarray]) -> "MultiLabelSplit":
+        """The same images with other labels, sparse or a dense matrix (e.g. a partial-label mask applied)."""
+        return dataclasses.replace(self, targets=labels)
 
     def files_digest(self) -> Optional[str]:
         """A digest of every image file's (name, size, modification time in ns), in order: it
@@ -143,9 +166,10 @@ class MultiLabelSplit:
         return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
     def labels_digest(self) -> str:
-        """A hash of the label matrix with the class and image lists it belongs to."""
+        """A hash of the dense label matrix (fed in row chunks: the same hash as before labels were
+        sparse) with the class and image lists it belongs to."""
         digest = hashlib.sha256(self.fingerprint().encode())
-        digest.update(np.ascontiguousarray(self.labels, dtype=np.int8).tobytes())
+        self.targets.update_digest(digest)
         return digest.hexdigest()[:16]
 
     def fingerprint(self) -> str:

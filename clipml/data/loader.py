@@ -86,7 +86,8 @@ def collate(batch):
 
 class ImageLabelDataset(Dataset):
     """Items `(image_tensor, labels int8 [C], index)`; images come from `read_image`, so
-    in-memory splits work, and a missing or corrupt file raises a DataError naming it.
+    in-memory splits work, and a missing or corrupt file raises a DataError naming it. Each
+    item's label row is densified from the split's sparse labels when it is read.
 
     With `seed`, each image's random augmentation is drawn from a generator seeded by
     (seed, index): the same crop whatever the batch, worker or data-parallel rank it lands in.
@@ -96,7 +97,6 @@ class ImageLabelDataset(Dataset):
         self.split = split
         self.transform = transform
         self.seed = seed
-        self.labels = torch.from_numpy(split.labels.copy())
 
     def __len__(self) -> int:
         return len(self.split)
@@ -104,11 +104,12 @@ class ImageLabelDataset(Dataset):
     @carry_errors
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
         image = read_image(self.split, index)
+        labels = torch.from_numpy(self.split.targets.dense([index])[0])
         if self.seed is None:
-            return self.transform(image), self.labels[index], index
+            return self.transform(image), labels, index
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + index)
-            return self.transform(image), self.labels[index], index
+            return self.transform(image), labels, index
 
 
 def make_loader(

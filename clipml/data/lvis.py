@@ -7,7 +7,8 @@ image-level positives positive, and a class listed there cannot also be a verifi
 an image is refused). Classes are the `categories` in id order (1203 in v1), named by `name`
 (underscores read as spaces); images keep the JSON order and live where their `coco_url` says
 (`train2017/...` or `val2017/...`) under the root. The test annotations are not public, so
-`split="test"` is an alias of "val".
+`split="test"` is an alias of "val". Labels are built straight into sparse form (clipml.data.sparse):
+no [images, classes] matrix.
 
 LVIS train holds COCO 2014 val images (and LVIS val COCO 2014 train images), so a model trained on
 one must not be scored on the other: see `check_disjoint`.
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 import numpy as np
 
 from clipml.data._files import check_unique, finish_split, first_file, read_json, resolve_missing
-from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
+from clipml.data.base import NEGATIVE, POSITIVE, MultiLabelSplit
+from clipml.data.sparse import SparseLabels
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -115,17 +117,22 @@ def load_lvis(
     check_unique(files, where, "image file")
     row = {image_id: i for i, image_id in enumerate(image_ids)}
 
-    labels = np.full((len(images), len(column)), UNKNOWN, dtype=np.int8)
-    not_exhaustive = np.zeros(labels.shape, dtype=bool)
+    # (image row, class column) -> value, built straight into sparse labels: no [images, classes] matrix
+    known: Dict[Tuple[int, int], int] = {}
+    not_exhaustive = set()
     for number, image in enumerate(images, start=1):
-        for key, target in (("neg_category_ids", labels), ("not_exhaustive_category_ids", not_exhaustive)):
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             for cat_id in _id_list(image, key, where, number):
                 if cat_id not in column:
                     raise DataError(f"{where}: 'images' entry {number} (id {image['id']}): {key} holds category "
                                     f"{cat_id!r}, which is not in 'categories'")
-                target[number - 1, column[cat_id]] = NEGATIVE if key == "neg_category_ids" else True
-    both = np.argwhere(not_exhaustive & (labels == NEGATIVE))
-    if len(both):
+                entry = (number - 1, column[cat_id])
+                if key == "neg_category_ids":
+                    known[entry] = NEGATIVE
+                else:
+                    not_exhaustive.add(entry)
+    both = sorted(entry for entry in not_exhaustive if known.get(entry) == NEGATIVE)
+    if both:
         i, c = both[0]
         raise DataError(f"{where}: image {image_ids[i]} lists category {sorted(names)[c]} in both neg_category_ids "
                         "and not_exhaustive_category_ids (absent and present at once)")
@@ -136,15 +143,18 @@ def load_lvis(
             raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {image_id!r}")
         if cat_id not in column:
             raise DataError(f"{where}: annotation {ann.get('id')} has category id {cat_id!r}, not in 'categories'")
-        i, c = row[image_id], column[cat_id]
-        if labels[i, c] == NEGATIVE:
+        entry = (row[image_id], column[cat_id])
+        if known.get(entry) == NEGATIVE:
             raise DataError(f"{where}: annotation {ann.get('id')} marks category {cat_id} present in image "
                             f"{image_id}, whose neg_category_ids list it as absent")
-        labels[i, c] = POSITIVE
+        known[entry] = POSITIVE
+    entries = np.array(list(known), dtype=np.int64).reshape(-1, 2)
+    values = np.fromiter(known.values(), dtype=np.int8, count=len(known))
+    labels = SparseLabels.from_triples(entries[:, 0], entries[:, 1], values, (len(images), len(column)))
 
     logger.info("%s/%s: %d images, %d classes, %.3f%% of labels known (%d positive, %d negative)", DATASET, split,
-                len(images), len(column), 100 * float((labels != UNKNOWN).mean()) if labels.size else 0.0,
-                int((labels == POSITIVE).sum()), int((labels == NEGATIVE).sum()))
+                len(images), len(column), 100 * labels.nnz / max(len(images) * len(column), 1),
+                int((values == POSITIVE).sum()), int((values == NEGATIVE).sum()))
     items, labels, skipped = resolve_missing(root, files, labels, check_images=check_images,
                                              on_missing_image=on_missing_image, where=where)
     classes: List[str] = [names[cat_id] for cat_id in sorted(names)]

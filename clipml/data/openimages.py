@@ -15,9 +15,9 @@ trainable list of the version (`oidv6-classes-trainable.txt` or `classes-trainab
 from the class descriptions file (`LabelName,DisplayName`), a name shared by two classes getting
 its LabelName appended so that every class keeps its own prompt.
 
-The labels are read into (row, column, value) triples first (`read_image_labels`), the form a
-sparse label store can take without a dense [images, classes] matrix; `load_openimages` turns
-them into the dense split every method trains on today.
+The labels are read into (row, column, value) triples first (`read_image_labels`) and become the
+split's sparse labels (clipml.data.sparse) without a dense [images, classes] matrix: memory grows
+with the labels known (about 5 bytes each), not with images x classes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from clipml.data._files import check_unique, finish_split, resolve_missing
-from clipml.data.base import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelSplit
+from clipml.data.base import NEGATIVE, POSITIVE, MultiLabelSplit
+from clipml.data.sparse import SparseLabels
 from clipml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,10 @@ class ImageLabels:
     cols: np.ndarray
     values: np.ndarray
 
-    def dense(self) -> np.ndarray:
-        """The int8 [images, classes] matrix, UNKNOWN where no triple says otherwise."""
-        labels = np.full((len(self.images), len(self.class_ids)), UNKNOWN, dtype=np.int8)
-        labels[self.rows, self.cols] = self.values
-        return labels
+    def sparse(self) -> SparseLabels:
+        """The split's labels straight from the triples: no [images, classes] matrix is built
+        (9,605 classes x 9M training images would be 86 GB dense)."""
+        return SparseLabels.from_triples(self.rows, self.cols, self.values, (len(self.images), len(self.class_ids)))
 
 
 @dataclasses.dataclass
@@ -323,14 +323,14 @@ def load_openimages(
         machine_threshold=machine_threshold, classes_file=classes_file)
     folder = image_dir if image_dir is not None else split
     items = [f"{folder}/{image}.jpg" if folder else f"{image}.jpg" for image in labels.images]
-    dense = labels.dense()
+    sparse = labels.sparse()
     logger.info("%s %s/%s (%s labels): %d images, %d classes, %d known labels (%.3f%% of the matrix, %d positive); "
-                "dense label matrix %.1f MB", DATASET, version, split, sources, len(items), len(names),
-                len(labels.values), 100 * len(labels.values) / max(dense.size, 1),
-                int((labels.values == POSITIVE).sum()), dense.nbytes / 1e6)
+                "sparse labels %.1f MB", DATASET, version, split, sources, len(items), len(names),
+                sparse.nnz, 100 * sparse.nnz / max(len(items) * len(names), 1),
+                int((labels.values == POSITIVE).sum()), sparse.nbytes / 1e6)
     where = f"{DATASET}/{split}"
-    items, dense, skipped = resolve_missing(root, items, dense, check_images=check_images,
-                                            on_missing_image=on_missing_image, where=where)
-    result = OpenImagesSplit(DATASET, split, names, items, dense, root, labels_complete=False,
+    items, sparse, skipped = resolve_missing(root, items, sparse, check_images=check_images,
+                                             on_missing_image=on_missing_image, where=where)
+    result = OpenImagesSplit(DATASET, split, names, items, sparse, root, labels_complete=False,
                              class_ids=list(labels.class_ids))
     return finish_split(result, skipped)

@@ -48,19 +48,19 @@ def carve_validation(
 def require_positives(split: MultiLabelSplit) -> None:
     """A DataError naming the split, its size and the likely cause when no image has a known
     positive label: its mAP and decision thresholds are undefined."""
-    if (split.labels == POSITIVE).any():
+    if (split.targets.values == POSITIVE).any():
         return
     hint = ("a validation part carved from few images at a small p (data.known_ratio) often has none: raise "
             "data.val_fraction or data.known_ratio, or name your own validation split (data.val_split)"
             if split.split.endswith("-val") else "check that the split's labels list positives")
-    raise DataError(f"split {split.dataset}/{split.split} ({len(split)} images, {int(split.known.sum())} known labels) "
+    raise DataError(f"split {split.dataset}/{split.split} ({len(split)} images, {split.targets.nnz} known labels) "
                     f"has no known positive label, so its mAP is undefined; {hint}")
 
 
 def warn_small_validation(val: MultiLabelSplit, where: str) -> None:
     """Warn, with the numbers, when a validation split is too small for epoch selection: its mAP
     moves in big steps (a flat or jumping curve) and the best epoch is mostly chance."""
-    positives = (val.labels == POSITIVE).sum(axis=0)
+    positives = val.targets.count_per_class(POSITIVE)
     few = int((positives < FEW_POSITIVES).sum())
     none = int((positives == 0).sum())
     if len(val) >= SMALL_VALIDATION and few * 2 <= val.num_classes:

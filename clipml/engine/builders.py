@@ -63,13 +63,13 @@ def _warn_unknown_test_labels(test: MultiLabelSplit) -> None:
     negative is left out of the mAP (it would score a perfect AP whatever the model does), so say so."""
     if test.labels_complete:
         return
-    no_negative = [name for c, name in enumerate(test.classes)
-                   if (test.labels[:, c] == 1).any() and not (test.labels[:, c] == 0).any()]
+    positives, negatives = test.targets.count_per_class(1), test.targets.count_per_class(0)
+    no_negative = [test.classes[c] for c in np.flatnonzero((positives > 0) & (negatives == 0))]
     # Open Images and LVIS are partial by construction; one's own manifest can list more negatives.
     hint = "" if test.dataset in ("openimages", "lvis") else \
         ": list the test split's negatives, or data.options.unlisted=negative"
     logger.warning("%s/%s: %.1f%% of the test labels are unknown and left out of the scores%s",
-                   test.dataset, test.split, 100 * (1 - test.known.mean()),
+                   test.dataset, test.split, 100 * (1 - test.known_fraction),
                    f"; {len(no_negative)} classes have no known negative, so the mAP leaves them out "
                    f"(e.g. {no_negative[0]!r}){hint}" if no_negative else "")
 
@@ -82,7 +82,7 @@ def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, 
     for model selection."""
     data = cfg.data
     train, test = loaded or load_splits(cfg)
-    source, before = label_source(cfg, train), train.known.mean()
+    source, before = label_source(cfg, train), train.known_fraction
     if source == "imported mask":
         train = import_mask(data.mask_file, train)
     elif source.startswith("simulated"):
@@ -100,8 +100,9 @@ def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, 
 
 def known_percent(cfg: ExperimentConfig, train: MultiLabelSplit, val: MultiLabelSplit) -> float:
     """% of the training split's label entries known, the carved validation part included."""
-    known = train.known if cfg.data.val_split else np.concatenate([train.known, val.known])
-    return 100 * float(known.mean())
+    parts = (train,) if cfg.data.val_split else (train, val)
+    known, entries = sum(part.targets.nnz for part in parts), sum(len(part) * part.num_classes for part in parts)
+    return 100 * known / max(entries, 1)
 
 
 def load_validation(cfg: ExperimentConfig, train: MultiLabelSplit) -> MultiLabelSplit:

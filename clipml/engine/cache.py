@@ -52,6 +52,7 @@ from torch.utils.data import Dataset
 from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import ImageLoader, carry_errors, read_image
+from clipml.data.sparse import SparseLabels
 from clipml.data.transforms import Normalize255, eval_transform, train_transform
 from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
@@ -95,7 +96,8 @@ def key_digest(key: Dict) -> str:
 
 
 def union_split(*splits: MultiLabelSplit) -> MultiLabelSplit:
-    """The distinct images of `splits` in sorted order (labels all 0: a cache stores none).
+    """The distinct images of `splits` in sorted order (every label unknown: a cache stores none,
+    and no [images, classes] matrix is built for them).
 
     Training and validation parts carved from one split share one cache keyed by this list,
     which stays the same whatever the validation fraction or seed.
@@ -106,8 +108,8 @@ def union_split(*splits: MultiLabelSplit) -> MultiLabelSplit:
             raise DataError(f"cannot cache {first.dataset}/{first.split} and {other.dataset}/{other.split} "
                             "together: they differ in class list, image root or kind")
     items = sorted({item for split in splits for item in split.items})
-    labels = np.zeros((len(items), len(first.classes)), dtype=np.int8)
-    return dataclasses.replace(first, split="+".join(s.split for s in splits), items=items, labels=labels)
+    labels = SparseLabels.unknown((len(items), len(first.classes)))
+    return dataclasses.replace(first, split="+".join(s.split for s in splits), items=items, targets=labels)
 
 
 def _data_offset(path: Path) -> Tuple[int, Tuple[int, ...]]:

@@ -4,6 +4,7 @@ and where the split allows, the METHODS §11 localisation metrics and mAP breakd
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -11,8 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_by_label_count, map_by_object_size,
-                              object_sizes)
+from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, known_map_by_label_count,
+                              known_map_by_object_size, object_sizes)
 from clipml.data.splits import require_positives
 from clipml.engine import Progress, distributed
 from clipml.engine.features import CountedPass
@@ -20,7 +21,8 @@ from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
 from clipml.experiment import EvalConfig
 from clipml.localization import class_map_correlation, localize_image, summarize_localization
-from clipml.metrics import TOP_K, evaluate_scores, f1_thresholds, sigmoid
+from clipml.known_scores import KnownScores, KnownScoresBuilder
+from clipml.metrics import TOP_K, evaluate_known, f1_thresholds, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
@@ -29,32 +31,51 @@ logger = logging.getLogger(__name__)
 def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], int8 labels [N, C]) in the split's image order; under data
     parallelism every rank scores its shard and all ranks get the gathered result."""
-    logits, labels, _, _ = _score(model, source, progress, localize=False)
-    return logits, labels
+    scored = _score(model, source, progress, localize=False, dense=True)
+    return scored.logits, scored.labels
 
 
-def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False):
-    """predict()'s arrays, plus with `localize` (the split has object masks) the pointing-game
-    hits and mass inside per (image, class), [2, N, C] (nan: no trial), or None without any
-    trial (e.g. the model gives no attention maps). Attention leaves the device only then.
-    With `correlate`, also each image's class-map correlation [N] (None without attention maps)."""
+@dataclasses.dataclass
+class Scored:
+    """What `_score` gives: the scores at the known entries; with `dense`, the [N, C] logits and
+    labels; the pointing-game hits and mass inside per (image, class), [2, N, C] (nan: no trial),
+    where asked and the model gives attention maps; each image's class-map correlation [N]."""
+
+    known: KnownScores
+    logits: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    localization: Optional[np.ndarray] = None
+    correlation: Optional[np.ndarray] = None
+
+
+def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False,
+           dense: bool = False, k: int = 0) -> Scored:
+    """Score every image of `source`'s split. Each batch's logits are kept at its known entries
+    only (with their top-`k` flags), so a test split of 9,605 classes never builds its [N, C]
+    matrix unless `dense` asks for it. With `localize` (the split has object masks), also the
+    localisation trials (attention leaves the device only then); with `correlate`, the class-map
+    correlations (both None without attention maps)."""
     model.eval()
     split = source.split
     count, classes = len(split), len(model.classnames)
     batches = source.batches()
     if progress is not None:
         batches = progress(CountedPass(batches, len(source)), "eval")
+    known = KnownScoresBuilder(classes, k)
     indices, scores, labels = [np.zeros(0, dtype=np.int64)], [np.zeros((0, classes), np.float32)], \
         [np.zeros((0, classes), np.int8)]
     hits, mass = [np.zeros((0, classes))], [np.zeros((0, classes))]
     correlations = [np.zeros(0)]
     with torch.no_grad():
         text = model.text_features()
-        for dense, batch_labels, index in batches:
-            output = model.forward_dense(dense, text)
+        for dense_features, batch_labels, index in batches:
+            output = model.forward_dense(dense_features, text)
+            batch_logits, batch_labels = output.logits.float().cpu().numpy(), batch_labels.cpu().numpy()
             indices.append(index.numpy())
-            scores.append(output.logits.float().cpu().numpy())
-            labels.append(batch_labels.cpu().numpy())
+            known.add(index.numpy(), batch_logits, batch_labels)
+            if dense:
+                scores.append(batch_logits)
+                labels.append(batch_labels)
             if correlate:  # nan without attention: every rank gathers the same arrays
                 correlations.append(np.full(len(index), np.nan) if output.attention is None
                                     else class_map_correlation(output.attention.float().cpu()))
@@ -66,29 +87,31 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, co
                         if objects is None:
                             raise DataError(f"{split.dataset}/{split.split}: no object masks for image "
                                             f"{split.items[i]!r}, though the split has instances")
-                        batch_hits[row], batch_mass[row] = localize_image(attention, dense.grid, objects)
+                        batch_hits[row], batch_mass[row] = localize_image(attention, dense_features.grid, objects)
                 hits.append(batch_hits)
                 mass.append(batch_mass)
-    parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels), np.concatenate(correlations)]
+    parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels), np.concatenate(correlations),
+             *known.arrays()]
     if localize:
         parts += [np.concatenate(hits), np.concatenate(mass)]
     context = getattr(source, "context", None)
     if context is not None:
         parts = distributed.gather_rows(context, parts)
-    index, all_scores, all_labels = parts[:3]
+    index = parts[0]
     if len(index) != count or len(np.unique(index)) != count:
         raise RuntimeError(f"evaluation scored {len(np.unique(index))} of {count} images")
-    out_scores = np.zeros((count, classes), dtype=np.float32)
-    out_labels = np.zeros((count, classes), dtype=np.int8)
-    out_scores[index], out_labels[index] = all_scores, all_labels
-    localization = correlation = None
-    if localize and not np.isnan(parts[4]).all():
-        localization = np.full((2, count, classes), np.nan)
-        localization[0][index], localization[1][index] = parts[4], parts[5]
+    scored = Scored(known.finish(count, list(parts[4:9])))
+    if dense:
+        scored.logits = np.zeros((count, classes), dtype=np.float32)
+        scored.labels = np.zeros((count, classes), dtype=np.int8)
+        scored.logits[index], scored.labels[index] = parts[1], parts[2]
+    if localize and not np.isnan(parts[9]).all():
+        scored.localization = np.full((2, count, classes), np.nan)
+        scored.localization[0][index], scored.localization[1][index] = parts[9], parts[10]
     if correlate and not np.isnan(parts[3]).all():
-        correlation = np.full(count, np.nan)
-        correlation[index] = parts[3]
-    return out_scores, out_labels, localization, correlation
+        scored.correlation = np.full(count, np.nan)
+        scored.correlation[index] = parts[3]
+    return scored
 
 
 def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: bool = True,
@@ -98,8 +121,12 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     use the logits, thresholds the probabilities; `settings` choose the AP and the top-3 rule
     (default: envelope AP, reference rule). With `thresholds` (from `decision_thresholds`) the
     F1 family at them is added, suffixed `_tuned`. `scores_path`: also write every
-    (image, class) score there (see `write_scores`); `arrays_path`: the logits and labels as
-    arrays (see `write_score_arrays`).
+    (image, class) score there (see `write_scores`; it alone needs the [N, C] logits);
+    `arrays_path`: the logits and labels at the known entries (see `write_score_arrays`).
+
+    Every metric reads the scores at the known entries only (clipml.known_scores): on a
+    partially labelled split, mAP, per-class AP and the breakdowns score a class only with a
+    known positive and a known negative (`coverage` says how many, and why not the others).
 
     With `details`, also mAP by labels per image (`mAP_by_labels`), and on a split with
     object masks mAP by object size (`mAP_by_size`) and, for a model with attention maps,
@@ -113,25 +140,27 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     split = source.split
     require_positives(split)  # before scoring: mAP would be undefined
     with_masks = details and split.has_instances
-    logits, labels, localization, correlation = _score(model, source, progress, localize=with_masks,
-                                                       correlate=details)
-    probs = sigmoid(logits)
-    tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
+    k = TOP_K if split.num_classes >= TOP_K else 0
     context = getattr(source, "context", None)
-    if scores_path is not None and (context is None or context.is_main):
-        write_scores(scores_path, split, model.classnames, logits, probs, labels)
-    if arrays_path is not None and (context is None or context.is_main):
-        write_score_arrays(arrays_path, split, model.classnames, logits, labels)
-    result = evaluate_scores(probs, labels, scores=logits, ap=settings.ap, top_k_rule=settings.top3,
-                             tuned_thresholds=tuned)
+    main = context is None or context.is_main
+    scored = _score(model, source, progress, localize=with_masks, correlate=details,
+                    dense=scores_path is not None, k=k)
+    known = scored.known
+    tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
+    if scores_path is not None and main:
+        write_scores(scores_path, split, model.classnames, scored.logits, sigmoid(scored.logits), scored.labels)
+    if arrays_path is not None and main:
+        write_score_arrays(arrays_path, split, model.classnames, known)
+    result = evaluate_known(known, ap=settings.ap, top_k_rule=settings.top3, tuned_thresholds=tuned)
     if details:
-        result.update(map_by_label_count(logits, labels, kind=settings.ap))
+        result.update(known_map_by_label_count(known, kind=settings.ap))
     if with_masks:
-        result.update(map_by_object_size(logits, labels, object_sizes(split), kind=settings.ap))
-    if localization is not None:
-        result.update(summarize_localization(*localization))
-    if correlation is not None and not np.isnan(correlation).all():
-        result["class_map_correlation"] = float(np.nanmean(correlation))
+        sizes = object_sizes(split)
+        result.update(known_map_by_object_size(known, sizes[known.rows, known.cols], kind=settings.ap))
+    if scored.localization is not None:
+        result.update(summarize_localization(*scored.localization))
+    if scored.correlation is not None and not np.isnan(scored.correlation).all():
+        result["class_map_correlation"] = float(np.nanmean(scored.correlation))
     return result
 
 
@@ -149,12 +178,15 @@ def write_scores(path: str, split, classnames: Sequence[str], logits: np.ndarray
     logger.info("wrote %d x %d scores to %s", len(split.items), len(classnames), path)
 
 
-def write_score_arrays(path: str, split, classnames: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> None:
-    """A split's scores as a compressed .npz (`images`, `classes`, `logits` [N, C] float32,
-    `labels` [N, C] int8): what a run keeps for its report's precision-recall curves, a few
-    bytes per entry where the CSV of `write_scores` takes about forty."""
+def write_score_arrays(path: str, split, classnames: Sequence[str], known: KnownScores) -> None:
+    """A split's scores at its known entries as a compressed .npz (`images`, `classes`, `shape`,
+    and per known entry `rows`, `cols`, `logits` float32, `labels` int8): what a run keeps for
+    its report's precision-recall curves, about 10 bytes per known entry (unknown entries are
+    in no curve), where the CSV of `write_scores` takes about forty per (image, class)."""
     np.savez_compressed(path, images=np.array(split.items, dtype=str), classes=np.array(classnames, dtype=str),
-                        logits=logits.astype(np.float32), labels=labels.astype(np.int8))
+                        shape=np.asarray(known.shape, dtype=np.int64), rows=known.rows.astype(np.int64),
+                        cols=known.cols.astype(np.int32), logits=known.ranking.astype(np.float32),
+                        labels=known.labels.astype(np.int8))
 
 
 DETAIL_COUNTS = {"mAP_by_labels": "images_by_labels", "mAP_by_size": "positives_by_size"}

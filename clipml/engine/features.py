@@ -94,7 +94,6 @@ class CachedFeatureSource:
         self.shuffle = shuffle
         self.random_views = random_views
         self.positions = cache.positions(split)
-        self.labels = torch.from_numpy(split.labels.copy())
         self.context: Optional[DistContext] = None  # set by the trainer under data parallelism
 
     def __len__(self) -> int:
@@ -123,4 +122,5 @@ class CachedFeatureSource:
             tokens, pooled = self.cache.read(self.positions[index], views[index])
             dense = Dense(tokens=tokens.to(self.device, non_blocking=True).float(),
                           pooled=pooled.to(self.device, non_blocking=True).float(), grid=self.cache.grid)
-            yield dense, self.labels[index].to(self.device), torch.from_numpy(index)
+            labels = torch.from_numpy(self.split.targets.dense(index))  # [B, C], densified per batch
+            yield dense, labels.to(self.device), torch.from_numpy(index)

@@ -511,7 +511,7 @@ def synthetic_split(split: str = "train", num_images: int = 1000, seed: int = 0,
         split=split,
         classes=list(generator.classes),
         items=items,
-        labels=labels,
+        targets=labels,
         root=None,
         seed=seed,
         stream=STREAMS[split],
@@ -563,11 +563,12 @@ def write_synthetic_dataset(
         data = synthetic_split(split, num_images=count, seed=seed, image_size=image_size, preset=preset)
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
+        labels = data.labels  # dense once: each access builds it
         with open(out / f"{split}.jsonl", "w") as manifest:
             for i in range(len(data)):
                 relative = f"images/{split}/{data.scene_index(i):06d}.jpg"
                 data.open_image(i).save(out / relative, quality=quality)
-                row = data.labels[i]
+                row = labels[i]
                 record = {
                     "image": relative,
                     "positive": [c for c, v in zip(data.classes, row) if v == POSITIVE],
