@@ -15,6 +15,7 @@ from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, map_
                               object_sizes)
 from clipml.data.splits import require_positives
 from clipml.engine import Progress, distributed
+from clipml.engine.classes import score_in_chunks
 from clipml.engine.features import CountedPass
 from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
@@ -26,18 +27,21 @@ from clipml.model import MultiLabelCLIP
 logger = logging.getLogger(__name__)
 
 
-def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
+def predict(model: MultiLabelCLIP, source, progress: Progress = None, class_chunk: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], int8 labels [N, C]) in the split's image order; under data
-    parallelism every rank scores its shard and all ranks get the gathered result."""
-    logits, labels, _, _ = _score(model, source, progress, localize=False)
+    parallelism every rank scores its shard and all ranks get the gathered result.
+    `class_chunk`: score that many classes at a time (eval.class_chunk; 0: all at once)."""
+    logits, labels, _, _ = _score(model, source, progress, localize=False, class_chunk=class_chunk)
     return logits, labels
 
 
-def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False):
+def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False,
+           class_chunk: int = 0):
     """predict()'s arrays, plus with `localize` (the split has object masks) the pointing-game
     hits and mass inside per (image, class), [2, N, C] (nan: no trial), or None without any
     trial (e.g. the model gives no attention maps). Attention leaves the device only then.
-    With `correlate`, also each image's class-map correlation [N] (None without attention maps)."""
+    With `correlate`, also each image's class-map correlation [N] (None without attention maps).
+    The text features are computed once for the whole split."""
     model.eval()
     split = source.split
     count, classes = len(split), len(model.classnames)
@@ -51,7 +55,7 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, co
     with torch.no_grad():
         text = model.text_features()
         for dense, batch_labels, index in batches:
-            output = model.forward_dense(dense, text)
+            output = score_in_chunks(model, dense, text, class_chunk, attention=localize or correlate)
             indices.append(index.numpy())
             scores.append(output.logits.float().cpu().numpy())
             labels.append(batch_labels.cpu().numpy())
@@ -114,7 +118,7 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     require_positives(split)  # before scoring: mAP would be undefined
     with_masks = details and split.has_instances
     logits, labels, localization, correlation = _score(model, source, progress, localize=with_masks,
-                                                       correlate=details)
+                                                       correlate=details, class_chunk=settings.class_chunk)
     probs = sigmoid(logits)
     tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
     context = getattr(source, "context", None)
@@ -240,8 +244,9 @@ def decision_thresholds(model: MultiLabelCLIP, source, progress=None,
     """Per-class decision thresholds and a probability calibration chosen on `source` (the
     validation split), as stored in a prompt checkpoint (see `choose_thresholds`)."""
     require_positives(source.split)
-    logits, labels = predict(model, source, progress)
-    return choose_thresholds(logits, labels, model.classnames, settings or EvalConfig())
+    settings = settings or EvalConfig()
+    logits, labels = predict(model, source, progress, settings.class_chunk)
+    return choose_thresholds(logits, labels, model.classnames, settings)
 
 
 def choose_thresholds(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
