@@ -10,7 +10,8 @@ Each (method, C, pass) runs in its own process, so its peak memory is its own: C
 max_memory_allocated on a GPU; on CPU the resident-set high-water mark (VmHWM, reset through
 /proc/self/clear_refs) during one step minus the resident set before it, measured after the timed
 steps with glibc's mmap threshold fixed and freed memory trimmed, so the resident set follows live
-tensors. Times: medians after one warm-up step, one thread by default. A process is capped at `--max-gb` of
+tensors. Times: medians after one warm-up step; on CPU the process's CPU seconds with one thread (other
+jobs on a shared machine do not count), on CUDA wall seconds. A process is capped at `--max-gb` of
 address space: a pass that needs more is reported as "over the cap", not run into swap.
 
     python benchmarks/bench_scaling.py                                  # toy-rn, every method, CPU
@@ -93,7 +94,9 @@ def child(args) -> dict:
 
     result = {"method": args.method, "classes": args.classes, "mode": args.mode, "encoded": encoded}
     fns = {"floor": floor} if args.floor_only else {"step": step, "floor": floor}
-    result.update(interleaved_medians(fns, args.repeats, device, warmup=1))
+    # On CPU this process's CPU seconds (one thread: other jobs on a shared machine do not count).
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
+    result.update(interleaved_medians(fns, args.repeats, device, warmup=1, clock=clock))
     if not device.startswith("cuda"):
         release_freed_memory()
     for name, fn in fns.items():
