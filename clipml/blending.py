@@ -252,10 +252,11 @@ class RepresentationBlending(nn.Module):
         """IPRB: unknown entries of image i borrow the known-positive feature of image B−1−i.
 
         Blended entries get ``α f_i + (1−α) f_{i'}``, target ``1−α`` and become known; every
-        other entry keeps its feature, target and known flag. No randomness is involved.
+        other entry keeps its feature, target and known flag. No randomness is involved. Each class
+        is blended on its own, so `f` may hold any subset of the classes (a class-subset training step).
         """
         self._require("instance")
-        _check_inputs(f, targets, known, self.num_classes, self.feat_dim)
+        _check_inputs(f, targets, known, f.shape[1] if f.dim() == 3 else self.num_classes, self.feat_dim)
         alpha, soft = self._coefficient(self.alpha)
         mask = ~known & _known_positive(targets, known).flip(0)
         rows, cols = mask.nonzero(as_tuple=True)  # blend only these rows: few, and cheap to index

@@ -118,12 +118,17 @@ class EvalConfig:
     threshold_min_positives: int = 5
     # No threshold below this calibrated probability (Platt scaling on the validation split).
     threshold_floor: float = 0.1
+    # Score at most this many classes at a time (methods that score classes separately): bounds the
+    # [B, C, N] attention and [B, C, D] per-class features of thousands of classes; the scores are
+    # the same. 0: all classes at once.
+    class_chunk: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold_min_positives < 1:
             raise ConfigError(f"eval.threshold_min_positives must be at least 1, got {self.threshold_min_positives}")
         if not 0.0 <= self.threshold_floor < 1.0:
             raise ConfigError(f"eval.threshold_floor must be a probability in [0, 1), got {self.threshold_floor}")
+        require(self.class_chunk >= 0, "eval.class_chunk", self.class_chunk, ">= 0 (0: all classes at once)")
 
 
 @dataclasses.dataclass
@@ -143,6 +148,15 @@ class OptimConfig:
     # The semantic decoupler's learning rate is lr times this (1: one rate for all, as the papers).
     # On the lab it fits the known labels faster than the prompts do (benchmarks/results/quality.md).
     decoupler_lr_scale: float = 1.0
+    # Classes a training step runs through the text tower and the heads. "known": those with a known
+    # label in the batch, which gives the full pass's gradients exactly (the loss of the others is 0)
+    # where the method scores classes separately and PPRB is off (an error elsewhere); "all": every
+    # class; "auto": "known" where it is exact, else "all".
+    train_classes: Literal["auto", "known", "all"] = "auto"
+    # Class sampling (DualCoOp's num_train_cls), an approximation: each step encodes the batch's known
+    # classes plus random other classes up to this many (never fewer than the known ones); for
+    # training where "known" is not exact (PPRB draws unknown classes from these). 0: off.
+    sampled_classes: int = 0
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "optim.lr", self.lr, "> 0")
@@ -154,6 +168,10 @@ class OptimConfig:
         require(self.warmup_lr > 0, "optim.warmup_lr", self.warmup_lr, "> 0")
         require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "> 0 or null")
         require(self.decoupler_lr_scale > 0, "optim.decoupler_lr_scale", self.decoupler_lr_scale, "> 0")
+        require(self.sampled_classes >= 0, "optim.sampled_classes", self.sampled_classes, ">= 0 (0: off)")
+        if self.sampled_classes and self.train_classes == "all":
+            raise ConfigError(f"optim.sampled_classes={self.sampled_classes} samples classes, but "
+                              f"optim.train_classes='all' asks for every class; set one of them")
         if self.schedule == "dassl" and self.warmup_epochs != int(self.warmup_epochs):
             raise ConfigError(f"optim.schedule=dassl counts warm-up in whole epochs; got optim.warmup_epochs="
                               f"{self.warmup_epochs}")
@@ -209,11 +227,30 @@ class ExperimentConfig:
                                   f"set device=cuda or data.cache_device=cpu")
         require(self.init_from is None or bool(self.init_from), "init_from", self.init_from,
                 "a checkpoint path or null")
+        check_class_subsets(self)
         if self.loss.reduction is None:  # each loss's own reference reduction (see LossConfig)
             self.loss = dataclasses.replace(self.loss, reduction=REFERENCE_REDUCTION[self.loss.name])
 
     def run_dir(self) -> str:
         return self.output_dir.format(name=self.name)
+
+
+def check_class_subsets(cfg: ExperimentConfig) -> None:
+    """optim.train_classes=known must give the full pass's gradients; class sampling and
+    evaluation chunks need a method that scores classes separately."""
+    from clipml.methods import get_method
+    from clipml.methods.terms import class_subset_obstacle
+
+    obstacle = class_subset_obstacle(cfg.model)
+    if cfg.optim.train_classes == "known" and obstacle:
+        raise ConfigError(f"optim.train_classes=known gives the full pass's gradients only where no class is "
+                          f"coupled to others, but {obstacle}: use optim.train_classes=auto or all (or "
+                          f"optim.sampled_classes=K, an approximation)")
+    separate = get_method(cfg.model.method).class_subsets
+    for key, value in (("optim.sampled_classes", cfg.optim.sampled_classes), ("eval.class_chunk", cfg.eval.class_chunk)):
+        if value and not separate:
+            raise ConfigError(f"{key}={value} scores a subset of the classes, but method {cfg.model.method!r} "
+                              f"scores all classes together; set {key}=0")
 
 
 def saved_config(saved: Dict[str, Any], source: str = "") -> ExperimentConfig:
@@ -230,7 +267,7 @@ def saved_config(saved: Dict[str, Any], source: str = "") -> ExperimentConfig:
 # Keys that say where or how fast a run goes, not what it computes: resuming a run, reading back a
 # finished one (train, sweep) ignores them. Every other key is part of the experiment's identity.
 RUN_ONLY_KEYS = ("name", "output_dir", "device", "data.workers", "data.eval_batch_size", "data.cache_dir",
-                 "data.cache_device", "train.tensorboard", "train.report", "train.report_images")
+                 "data.cache_device", "eval.class_chunk", "train.tensorboard", "train.report", "train.report_images")
 
 
 def _leaves(cfg: Any, prefix: str = "") -> Dict[str, Any]:

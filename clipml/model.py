@@ -86,9 +86,10 @@ class MultiLabelCLIP(nn.Module):
         self.terms = terms.build_terms(self)
         self.to(backbone.device)
 
-    def text_features(self):
-        """Text features of the current prompts: [C, D], or a pair for methods with two prompts."""
-        return self.prompts()
+    def text_features(self, classes: Optional[torch.Tensor] = None):
+        """Text features of the current prompts: [C, D], or a pair for methods with two prompts;
+        with `classes` (indices, methods with `class_subsets`) those classes' alone."""
+        return self.prompts() if classes is None else self.prompts(self._subset(classes))
 
     def encode(self, images: torch.Tensor) -> Dense:
         with torch.no_grad():
@@ -97,10 +98,20 @@ class MultiLabelCLIP(nn.Module):
     def forward(self, images: torch.Tensor, text=None) -> Output:
         return self.forward_dense(self.encode(images), text)
 
-    def forward_dense(self, dense: Dense, text=None) -> Output:
+    def forward_dense(self, dense: Dense, text=None, classes: Optional[torch.Tensor] = None) -> Output:
         """Scores from dense features (or a method's own training data, e.g. captions standing in
-        for images); `text` (from `text_features()`) can be passed to reuse it."""
-        return self.method.score(self, dense, self.text_features() if text is None else text)
+        for images); `text` (from `text_features()`) can be passed to reuse it. With `classes`
+        (indices), the scores of those classes only, [B, c] in their order (`text` then holds theirs)."""
+        if classes is None:
+            return self.method.score(self, dense, self.text_features() if text is None else text)
+        classes = self._subset(classes)
+        return self.method.score(self, dense, self.text_features(classes) if text is None else text, classes)
+
+    def _subset(self, classes: torch.Tensor) -> torch.Tensor:
+        if not self.method.class_subsets:
+            raise ConfigError(f"method {self.config.method!r} scores all classes together; it cannot score a "
+                              f"subset of them")
+        return classes
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

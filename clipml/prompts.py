@@ -42,8 +42,8 @@ class HandcraftedPrompts(nn.Module):
         self.classnames = list(classnames)
         self.register_buffer("features", handcrafted_text_features(backbone, classnames, templates), persistent=False)
 
-    def forward(self) -> torch.Tensor:
-        return self.features
+    def forward(self, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.features if classes is None else self.features[classes]
 
 
 class ContextPrompts(nn.Module):
@@ -92,15 +92,20 @@ class ContextPrompts(nn.Module):
                 ctx[..., n_ctx - count :, :] = backbone.token_embedding(words[None])[0]
         self.ctx = nn.Parameter(ctx)
 
-    def context(self) -> torch.Tensor:
-        """Context vectors of every class, [C, M, W]."""
-        if self.class_specific:
-            return self.ctx
-        return self.ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
+    def context(self, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Context vectors of every class, [C, M, W] (of `classes` only: [c, M, W])."""
+        count = len(self.classnames) if classes is None else len(classes)
+        if not self.class_specific:
+            return self.ctx.unsqueeze(0).expand(count, -1, -1)
+        return self.ctx if classes is None else self.ctx[classes]
 
-    def forward(self) -> torch.Tensor:
-        embeddings = torch.cat([self.prefix, self.context().to(self.prefix.dtype), self.suffix], dim=1)
-        return self.backbone.encode_embeddings(embeddings, self.ids)
+    def forward(self, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Text features [C, D]; with `classes` (indices) only theirs, [c, D]: the text tower then
+        runs on those prompts alone, and the other classes' contexts get no gradient."""
+        prefix, suffix, ids = (self.prefix, self.suffix, self.ids) if classes is None else \
+            (self.prefix[classes], self.suffix[classes], self.ids[classes])
+        embeddings = torch.cat([prefix, self.context(classes).to(prefix.dtype), suffix], dim=1)
+        return self.backbone.encode_embeddings(embeddings, ids)
 
     # Checkpoints: contexts keyed by class name, so they transfer to another class list.
     def named_contexts(self) -> Dict[str, torch.Tensor]:
@@ -147,8 +152,8 @@ class DualPrompts(nn.Module):
         self.positive = ContextPrompts(backbone, classnames, n_ctx, class_specific, init, std)
         self.negative = ContextPrompts(backbone, classnames, n_ctx, class_specific, negative_init, std)
 
-    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.positive(), self.negative()
+    def forward(self, classes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.positive(classes), self.negative(classes)
 
 
 class DoubleGrainedPrompts(nn.Module):
@@ -162,5 +167,5 @@ class DoubleGrainedPrompts(nn.Module):
         self.global_context = ContextPrompts(backbone, classnames, n_ctx, False, init, std)
         self.local_context = ContextPrompts(backbone, classnames, n_ctx, False, init, std)
 
-    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.global_context(), self.local_context()
+    def forward(self, classes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.global_context(classes), self.local_context(classes)

@@ -16,6 +16,7 @@ from clipml.breakdown import (LABEL_BUCKETS, SIZE_BUCKETS, SIZE_THRESHOLDS, know
                               known_map_by_object_size, object_sizes)
 from clipml.data.splits import require_positives
 from clipml.engine import Progress, distributed
+from clipml.engine.classes import score_in_chunks
 from clipml.engine.features import CountedPass
 from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
@@ -28,10 +29,11 @@ from clipml.model import MultiLabelCLIP
 logger = logging.getLogger(__name__)
 
 
-def predict(model: MultiLabelCLIP, source, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
+def predict(model: MultiLabelCLIP, source, progress: Progress = None, class_chunk: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], int8 labels [N, C]) in the split's image order; under data
-    parallelism every rank scores its shard and all ranks get the gathered result."""
-    scored = _score(model, source, progress, localize=False, dense=True)
+    parallelism every rank scores its shard and all ranks get the gathered result.
+    `class_chunk`: score that many classes at a time (eval.class_chunk; 0: all at once)."""
+    scored = _score(model, source, progress, localize=False, dense=True, class_chunk=class_chunk)
     return scored.logits, scored.labels
 
 
@@ -49,12 +51,13 @@ class Scored:
 
 
 def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False,
-           dense: bool = False, k: int = 0) -> Scored:
+           dense: bool = False, k: int = 0, class_chunk: int = 0) -> Scored:
     """Score every image of `source`'s split. Each batch's logits are kept at its known entries
     only (with their top-`k` flags), so a test split of 9,605 classes never builds its [N, C]
     matrix unless `dense` asks for it. With `localize` (the split has object masks), also the
     localisation trials (attention leaves the device only then); with `correlate`, the class-map
-    correlations (both None without attention maps)."""
+    correlations (both None without attention maps). The text features are computed once for the
+    whole split; `class_chunk` scores that many classes at a time."""
     model.eval()
     split = source.split
     count, classes = len(split), len(model.classnames)
@@ -69,7 +72,7 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, co
     with torch.no_grad():
         text = model.text_features()
         for dense_features, batch_labels, index in batches:
-            output = model.forward_dense(dense_features, text)
+            output = score_in_chunks(model, dense_features, text, class_chunk, attention=localize or correlate)
             batch_logits, batch_labels = output.logits.float().cpu().numpy(), batch_labels.cpu().numpy()
             indices.append(index.numpy())
             known.add(index.numpy(), batch_logits, batch_labels)
@@ -144,7 +147,7 @@ def evaluate(model: MultiLabelCLIP, source, progress: Progress = None, details: 
     context = getattr(source, "context", None)
     main = context is None or context.is_main
     scored = _score(model, source, progress, localize=with_masks, correlate=details,
-                    dense=scores_path is not None, k=k)
+                    dense=scores_path is not None, k=k, class_chunk=settings.class_chunk)
     known = scored.known
     tuned = None if thresholds is None else class_thresholds(thresholds, model.classnames)
     if scores_path is not None and main:
@@ -272,8 +275,9 @@ def decision_thresholds(model: MultiLabelCLIP, source, progress=None,
     """Per-class decision thresholds and a probability calibration chosen on `source` (the
     validation split), as stored in a prompt checkpoint (see `choose_thresholds`)."""
     require_positives(source.split)
-    logits, labels = predict(model, source, progress)
-    return choose_thresholds(logits, labels, model.classnames, settings or EvalConfig())
+    settings = settings or EvalConfig()
+    logits, labels = predict(model, source, progress, settings.class_chunk)
+    return choose_thresholds(logits, labels, model.classnames, settings)
 
 
 def choose_thresholds(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str],

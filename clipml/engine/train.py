@@ -30,6 +30,7 @@ from clipml.engine.checkpoint import (
     save_prompt_checkpoint,
     save_training_state,
 )
+from clipml.engine.classes import ClassSelector
 from clipml.engine.evaluate import decision_thresholds, detail_summary, detail_table, evaluate, evaluation_notes
 from clipml.engine.features import CountedPass
 from clipml.engine.tensorboard import EpochScalars, summary_writer_class
@@ -356,8 +357,8 @@ class TrainingStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, dense, labels: torch.Tensor, step: Step) -> torch.Tensor:
-        return training_loss(self.model, self.loss_fn, dense, labels, step)
+    def forward(self, dense, labels: torch.Tensor, step: Step, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return training_loss(self.model, self.loss_fn, dense, labels, step, classes)
 
 
 def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progress, context, elapsed, val_where,
@@ -394,6 +395,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
 
     if context.is_main and start_epoch < optim.epochs:
         warn_small_validation(val_source.split, val_where)
+    select_classes = ClassSelector(optim, model, seed=cfg.seed * 100_003 + 77)
     step = TrainingStep(model, loss_fn)
     if context.active:
         # e.g. blend weights go unused before the blending epochs start
@@ -420,7 +422,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for index, (dense, labels, _) in enumerate(batches):
                 where = Step(epoch, index, len(train_source), generator)
-                loss = step(dense, labels, where) * (loss_scale * weight)
+                loss = step(dense, labels, where, select_classes(labels)) * (loss_scale * weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.grad_clip:
@@ -465,11 +467,14 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
 
 
 def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
-                  step: Optional[Step] = None) -> torch.Tensor:
+                  step: Optional[Step] = None, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Partial-label loss of one batch plus each training term's share (`step`: where the batch
-    is in training, for terms on a schedule; None: those are off)."""
+    is in training, for terms on a schedule; None: those are off). `classes` (indices): encode and
+    score only these (clipml.engine.classes.ClassSelector); the loss sees their columns alone."""
+    if classes is not None:
+        labels = labels[:, classes]
     targets, known = (labels == 1).float(), labels != -1
-    output = model.forward_dense(dense)
+    output = model.forward_dense(dense, classes=classes)
     if output.parts is None:
         loss = loss_fn(output.logits, targets, known)
     else:  # a head with several branches: the loss on each

@@ -35,14 +35,20 @@ class Method:
     learns_prompts: ClassVar[bool] = True  # it has learned prompts (conditional transport aligns them)
     image_training: ClassVar[bool] = True  # it trains on image features (else `training_source` replaces them)
     tower_scores: ClassVar[bool] = False  # its logits are the tower's own zero-shot logits (predict's rule)
+    # Class c's logit depends only on class c's prompt and rows (no coupling across classes), so
+    # `score` may run on a subset of classes (`classes`) with the prompt learner called on the same:
+    # the trainer then encodes only the classes with a known label in the batch, and evaluation
+    # may score classes in chunks (see clipml.engine.classes).
+    class_subsets: ClassVar[bool] = False
 
     def build(self, model: nn.Module) -> None:
         """Attach the prompt learner (``model.prompts``), the head and any other module to `model`;
         their attribute names are the checkpoint's tensor names."""
         raise NotImplementedError
 
-    def score(self, model: nn.Module, dense: Any, text: Any) -> Output:
-        """Scores of dense features (`text`: the prompt learner's output)."""
+    def score(self, model: nn.Module, dense: Any, text: Any, classes: Optional[torch.Tensor] = None) -> Output:
+        """Scores of dense features (`text`: the prompt learner's output). `classes`: the class
+        indices `text` holds, in its order (None: all); passed only where `class_subsets`."""
         raise NotImplementedError
 
     def scaled_module(self, model: nn.Module) -> Optional[nn.Module]:

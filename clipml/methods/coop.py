@@ -10,6 +10,7 @@ from clipml.prompts import ContextPrompts
 @register_method("coop")
 class CoOp(Method):
     class_specific = False
+    class_subsets = True
 
     def build(self, model) -> None:
         cfg = model.config
@@ -17,5 +18,5 @@ class CoOp(Method):
                                        cfg.ctx_init, cfg.ctx_std)
         model.head = cosine_head(model)
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         return Output(logits=model.head(dense.pooled, text), text=text)

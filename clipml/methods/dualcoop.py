@@ -39,6 +39,7 @@ class DualCoOp(Method):
     options = DualCoOpConfig
     moved = {"negative_ctx_init": "negative_ctx_init"}
     spatial = True
+    class_subsets = True
 
     def build(self, model) -> None:
         cfg, own = model.config, model.config.method_options
@@ -48,7 +49,7 @@ class DualCoOp(Method):
         model.head = cosine_head(model, bias="none")
         check_mean_token(model, "dualcoop")
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         positive, negative = text
         return aggregate(model, dense, positive, negative, model.config.method_options.mean_token)
 

@@ -6,7 +6,7 @@ S+ − S− with the attention of the positive side."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -47,17 +47,19 @@ class PositiveNegativePrompts(nn.Module):
         self.offset = nn.Parameter(torch.randn(shape, device=backbone.device) * own.negative_std) \
             if own.positive_offset else None
 
-    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        positive = self.positive()
+    def forward(self, classes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        rows = slice(None) if classes is None else classes
+        positive = self.positive(classes)
         if self.offset is not None:
-            positive = positive + self.offset.to(positive.dtype)
-        return positive, self.negative.to(positive.dtype)
+            positive = positive + self.offset[rows].to(positive.dtype)
+        return positive, self.negative[rows].to(positive.dtype)
 
 
 @register_method("positivecoop")
 class PositiveCoOp(Method):
     options = PositiveCoOpConfig
     spatial = True
+    class_subsets = True
 
     def build(self, model) -> None:
         cfg, own = model.config, model.config.method_options
@@ -66,7 +68,7 @@ class PositiveCoOp(Method):
         model.head = cosine_head(model, bias="none")  # S+ − S−: the negative embedding sets the offset
         check_mean_token(model, "positivecoop")
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         positive, negative = text
         return aggregate(model, dense, positive, negative, model.config.method_options.mean_token)
 

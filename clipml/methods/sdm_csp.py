@@ -45,6 +45,7 @@ class SdmCsp(Method):
     moved = {name: name for name in ("guidance", "decoupler_dim", "decoupler_init", "decoupler_extra_linear")}
     spatial = True
     class_features = True
+    class_subsets = True  # the decoupler attends for each class with its own guidance row
 
     def build(self, model) -> None:
         cfg, own = model.config, model.config.method_options
@@ -57,10 +58,12 @@ class SdmCsp(Method):
         model.decoupler = SemanticDecoupler(model.backbone.embed_dim, guide_dim, own.decoupler_dim,
                                             init=own.decoupler_init, extra_linear=own.decoupler_extra_linear)
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         guidance = getattr(model, "guidance", None)
         if guidance is None:
             guidance = text.detach()
+        elif classes is not None:
+            guidance = guidance[classes]
         features, attention = model.decoupler(dense.tokens, guidance)
         return Output(model.head(features, text), text, features, attention)
 

@@ -33,13 +33,14 @@ class TaIDPT(Method):
     options = TaIDPTConfig
     spatial = True
     image_training = False
+    class_subsets = True  # both branches score each class against its own prompts
 
     def build(self, model) -> None:
         cfg = model.config
         model.prompts = DoubleGrainedPrompts(model.backbone, model.classnames, cfg.n_ctx, cfg.ctx_init, cfg.ctx_std)
         model.head = cosine_head(model, bias="none", learnable=False)  # it scores with its own fixed scales
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         global_text, local_text = text
         own = model.config.method_options
         is_text = isinstance(dense, TextDense)

@@ -210,6 +210,25 @@ def check_terms(config) -> None:
                           f"does not train on images")
 
 
+def class_subset_obstacle(config) -> Optional[str]:
+    """Why a training step on the batch's known classes alone (the rest of the logits dropped)
+    would not give the full pass's gradients under `config` (a ModelConfig); None: it gives them.
+
+    Every clipml loss and the other terms read only known entries (partial BCE/ASL per entry;
+    the ranking loss over known pairs of an image; conditional transport over known positives;
+    IPRB, which blends an unknown entry with the same class known positive in another image of the
+    batch; the contrastive term over known pairs), so a class with no known entry in the batch
+    changes neither loss nor gradient: only the method's scoring and PPRB can couple classes."""
+    from clipml.methods.registry import METHODS
+
+    if not METHODS[config.method].class_subsets:
+        return f"method {config.method!r} does not score classes separately (its Method.class_subsets is false)"
+    if config.blending.prototype:
+        return ("model.blending.prototype (PPRB) blends unknown classes drawn from all classes with their "
+                "prototypes")
+    return None
+
+
 def build_terms(model: nn.Module) -> List[TrainingTerm]:
     """The training terms `model.config` switches on, checked against what its method offers."""
     config, terms = model.config, []

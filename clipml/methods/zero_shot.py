@@ -25,12 +25,13 @@ class ZeroShot(Method):
     moved = {"zero_shot_scoring": "scoring"}
     learns_prompts = False
     tower_scores = True
+    class_subsets = True
 
     def build(self, model) -> None:
         model.prompts = HandcraftedPrompts(model.backbone, model.classnames, model.config.templates)
         model.head = cosine_head(model, bias="tower")
 
-    def score(self, model, dense, text) -> Output:
+    def score(self, model, dense, text, classes=None) -> Output:
         if model.config.method_options.scoring == "dense":
             logits, attention = dense_pool_scores(dense.tokens, text, float(model.head.log_temperature.exp()))
             if model.head.bias is not None:

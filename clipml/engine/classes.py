@@ -1,0 +1,73 @@
+"""Which classes a training step encodes, and scoring in class chunks: with thousands of classes
+the text tower over every prompt, not the batch, sets a step's cost, while only the classes with
+a known label in the batch can move the loss."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from clipml.experiment import OptimConfig
+from clipml.methods import Output
+from clipml.methods.terms import class_subset_obstacle
+
+logger = logging.getLogger(__name__)
+
+
+def known_classes(labels: torch.Tensor) -> torch.Tensor:
+    """Indices (ascending) of the classes with a known entry (1 or 0, not -1) in any row of `labels` [B, C]."""
+    return (labels != -1).any(dim=0).nonzero(as_tuple=True)[0]
+
+
+def sampled_classes(labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """The batch's known classes plus other classes drawn uniformly without replacement until
+    there are `count` (all known ones are kept when they are more), ascending."""
+    known = (labels != -1).any(dim=0).cpu()
+    others = (~known).nonzero(as_tuple=True)[0]
+    extra = max(0, min(count - int(known.sum()), len(others)))
+    drawn = others[torch.randperm(len(others), generator=generator)[:extra]]
+    known[drawn] = True
+    return known.nonzero(as_tuple=True)[0].to(labels.device)
+
+
+class ClassSelector:
+    """The classes of each training step under optim.train_classes / optim.sampled_classes (None:
+    all classes). Its own generator, so "known" draws nothing and leaves the other draws alone."""
+
+    def __init__(self, optim: OptimConfig, model, seed: int) -> None:
+        obstacle = class_subset_obstacle(model.config)
+        self.sample = optim.sampled_classes
+        self.known = optim.train_classes != "all" and obstacle is None
+        self.generator = torch.Generator().manual_seed(seed)
+        if optim.train_classes == "auto" and obstacle and not self.sample:
+            logger.info("every training step encodes all %d classes: %s", len(model.classnames), obstacle)
+
+    def __call__(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.sample:
+            return sampled_classes(labels, self.sample, self.generator)
+        return known_classes(labels) if self.known else None
+
+
+def select_text(text, classes: torch.Tensor):
+    """The rows of `classes` of text features (one tensor [C, D] or a tuple of them)."""
+    return tuple(part[classes] for part in text) if isinstance(text, tuple) else text[classes]
+
+
+def score_in_chunks(model, dense, text, chunk: int, attention: bool = True) -> Output:
+    """`model.forward_dense(dense, text)` over classes `chunk` at a time (0: all at once), the
+    chunks' logits (and with `attention`, attention maps; else None) joined in class order.
+    Per-class memory ([B, c, N], [B, c, D]) is then bounded by the chunk."""
+    count, first = len(model.classnames), text[0] if isinstance(text, tuple) else text
+    if not chunk or chunk >= count:
+        output = model.forward_dense(dense, text)
+        return output if attention else Output(logits=output.logits, text=output.text)
+    logits, maps = [], []
+    for start in range(0, count, chunk):
+        classes = torch.arange(start, min(start + chunk, count), device=first.device)
+        output = model.forward_dense(dense, select_text(text, classes), classes)
+        logits.append(output.logits)
+        if attention and output.attention is not None:
+            maps.append(output.attention)
+    return Output(logits=torch.cat(logits, dim=1), text=first, attention=torch.cat(maps, dim=1) if maps else None)
