@@ -23,7 +23,7 @@ from typing import Union
 
 import torch
 
-from clipml.backbones import hf, open_clip  # noqa: F401  (the built-in families register themselves)
+from clipml.backbones import hf, hf_siglip, open_clip  # noqa: F401  (the built-in families register themselves)
 from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parameters
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import FAMILIES, register_alias, register_family, resolve

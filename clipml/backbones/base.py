@@ -103,9 +103,10 @@ class FrozenCLIP(nn.Module):
             identity["attnpool_positional"] = False
         return identity
 
-    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int]) -> torch.Tensor:
+    def _resize(self, embedding: torch.Tensor, new_grid: Tuple[int, int], extra_tokens: int = 1) -> torch.Tensor:
         """`embedding` resized to `new_grid` with this backbone's kernel (remembered for the identity)."""
-        resized = resize_grid_embedding(embedding, new_grid, antialias=self.pos_embed_resize == "bicubic_antialias")
+        resized = resize_grid_embedding(embedding, new_grid, extra_tokens,
+                                        antialias=self.pos_embed_resize == "bicubic_antialias")
         self._resized = getattr(self, "_resized", False) or resized is not embedding
         return resized
 
@@ -179,10 +180,13 @@ class FrozenCLIP(nn.Module):
     def context_prompt_ids(self, classnames: Sequence[str], n_ctx: int) -> Tuple[torch.Tensor, slice]:
         """Ids of ``X..X <class>.`` prompts and the positions of the n_ctx placeholders, which
         learned context vectors replace (CoOp's prompt form)."""
-        ids = self.text_ids([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
+        placeholders = " ".join(["X"] * n_ctx)
+        ids = self.text_ids([f"{placeholders} {name}." for name in classnames])
         context = slice(self.leading_tokens, self.leading_tokens + n_ctx)
-        placeholder = self.word_ids("X")
-        if len(placeholder) != 1 or not bool((ids[:, context] == placeholder.to(ids.device)).all()):
+        # Tokenizers without a word marker before the first word (Gemma's) give the first X
+        # another id than the others: one token per slot is what matters.
+        placeholder = self.word_ids(placeholders)
+        if len(placeholder) != n_ctx or not bool((ids[:, context] == placeholder.to(ids.device)).all()):
             raise BackboneError(f"{type(self).__name__}: the prompt placeholder 'X' does not take one token "
                                 f"per context slot at positions {context.start}..{context.stop - 1}")
         return ids, context
