@@ -122,11 +122,11 @@ class HFSiglipBackbone(FrozenCLIP):
                                     f"the model takes {self.patch_size}-px ones")
             self.native_size = side * self.patch_size
         else:
-            size = processor.size
-            if size.height != size.width:
-                raise BackboneError(f"hf:{source}: the image processor resizes to {size.height}x{size.width}; "
+            height, width = int(processor.size["height"]), int(processor.size["width"])
+            if height != width:
+                raise BackboneError(f"hf:{source}: the image processor resizes to {height}x{width}; "
                                     "clipml feeds square images")
-            self.native_size = int(size.height)
+            self.native_size = height
 
     def _set_resolution(self, image_size: int) -> None:
         self.grid = check_image_size(image_size, self.patch_size, f"a ViT with {self.patch_size}-px patches")

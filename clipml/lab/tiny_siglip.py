@@ -72,14 +72,14 @@ def tiny_siglip_model(model_type: str, tokenizer=None, seed: int = 0, tower: dic
     return model.eval()
 
 
-def tiny_image_processor(model_type: str):
-    """The image processor a SigLIP (fixed size) or SigLIP 2 (NaFlex: a patch budget) folder ships."""
+def tiny_image_processor(model_type: str, image_size: int = TINY_IMAGE_SIZE, patch_size: int = TINY_PATCH):
+    """The image processor a SigLIP (a fixed size) or SigLIP 2 (NaFlex: a patch budget, here the
+    square image's) folder ships."""
     from transformers import Siglip2ImageProcessor, SiglipImageProcessor
 
     if model_type == "siglip":
-        return SiglipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, resample=3)
-    grid = TINY_IMAGE_SIZE // TINY_PATCH
-    return Siglip2ImageProcessor(patch_size=TINY_PATCH, max_num_patches=grid * grid, resample=2)
+        return SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=3)
+    return Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=(image_size // patch_size) ** 2, resample=2)
 
 
 def write_tiny_siglip(folder: Path, model_type: str = "siglip", seed: int = 0) -> Path:
