@@ -16,10 +16,9 @@ never reads it). Columns: the library's own `get_image_features`, clipml's `enco
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from timing import interleaved_medians
+from timing import add_clock_option, chosen_clock, interleaved_medians
 
 from clipml.backbones import BackboneConfig
 from clipml.backbones.hf_siglip import HFSiglipBackbone
@@ -61,12 +60,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="cpu: this process's CPU seconds (CPU device, OMP_NUM_THREADS=1), immune to other jobs")
+    add_clock_option(parser)
     args = parser.parse_args()
-    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
-        parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = chosen_clock(parser, args)
 
     print(f"device={args.device} precision={args.precision} batch={args.batch} repeats={args.repeats} "
           f"torch threads={torch.get_num_threads()} clock={args.clock}")
