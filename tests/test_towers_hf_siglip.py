@@ -229,6 +229,23 @@ def test_a_folder_without_its_tokenizer_or_processor_says_what_to_download(tmp_p
         load_backbone(f"hf:{folder}")
 
 
+def test_a_hub_model_is_identified_by_its_id_and_snapshot_commit(tmp_path, monkeypatch, folders):
+    """A hub id read offline from the hub's cache layout (snapshots/<commit>/, refs/main)."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-siglip"
+    shutil.copytree(folders["siglip"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = load_backbone("hf:someone/tiny-siglip")
+    assert isinstance(backbone, HFSiglipBackbone)
+    assert backbone.identity["weights"] == f"hf-hub:someone/tiny-siglip@{commit}"
+
+
 def test_hub_model_unavailable_offline_names_the_folder_form(monkeypatch):
     import huggingface_hub.constants
 

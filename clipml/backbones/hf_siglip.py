@@ -43,11 +43,20 @@ def build_hf_siglip(source: str, config: BackboneConfig) -> "HFSiglipBackbone":
     from transformers import AutoModel
 
     model, weights_id = load_pretrained(AutoModel, source, "SigLIP")
-    if weights_id.startswith("hf-hub:") and getattr(model.config, "_commit_hash", None):
-        weights_id += "@" + model.config._commit_hash  # the hub revision the weights came from
+    if weights_id.startswith("hf-hub:"):
+        weights_id += "@" + _hub_revision(source)  # the hub commit the weights came from
     location = _location(source)
     return HFSiglipBackbone(model, _load(source, location, "AutoTokenizer"),
                             _load(source, location, "AutoImageProcessor"), source, weights_id, config)
+
+
+def _hub_revision(source: str) -> str:
+    """The commit of the hub snapshot a model was read from (its cached config.json's folder)."""
+    from huggingface_hub import hf_hub_download
+    from transformers.utils.hub import extract_commit_hash
+
+    with quiet_downloads():
+        return extract_commit_hash(hf_hub_download(source, "config.json"), None) or "unknown-revision"
 
 
 def _location(source: str) -> str:
