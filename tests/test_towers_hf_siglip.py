@@ -2,6 +2,7 @@
 random folders written as the hub lays them out (clipml/lab/tiny_siglip.py). Oracles: the library's
 own get_image_features, get_text_features, forward logits, image processor and MAP head."""
 
+import importlib.util
 import json
 import shutil
 
@@ -226,6 +227,17 @@ def test_a_folder_without_its_tokenizer_or_processor_says_what_to_download(tmp_p
     folder = shutil.copytree(folders["siglip"], tmp_path / "incomplete")
     (folder / missing).unlink()
     with pytest.raises(BackboneError, match=words):
+        load_backbone(f"hf:{folder}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece is installed")
+def test_a_sentencepiece_tokenizer_without_the_library_says_to_install_it(tmp_path, folders):
+    folder = shutil.copytree(folders["siglip"], tmp_path / "spm")
+    (folder / "tokenizer.json").unlink()  # as google/siglip-*: spiece.model and SiglipTokenizer only
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "SiglipTokenizer"}))
+    (folder / "spiece.model").write_bytes(b"a SentencePiece model")
+    with pytest.raises(BackboneError, match=r"tokenizer cannot be read .*\(pip install sentencepiece\)"):
         load_backbone(f"hf:{folder}")
 
 
