@@ -18,10 +18,9 @@ inside, linear probe), meaningful for the trained toys (`toy-vit`), not for rand
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from timing import interleaved_medians
+from timing import add_clock_option, chosen_clock, interleaved_medians
 
 from clipml.backbones import DENSE_MODES, BackboneConfig, load_backbone
 
@@ -44,16 +43,12 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="cpu: this process's CPU seconds (CPU device, one torch thread: "
-                             "OMP_NUM_THREADS=1), immune to other jobs on a shared machine")
+    add_clock_option(parser)
     parser.add_argument("--lab", metavar="PRESET", help="also the lab's numbers per mode on this world (coco_like, ...)")
     parser.add_argument("--lab-images", nargs=3, type=int, default=[4000, 1000, 2000], metavar=("TRAIN", "VAL", "TEST"),
                         help="images of the lab's splits (default: those of the toys' build records)")
     args = parser.parse_args()
-    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
-        parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = chosen_clock(parser, args)
 
     print(f"device={args.device} precision={args.precision} batch={args.batch} repeats={args.repeats} "
           f"torch threads={torch.get_num_threads()} clock={args.clock}")

@@ -3,6 +3,7 @@ on a shared machine hit every measured function alike."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -48,3 +49,17 @@ def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device)
+
+
+def add_clock_option(parser: argparse.ArgumentParser) -> None:
+    """`--clock wall|cpu` for a benchmark that also takes `--device`."""
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="cpu: this process's CPU seconds (CPU device, one torch thread: "
+                             "OMP_NUM_THREADS=1), immune to other jobs on a shared machine")
+
+
+def chosen_clock(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Callable[[], float]:
+    """The clock `--clock` names; CPU seconds only where they mean the run's time (one thread, CPU)."""
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
+    return time.process_time if args.clock == "cpu" else time.perf_counter

@@ -8,6 +8,8 @@ Backbone specs understood by `load_backbone`:
   tags and TorchScript files get it automatically; for a plain state-dict file converted from
   OpenAI's release, name the ``-quickgelu`` model (``open_clip:RN101-quickgelu@/path/file.pt``);
 - ``hf:openai/clip-vit-base-patch16`` or ``hf:/path/to/folder``: a transformers CLIPModel;
+- ``hf:google/siglip2-base-patch16-224`` or a folder whose config.json says model_type "siglip" or
+  "siglip2": a transformers SiglipModel / Siglip2Model (clipml.backbones.hf_siglip);
 - ``toy`` (= ``toy-vit``) and ``toy-rn``: the lab's tiny CLIPs shipped with clipml (a ViT and a
   ModifiedResNet with its attention pool), trained on the synthetic world's coco_like preset;
 - ``open_clip:clipml-tiny-vit``, ``open_clip:clipml-tiny-rn``, ``hf:clipml-tiny-hf``: tiny
@@ -25,7 +27,7 @@ from typing import Union
 
 import torch
 
-from clipml.backbones import hf, open_clip  # noqa: F401  (the built-in families register themselves)
+from clipml.backbones import hf, hf_siglip, open_clip  # noqa: F401  (the built-in families register themselves)
 from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parameters
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import FAMILIES, register_alias, register_family, resolve

@@ -183,14 +183,16 @@ class FrozenCLIP(nn.Module):
     def context_prompt_ids(self, classnames: Sequence[str], n_ctx: int) -> Tuple[torch.Tensor, slice]:
         """Ids of ``X..X <class>.`` prompts and the positions of the n_ctx placeholders, which
         learned context vectors replace (CoOp's prompt form). The placeholder is the first of
-        PLACEHOLDERS that this tokenizer turns into one token per context slot."""
+        PLACEHOLDERS that this tokenizer turns into one token per context slot (tokenizers without a
+        word marker before the first word, Gemma's, give the first slot another id than the others)."""
         context = slice(self.leading_tokens, self.leading_tokens + n_ctx)
         for word in PLACEHOLDERS:
-            placeholder = self.word_ids(word)
-            if len(placeholder) != 1:
+            placeholders = " ".join([word] * n_ctx)
+            expected = self.word_ids(placeholders)
+            if len(expected) != n_ctx:
                 continue
-            ids = self.text_ids([" ".join([word] * n_ctx) + f" {name}." for name in classnames])
-            if bool((ids[:, context] == placeholder.to(ids.device)).all()):
+            ids = self.text_ids([f"{placeholders} {name}." for name in classnames])
+            if bool((ids[:, context] == expected.to(ids.device)).all()):
                 return ids, context
         raise BackboneError(f"{type(self).__name__}: none of the prompt placeholders {PLACEHOLDERS} takes one token "
                             f"per context slot at positions {context.start}..{context.stop - 1}")

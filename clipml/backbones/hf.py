@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from clipml.backbones.base import (
 )
 from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.config import BackboneConfig
-from clipml.backbones.registry import register_family
+from clipml.backbones.registry import Builder, register_family
 from clipml.backbones.shipped import register_test_models
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
@@ -28,12 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple:
-    """Build a transformers CLIPModel from a local folder, a hub id or a registered tiny config.
-
-    A folder's weights are identified as `hf-folder:<folder name>:<sha256 prefix of its weight
-    files>`: checkpoints compare the digest (other weights in the same folder are told apart,
-    the same weights elsewhere are recognised); the name is shown in messages.
-    """
+    """Build a transformers CLIPModel from a local folder, a hub id or a registered tiny config."""
     from transformers import CLIPConfig, CLIPModel
 
     if source in tiny_configs:
@@ -42,6 +37,16 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
         with torch.random.fork_rng():  # reproducible, so a checkpoint can find the same model again
             torch.manual_seed(0)
             return CLIPModel(CLIPConfig(**tiny_configs[source])), "random"
+    return load_pretrained(CLIPModel, source, "CLIP")
+
+
+def load_pretrained(model_class, source: str, what: str) -> tuple:
+    """(model, weights id) of a transformers `model_class` from a local folder or a hub id.
+
+    A folder's weights are identified as `hf-folder:<folder name>:<sha256 prefix of its weight
+    files>`: checkpoints compare the digest (other weights in the same folder are told apart,
+    the same weights elsewhere are recognised); the name is shown in messages.
+    """
     folder = Path(source).expanduser()
     if source.startswith((".", "/", "~")) and not folder.is_dir():
         raise BackboneError(f"transformers model folder not found: {folder}")
@@ -49,17 +54,13 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
         logger.info("fetching the transformers model %r (or reading it from the cache)", source)
     try:
         with quiet_downloads():
-            model, info = CLIPModel.from_pretrained(str(folder) if folder.is_dir() else source,
-                                                    output_loading_info=True)
+            model, info = model_class.from_pretrained(str(folder) if folder.is_dir() else source,
+                                                      output_loading_info=True)
     except Exception as error:  # hub and file errors come as many exception types
         if folder.is_dir():
-            raise BackboneError(f"the transformers CLIP model in {folder} cannot be read ({cause_text(error)}): "
+            raise BackboneError(f"the transformers {what} model in {folder} cannot be read ({cause_text(error)}): "
                                 "are its config.json and weight files complete?") from None
-        raise BackboneError(
-            f"could not load the transformers CLIP model {source!r} ({cause_text(error)}). "
-            "Without internet access, download it elsewhere (save_pretrained or a hub snapshot) and "
-            "name the folder: backbone.spec=hf:/path/to/folder."
-        ) from None
+        raise unavailable(source, error, f"the transformers {what} model") from None
     missing = info.get("missing_keys") or []
     if missing:
         raise BackboneError(
@@ -71,12 +72,59 @@ def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple
     return model, "hf-hub:" + source
 
 
+def unavailable(source: str, error: Exception, what: str) -> BackboneError:
+    """The error for a hub model that cannot be fetched: its cause and how to work offline."""
+    return BackboneError(
+        f"could not load {what} {source!r} ({cause_text(error)}). "
+        "Without internet access, download it elsewhere (save_pretrained or a hub snapshot) and "
+        "name the folder: backbone.spec=hf:/path/to/folder."
+    )
+
+
+MODEL_TYPES: Dict[str, Builder] = {}
+"""config.json `model_type` -> builder of the adapter for that architecture; `hf:` specs whose
+type is not listed here are CLIPModel (hf_siglip.py registers "siglip" and "siglip2")."""
+
+
+def register_model_type(*names: str) -> Callable[[Builder], Builder]:
+    """Decorator: `build(source, config)` makes the `hf:` towers whose config.json says one of `names`."""
+    def register(build: Builder) -> Builder:
+        for name in names:
+            MODEL_TYPES[name] = build
+        return build
+
+    return register
+
+
+def model_type(source: str) -> Optional[str]:
+    """The `model_type` of a folder's or hub model's config.json; None for clipml's tiny test
+    configs and folders without one (the CLIP path reports those)."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        config = folder / "config.json"
+        return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if source.startswith((".", "/", "~")) or source in register_test_models():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        with quiet_downloads():
+            path = hf_hub_download(source, "config.json")
+    except Exception as error:  # offline, unknown repo, network: many exception types
+        raise unavailable(source, error, "the transformers model") from None
+    return json.loads(Path(path).read_text()).get("model_type")
+
+
 @register_family("hf", "hf:HUB_ID_OR_FOLDER")
 def build_hf_clip(source: str, config: BackboneConfig) -> "HFCLIPBackbone":
-    """A transformers CLIPModel from a hub id, a local folder or a tiny test config's name."""
+    """A transformers CLIPModel from a hub id, a local folder or a tiny test config's name; another
+    architecture registered for the model's config.json `model_type` (`register_model_type`)."""
     if not config.attnpool_positional:
         raise BackboneError(f"hf:{source}: backbone.attnpool_positional=false applies to open_clip ModifiedResNet "
                             "towers; transformers' CLIP towers are ViTs")
+    other = MODEL_TYPES.get(model_type(source))
+    if other is not None:
+        return other(source, config)
     model, weights_id = create_hf_clip(source, config.allow_random, register_test_models())
     return HFCLIPBackbone(model, source, weights_id, config)
 
