@@ -205,8 +205,9 @@ def train_prompts(argv: Optional[List[str]] = None) -> None:
             took += f" (this call: {summary['seconds_this_call']} s)"
         saved = f"; prompt checkpoint: {Path(cfg.run_dir()) / 'prompts.safetensors'}" if summary["trainable_parameters"] else ""
         print(f"\ntraining labels: {labels_text(summary)}")
-        coverage = summary.get("test_classes", {}).get("text", "")
-        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}; test mAP {coverage}")
+        coverage = summary.get("test_classes", {}).get("text")  # absent from summaries written before it
+        print(f"{summary['trainable_parameters']} trainable parameters, {took}{saved}"
+              + (f"; test mAP {coverage}" if coverage else ""))
         if args.export_scores:
             print(f"test scores: {args.export_scores}")
 
