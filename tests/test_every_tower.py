@@ -55,3 +55,18 @@ def test_a_method_trains_saves_reloads_and_predicts_on_a_tower(towers, spec, met
         expected = model(images).logits
         torch.testing.assert_close(reloaded(images).logits, expected, rtol=1e-4, atol=1e-5)
     assert expected.shape == (4, len(CLASSES)) and torch.isfinite(expected).all()
+
+
+@pytest.mark.parametrize("spec", EVERY_TOWER)
+def test_encode_image_is_the_pooled_feature_of_encode_dense(towers, spec):
+    """Two paths to the global feature: the library's own forward (timm towers) or the dense pass's."""
+    if spec not in towers:
+        torch.manual_seed(0)
+        towers[spec] = load_backbone(load_config(ExperimentConfig, None, [f"backbone.spec={spec}",
+                                                                          "backbone.allow_random=true"]).backbone)
+    backbone = towers[spec]
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        pooled = backbone.encode_dense(images).pooled
+        scale = pooled.abs().max()
+        torch.testing.assert_close(backbone.encode_image(images) / scale, pooled / scale, rtol=0, atol=1e-5)

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from clipml.backbones.base import check_image_size
+from clipml.backbones.timm_towers import TimmImageTower
 from clipml.errors import BackboneError
 
 Tensor = torch.Tensor
 
 
-class FastViTTower:
+class FastViTTower(TimmImageTower):
     """The image tower of an open_clip `TimmModel` whose trunk is timm's average-pooled FastViT."""
 
     what = "timm FastViT trunks with an average pool (MobileCLIP 2 S0-S4)"

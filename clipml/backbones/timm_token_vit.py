@@ -18,6 +18,7 @@ from torch import nn
 
 from clipml.backbones.base import check_image_size
 from clipml.backbones.vit_dense import LastBlock, last_block
+from clipml.backbones.timm_towers import TimmImageTower
 from clipml.errors import BackboneError
 
 Tensor = torch.Tensor
@@ -28,7 +29,7 @@ def _scale(gamma: Optional[nn.Parameter]):
     return (lambda t: t) if gamma is None else (lambda t: gamma * t)
 
 
-class TokenViTTower:
+class TokenViTTower(TimmImageTower):
     """The image tower of an open_clip `TimmModel` whose trunk is a class-token timm ViT."""
 
     what = "timm ViT or Eva trunks pooling their class token (EVA-02, MobileCLIP 2 B / L-14)"

@@ -20,7 +20,17 @@ from clipml.errors import BackboneError
 Resize = Callable[[torch.Tensor, Tuple[int, int], int], torch.Tensor]  # (embedding, grid, extra tokens)
 
 
-class MapHeadTower:
+class TimmImageTower:
+    """What every timm image tower shares: the pooled feature alone by open_clip's own forward
+    (what `model.encode_image` returns), for `FrozenCLIP.encode_image`."""
+
+    visual: nn.Module
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images.to(next(self.visual.parameters()).dtype))
+
+
+class MapHeadTower(TimmImageTower):
     """A timm ViT (SigLIP, SigLIP 2) or Eva (PE-Core) trunk ending in a MAP head
     (timm's AttentionPoolLatent: one latent query attends over the tokens).
 
@@ -92,10 +102,6 @@ class MapHeadTower:
         out = out + pool.mlp(pool.norm(out))
         out = self.visual.head(trunk.head(trunk.fc_norm(out)))
         return out[:, 1:], out[:, 0]
-
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled feature alone, by open_clip's own forward (what `model.encode_image` returns)."""
-        return self.visual(images.to(self.trunk.patch_embed.proj.weight.dtype))
 
 
 def _towers() -> list:
