@@ -20,7 +20,7 @@ from clipml.backbones.base import (
 from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import Builder, register_family
-from clipml.backbones.shipped import register_test_models
+from clipml.backbones.shipped import tiny_hf_configs
 from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
@@ -103,7 +103,7 @@ def model_type(source: str) -> Optional[str]:
     if folder.is_dir():
         config = folder / "config.json"
         return json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    if source.startswith((".", "/", "~")) or source in register_test_models():
+    if source.startswith((".", "/", "~")) or source in tiny_hf_configs():
         return None
     from huggingface_hub import hf_hub_download
 
@@ -125,7 +125,7 @@ def build_hf_clip(source: str, config: BackboneConfig) -> "HFCLIPBackbone":
     other = MODEL_TYPES.get(model_type(source))
     if other is not None:
         return other(source, config)
-    model, weights_id = create_hf_clip(source, config.allow_random, register_test_models())
+    model, weights_id = create_hf_clip(source, config.allow_random, tiny_hf_configs())
     return HFCLIPBackbone(model, source, weights_id, config)
 
 

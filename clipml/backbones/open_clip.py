@@ -25,7 +25,7 @@ from clipml.backbones.base import (
 from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import register_family
-from clipml.backbones.shipped import TOY_MODELS, register_test_models
+from clipml.backbones.shipped import TOY_MODELS, register_shipped_models, register_test_models
 from clipml.backbones.timm_towers import timm_image_tower
 from clipml.backbones.tokenizer_layout import TokenizerLayout
 from clipml.backbones.vit_dense import LastBlock, last_block
@@ -120,8 +120,8 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
 @register_family("open_clip", "open_clip:MODEL@TAG_OR_FILE")
 def build_open_clip(source: str, config: BackboneConfig) -> "OpenCLIPBackbone":
     """An open_clip model by name, with a pretrained tag or a local weights file after '@'."""
-    register_test_models()
     name, _, weights = source.partition("@")
+    register_test_models() if name.startswith("clipml-tiny-") else register_shipped_models()
     model, weights_id = create_open_clip(name, weights or None, config.allow_random)
     if weights_id.startswith("file:") and name in TOY_MODELS.values():
         weights_id = "toy:" + weights_id.rsplit(":", 1)[1]

@@ -16,18 +16,35 @@ TOY_MODELS = {"toy": "clipml-lab-vit", "toy-vit": "clipml-lab-vit", "toy-rn": "c
 
 
 @lru_cache(maxsize=None)
-def register_test_models() -> Dict[str, dict]:
-    """Register clipml's tiny open_clip configs (those with timm image towers: tiny_towers.py);
-    return the tiny transformers configs by name."""
+def tiny_hf_configs() -> Dict[str, dict]:
+    """The tiny transformers test configs by name (JSON files beside clipml)."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted((ASSETS / "hf_configs").glob("*.json"))}
+
+
+@lru_cache(maxsize=None)
+def register_shipped_models() -> None:
+    """Register the open_clip configs shipped as files: the toys and the tiny timm-tower test models
+    (their timm variants register on import). Cheap: every open_clip build calls it."""
     import open_clip
 
     from clipml.backbones import tiny_timm  # noqa: F401  (registers the tiny timm towers the configs name)
-    from clipml.backbones.tiny_towers import register_tiny_trunks, write_tiny_configs
 
     open_clip.add_model_config(ASSETS / "model_configs")
+
+
+@lru_cache(maxsize=None)
+def register_test_models() -> Dict[str, dict]:
+    """Register every tiny open_clip test config, those written at run time with their tokenizer
+    folders included (SigLIP, SigLIP 2, PE-Core: tiny_towers.py; only when a tiny model is asked
+    for, so other builds write nothing); return the tiny transformers configs by name."""
+    import open_clip
+
+    from clipml.backbones.tiny_towers import register_tiny_trunks, write_tiny_configs
+
+    register_shipped_models()
     register_tiny_trunks()
     open_clip.add_model_config(write_tiny_configs())
-    return {path.stem: json.loads(path.read_text()) for path in sorted((ASSETS / "hf_configs").glob("*.json"))}
+    return tiny_hf_configs()
 
 
 def toy_spec(model_name: str) -> str:

@@ -5,7 +5,9 @@ saved as transformers tokenizer folders, which the open_clip configs name as the
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, Tuple
@@ -89,9 +91,10 @@ def save_tokenizer(folder: Path, specials, template: str, pad: str, eos: str, bo
 
 
 def write_tiny_configs() -> Path:
-    """The tiny open_clip configs (and the tokenizer folders they name) in a new folder, for
-    open_clip.add_model_config."""
+    """The tiny open_clip configs (and the tokenizer folders they name) in a new temporary folder,
+    for open_clip.add_model_config."""
     root = Path(tempfile.mkdtemp(prefix="clipml-tiny-towers-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # a few KB, removed when the process ends
     configs = {"clipml-tiny-pe-core": PE_CORE}
     for name, convention in TOKENIZERS.items():
         folder = root / f"tokenizer-{name}"
