@@ -244,7 +244,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
     def main():
         from clipml.data import load_split, readable_names
         from clipml.data.lvis import check_disjoint
-        from clipml.data.transforms import eval_transform
+        from clipml.data.transforms import tower_eval_transform
         from clipml.engine.builders import build_backbone, build_splits, validation_description
         from clipml.engine.evaluate import evaluate
         from clipml.engine.features import ImageFeatureSource
@@ -273,7 +273,7 @@ def zero_shot_eval(argv: Optional[List[str]] = None) -> None:
         else:
             model = Predictor.zero_shot(classnames, backbone, args.templates, args.scoring, base=cfg.model).model
             what = f"zero-shot, {len(model.config.templates)} template(s), {args.scoring} scoring"
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+        transform = tower_eval_transform(backbone.preprocess, normalize=False)
         source = ImageFeatureSource(split, backbone, transform,
                                     cfg.data.eval_batch_size, cfg.data.workers)
         metrics = evaluate(model, source, _progress, settings=cfg.eval, scores_path=args.export_scores)

@@ -28,7 +28,7 @@ from clipml.metrics import sigmoid
 from clipml.model import MultiLabelCLIP
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| probability accepted by the check
-RESIZE = "bicubic with antialiasing to image_size x image_size, no crop (clipml.data.transforms.eval_transform)"
+RESIZE = "{} with antialiasing to image_size x image_size, no crop (clipml.data.transforms.eval_transform)"
 SCALING = "RGB, float32, pixel / 255, then (x - mean) / std per channel; layout [batch, 3, image_size, image_size]"
 
 
@@ -62,9 +62,9 @@ class Export:
 
 def preprocessing(model: MultiLabelCLIP) -> Dict[str, object]:
     """The image preparation the exported graph expects, as written into its metadata."""
-    backbone = model.backbone
-    return {"image_size": backbone.image_size, "mean": list(backbone.mean), "std": list(backbone.std),
-            "resize": RESIZE, "scaling": SCALING}
+    prep = model.backbone.preprocess
+    return {"image_size": prep.size, "mean": list(prep.mean), "std": list(prep.std),
+            "interpolation": prep.interpolation, "resize": RESIZE.format(prep.interpolation), "scaling": SCALING}
 
 
 def _exporter():

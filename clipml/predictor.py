@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from clipml.data.images import decode_image, open_image
-from clipml.data.transforms import Normalize255, eval_transform
+from clipml.data.transforms import Normalize255, tower_eval_transform
 from clipml.devices import select_device
 from clipml.engine import Progress
 from clipml.engine.checkpoint import build_model, read_prompt_checkpoint
@@ -227,10 +227,10 @@ class Predictor:
         logits = []
         for k, model in enumerate(self.models):
             backbone = model.backbone
-            key = (backbone.image_size, tuple(backbone.mean), tuple(backbone.std))
+            key = backbone.preprocess
             if key not in prepared:
                 # uint8 to the device, normalised there (as training and evaluation do).
-                transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+                transform = tower_eval_transform(backbone.preprocess, normalize=False)
                 pixels = torch.stack([transform(image) for image in images]).to(backbone.device)
                 prepared[key] = self._normalize[k](pixels)
             logits.append(self._logits(k, prepared[key]))
@@ -245,17 +245,13 @@ class Predictor:
             if batch.dim() != 4 or tuple(batch.shape[1:]) != (3, size, size):
                 raise DataError(f"image tensor of shape {tuple(batch.shape)}: expected [B, 3, {size}, {size}] "
                                 f"(the backbone's input size; pass PIL images or paths to have them resized)")
-            if k and (size, tuple(backbone.mean), tuple(backbone.std)) != self._preprocessing(0):
+            if k and backbone.preprocess != self.models[0].backbone.preprocess:
                 raise ConfigError(f"{self.source}: its members preprocess images differently; "
                                   "pass PIL images or paths instead of a tensor")
             pixels = batch.to(backbone.device)
             normalised = self._normalize[k](pixels) if pixels.dtype == torch.uint8 else pixels.float()
             logits.append(self._logits(k, normalised))
         return self._log_odds(logits)
-
-    def _preprocessing(self, k: int):
-        backbone = self.models[k].backbone
-        return backbone.image_size, tuple(backbone.mean), tuple(backbone.std)
 
     def _logits(self, k: int, normalised: torch.Tensor) -> np.ndarray:
         model = self.models[k]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipml.data.images import open_image
-from clipml.data.transforms import Normalize255, eval_transform
+from clipml.data.transforms import Normalize255, tower_eval_transform
 from clipml.ensemble import Calibration
 from clipml.errors import CheckpointError, ConfigError, DataError
 from clipml.methods import spatial_methods
@@ -46,7 +46,7 @@ def attention_maps(model: MultiLabelCLIP, image: Image.Image, top_k: int = 3,
     top_k = min(top_k, len(model.classnames))
     backbone = model.backbone
     image = image.convert("RGB")
-    pixels = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)(image)
+    pixels = tower_eval_transform(backbone.preprocess, normalize=False)(image)
     normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
     model.eval()
     with torch.no_grad():

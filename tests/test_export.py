@@ -74,7 +74,7 @@ def images(tmp_path_factory):
 def preprocess_as_documented(path, metadata):
     """What a serving user does from the ONNX metadata alone: resize, scale, normalise."""
     prep = metadata["preprocessing"]
-    return eval_transform(prep["image_size"], prep["mean"], prep["std"])(Image.open(path).convert("RGB")).numpy()
+    return eval_transform(prep["image_size"], prep["mean"], prep["std"], interpolation=prep["interpolation"])(Image.open(path).convert("RGB")).numpy()
 
 
 def test_onnx_probabilities_match_predict_on_image_files(exported, images):
@@ -132,6 +132,7 @@ def test_metadata_says_how_to_prepare_images_and_where_to_cut(exported):
     assert prep["image_size"] == backbone.image_size == 96
     np.testing.assert_allclose(prep["mean"], backbone.mean)
     np.testing.assert_allclose(prep["std"], backbone.std)
+    assert prep["interpolation"] == backbone.interpolation == "bicubic" and prep["resize"].startswith("bicubic ")
     stored = read_prompt_checkpoint(checkpoint)[1]["thresholds"]
     scale, bias = (stored["calibration"][key] for key in ("scale", "bias"))  # the probabilities are calibrated
     for name, probability in metadata["thresholds"].items():

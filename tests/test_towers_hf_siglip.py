@@ -95,7 +95,9 @@ def test_preprocessing_comes_from_the_image_processor(tmp_path, folders, kind):
     (folder / "preprocessor_config.json").write_text(json.dumps(settings))
     backbone = load_backbone(f"hf:{folder}")
     assert backbone.mean == pytest.approx((0.1, 0.2, 0.3)) and backbone.std == pytest.approx((0.4, 0.5, 0.6))
-    assert backbone.resample == "nearest"
+    mode = "squash" if kind == "siglip" else "naflex"
+    assert (backbone.interpolation, backbone.library_resize_mode) == ("nearest", mode)
+    assert backbone.identity["interpolation"] == "nearest"
     assert backbone.image_size == 48 and backbone.grid == (6, 6)  # SigLIP 2: 36 patches of 8 px, square
 
 

@@ -28,14 +28,14 @@ from typing import Union
 import torch
 
 from clipml.backbones import hf, hf_siglip, open_clip  # noqa: F401  (the built-in families register themselves)
-from clipml.backbones.base import Dense, FrozenCLIP, TextDense, trainable_parameters
+from clipml.backbones.base import Dense, FrozenCLIP, ImagePreprocess, TextDense, trainable_parameters
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.registry import FAMILIES, register_alias, register_family, resolve
 from clipml.backbones.shipped import TOY_MODELS, register_test_models
 from clipml.backbones.vit_dense import DENSE_MODES, check_mode
 from clipml.devices import select_device
 
-__all__ = ["DENSE_MODES", "FAMILIES", "TOY_MODELS", "BackboneConfig", "Dense", "FrozenCLIP", "TextDense",
+__all__ = ["DENSE_MODES", "FAMILIES", "TOY_MODELS", "BackboneConfig", "Dense", "FrozenCLIP", "ImagePreprocess", "TextDense",
            "load_backbone", "register_alias", "register_family", "register_test_models", "trainable_parameters"]
 
 

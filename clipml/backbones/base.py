@@ -24,6 +24,24 @@ RESIZE_MODES = ("bicubic", "bicubic_antialias")
 PLACEHOLDERS = ("X", "x", "*", "#", "a")  # context-slot words tried in turn (CoOp's is "X")
 
 
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """How a tower's images are prepared, read from its library's own preprocessing config.
+
+    clipml resizes both sides to `size` (no crop: a crop would cut away objects at the borders of
+    multi-label images) with the library's kernel `interpolation`, antialiased, then normalises by
+    `mean` and `std`. `library_resize_mode` records what the library itself does to the shape (not
+    applied): "shortest" (shortest side to size, then centre crop: open_clip's default and
+    transformers' CLIP), "squash" (both sides, as clipml), "longest" (longest side, then pad) or
+    "naflex" (SigLIP 2 NaFlex: the patch budget at the image's aspect ratio)."""
+
+    size: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    interpolation: str = "bicubic"
+    library_resize_mode: str = "shortest"
+
+
 @dataclasses.dataclass
 class Dense:
     """Output of `encode_dense`: per-location features in the joint space and the global one."""
@@ -56,7 +74,8 @@ class FrozenCLIP(nn.Module):
     context_length: int
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
-    interpolation: str = "bicubic"  # how images are resized to image_size (the library's preprocessing)
+    interpolation: str = "bicubic"  # the library's resize kernel, which clipml's transforms use
+    library_resize_mode: str = "shortest"  # the library's resize mode (recorded only, see ImagePreprocess)
 
     def __init__(self, config: Optional[BackboneConfig] = None) -> None:
         super().__init__()
@@ -90,13 +109,22 @@ class FrozenCLIP(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def preprocess(self) -> ImagePreprocess:
+        """How this tower's images are resized and normalised (see ImagePreprocess)."""
+        return ImagePreprocess(self.image_size, tuple(self.mean), tuple(self.std), self.interpolation,
+                               self.library_resize_mode)
+
+    @property
     def identity(self) -> Dict[str, object]:
         """Library, model, weights, image size and width: what a checkpoint is checked against
         and a feature cache is keyed by. A positional embedding resized with the non-default
-        kernel adds `pos_embed_resize` (features differ slightly); a ViT dense mode other than
-        "tokens" adds `dense`, a ResNet pool without its positional embedding adds
-        `attnpool_positional: False` (so identities, caches and checkpoints from before stay valid)."""
+        kernel adds `pos_embed_resize` (features differ slightly); an image resize kernel other
+        than bicubic adds `interpolation`; a ViT dense mode other than "tokens" adds `dense`, a
+        ResNet pool without its positional embedding adds `attnpool_positional: False` (so
+        identities, caches and checkpoints from before stay valid)."""
         identity = dict(self._identity, image_size=self.image_size, embed_dim=self.embed_dim)
+        if self.interpolation != FrozenCLIP.interpolation:
+            identity["interpolation"] = self.interpolation
         if self.pos_embed_resize != RESIZE_MODES[0] and getattr(self, "_resized", False):
             identity["pos_embed_resize"] = self.pos_embed_resize
         if self.dense != DENSE_MODES[0]:

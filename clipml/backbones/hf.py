@@ -25,6 +25,12 @@ from clipml.backbones.vit_dense import LastBlock, last_block
 from clipml.errors import BackboneError
 
 logger = logging.getLogger(__name__)
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def pil_resample_name(resample) -> str:
+    """The kernel name of an image processor's `resample` (a PIL resampling number)."""
+    return PIL_RESAMPLE.get(int(resample), str(resample))
 
 
 def create_hf_clip(source: str, allow_random: bool, tiny_configs: dict) -> tuple:
@@ -129,13 +135,10 @@ def build_hf_clip(source: str, config: BackboneConfig) -> "HFCLIPBackbone":
     return HFCLIPBackbone(model, source, weights_id, config)
 
 
-def _preprocess_stats(source: str):
+def _preprocessor_config(source: str) -> Dict:
+    """A model folder's preprocessor_config.json (empty for hub ids and folders without one)."""
     config = Path(source).expanduser() / "preprocessor_config.json"
-    if config.is_file():
-        values = json.loads(config.read_text())
-        if "image_mean" in values and "image_std" in values:
-            return tuple(values["image_mean"]), tuple(values["image_std"])
-    return None
+    return json.loads(config.read_text()) if config.is_file() else {}
 
 
 class HFCLIPBackbone(FrozenCLIP):
@@ -168,9 +171,11 @@ class HFCLIPBackbone(FrozenCLIP):
             raise BackboneError(f"hf:{source}: text_config.eos_token_id is {model.config.text_config.eos_token_id}, "
                                 f"not CLIP's end-of-text id {self.end_token_id}: the family's tokenizer "
                                 "(OpenAI's BPE) does not fit this model")
-        stats = _preprocess_stats(source)
-        if stats:
-            self.mean, self.std = stats
+        preprocess = _preprocessor_config(source)
+        if "image_mean" in preprocess and "image_std" in preprocess:
+            self.mean, self.std = tuple(preprocess["image_mean"]), tuple(preprocess["image_std"])
+        # CLIPImageProcessor: PIL bicubic unless the config names another kernel.
+        self.interpolation = pil_resample_name(preprocess.get("resample", 3))
         self._identity = {"library": "transformers", "model": source, "weights": weights_id}
         self.freeze()
 

@@ -30,10 +30,9 @@ from torch import nn
 from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.base import RESIZE_MODES, Dense, FrozenCLIP, check_image_size
 from clipml.backbones.config import BackboneConfig
-from clipml.backbones.hf import load_pretrained, register_model_type
+from clipml.backbones.hf import load_pretrained, pil_resample_name, register_model_type
 from clipml.errors import BackboneError
 
-PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 PROBE_TEXT = "a photo of a dog"  # a loaded tokenizer must know these words (an offline one may be empty)
 
 
@@ -122,7 +121,8 @@ class HFSiglipBackbone(FrozenCLIP):
         """Mean, std, resize kernel and native size from the model's image processor."""
         self.mean = tuple(float(v) for v in processor.image_mean)
         self.std = tuple(float(v) for v in processor.image_std)
-        self.resample = PIL_RESAMPLE.get(int(processor.resample), str(processor.resample))
+        self.interpolation = pil_resample_name(processor.resample)
+        self.library_resize_mode = "naflex" if self.naflex else "squash"
         if self.naflex:
             # NaFlex fits an image into a patch budget; a square image uses the whole budget.
             side = math.isqrt(int(processor.max_num_patches))

@@ -250,8 +250,9 @@ class OpenCLIPBackbone(FrozenCLIP):
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
         self.mean = tuple(preprocess.get("mean", self.mean))
         self.std = tuple(preprocess.get("std", self.std))
-        if self.image_tower is not None:  # how open_clip resizes images for this model (tag) itself
-            self.interpolation = str(preprocess.get("interpolation", self.interpolation))
+        # How open_clip resizes images for this model (tag) itself: clipml uses its kernel.
+        self.interpolation = str(preprocess.get("interpolation", self.interpolation))
+        self.library_resize_mode = str(preprocess.get("resize_mode", self.library_resize_mode))
         self._identity = {"library": "open_clip", "model": name, "weights": weights_id}
         self.freeze()
 

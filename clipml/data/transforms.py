@@ -6,8 +6,10 @@ The decoded image becomes a uint8 tensor first (JPEG files arrive as one from
 antialiased uint8 kernels are several times faster than PIL's on one core), then one fused step
 converts to float and normalises.
 
-Mean and std are the backbone's (the caller passes them). Test images are resized to S x S
-without cropping (the MLR-PL convention: no object is cut away). Training policies:
+Mean, std and the resize kernel are the backbone's (the caller passes them: its library's own
+kernel, e.g. bicubic for CLIP, bilinear for PE-Core, MobileCLIP 2 and SigLIP 2 NaFlex). Test images
+are resized to S x S without cropping whatever the library does (the MLR-PL convention: a crop
+would cut away objects at the borders; only the kernel follows the library). Training policies:
 
 - `resized_crop` (default): random resized crop to S (scale `scale`) + horizontal flip;
 - `multiscale_crop`: the SSGRL/SARB policy: resize to `scale_size`, random square crop of a
@@ -17,7 +19,7 @@ without cropping (the MLR-PL convention: no object is cut away). Training polici
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
 import torch
 from torchvision.transforms import v2 as T
@@ -25,8 +27,22 @@ from torchvision.transforms import InterpolationMode
 
 from clipml.errors import ConfigError
 
+if TYPE_CHECKING:
+    from clipml.backbones.base import ImagePreprocess
+
 POLICIES = ("resized_crop", "multiscale_crop", "randaugment")
 BICUBIC = InterpolationMode.BICUBIC
+# The libraries' kernel names -> torchvision's tensor kernels (antialiased when shrinking, like PIL's);
+# PIL's "nearest" picks the pixel whose centre is nearest, which is torchvision's NEAREST_EXACT.
+KERNELS = {"bicubic": BICUBIC, "bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST_EXACT}
+
+
+def kernel(interpolation: str) -> InterpolationMode:
+    """The torchvision kernel of a library's resize kernel name, or one error naming it."""
+    if interpolation not in KERNELS:
+        raise ConfigError(f"image resize kernel {interpolation!r} (the backbone library's preprocessing) is not "
+                          f"supported on uint8 tensors; clipml resizes with one of {sorted(KERNELS)}")
+    return KERNELS[interpolation]
 
 
 class RandomSizeCrop(torch.nn.Module):
@@ -66,15 +82,16 @@ class Normalize255(torch.nn.Module):
         return image.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.shift).div_(self.scale)
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True) -> Callable:
-    """Resize to size x size (bicubic, antialiased), then normalise.
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], *, interpolation: str = "bicubic",
+                   normalize: bool = True) -> Callable:
+    """Resize to size x size with the backbone's kernel `interpolation` (antialiased), then normalise.
 
     `normalize=False` returns the uint8 image and leaves `Normalize255(mean, std)` to the
     caller, on the accelerator: workers then move a quarter of the bytes (about 2x the
     loader throughput on two CPU cores, see benchmarks/bench_loader.py).
     """
     final = Normalize255(mean, std)
-    steps = [T.PILToTensor(), T.Resize((size, size), interpolation=BICUBIC, antialias=True)]
+    steps = [T.PILToTensor(), T.Resize((size, size), interpolation=kernel(interpolation), antialias=True)]
     return T.Compose(steps + [final] if normalize else steps)
 
 
@@ -90,23 +107,39 @@ def train_transform(
     crop_sizes: Sequence[int] = (512, 448, 384, 320, 256),
     randaugment_ops: int = 2,
     randaugment_magnitude: int = 9,
+    interpolation: str = "bicubic",
     normalize: bool = True,
 ) -> Callable:
-    """A training augmentation policy (see the module docstring); `normalize` as in `eval_transform`."""
+    """A training augmentation policy (see the module docstring); `interpolation` and `normalize` as
+    in `eval_transform`."""
     if policy not in POLICIES:
         raise ConfigError(f"augmentation policy must be one of {POLICIES}, got {policy!r}")
+    resample = kernel(interpolation)
     flip = [T.RandomHorizontalFlip()] if hflip else []
     if policy == "multiscale_crop":
         if any(c > scale_size for c in crop_sizes):
             raise ConfigError(f"crop sizes {list(crop_sizes)} must not exceed scale_size {scale_size}")
         steps = [
-            T.Resize((scale_size, scale_size), interpolation=BICUBIC, antialias=True),
+            T.Resize((scale_size, scale_size), interpolation=resample, antialias=True),
             RandomSizeCrop(crop_sizes),
-            T.Resize((size, size), interpolation=BICUBIC, antialias=True),
+            T.Resize((size, size), interpolation=resample, antialias=True),
         ]
     else:
-        steps = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=BICUBIC, antialias=True)]
+        steps = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=resample, antialias=True)]
         if policy == "randaugment":
             steps.append(T.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude))
     final = [Normalize255(mean, std)] if normalize else []
     return T.Compose([T.PILToTensor(), *steps, *flip, *final])
+
+
+def tower_eval_transform(preprocess: "ImagePreprocess", *, normalize: bool = True) -> Callable:
+    """`eval_transform` at a tower's size, mean, std and kernel (`backbone.preprocess`)."""
+    return eval_transform(preprocess.size, preprocess.mean, preprocess.std, interpolation=preprocess.interpolation,
+                          normalize=normalize)
+
+
+def tower_train_transform(preprocess: "ImagePreprocess", policy: str = "resized_crop", *,
+                          normalize: bool = True) -> Callable:
+    """`train_transform` (default settings of `policy`) at a tower's size, mean, std and kernel."""
+    return train_transform(preprocess.size, preprocess.mean, preprocess.std, policy,
+                           interpolation=preprocess.interpolation, normalize=normalize)

@@ -11,7 +11,7 @@ import numpy as np
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import carve_validation, import_mask, load_split, partial_split
 from clipml.data.base import MultiLabelSplit
-from clipml.data.transforms import eval_transform, train_transform
+from clipml.data.transforms import tower_eval_transform, tower_train_transform
 from clipml.devices import select_device
 from clipml.engine.cache import build_feature_cache, union_split
 from clipml.engine.distributed import DistContext
@@ -166,9 +166,9 @@ def build_sources(cfg: ExperimentConfig, backbone: FrozenCLIP, train: MultiLabel
     data = cfg.data
     if data.cache:
         return build_cached_sources(cfg, backbone, train, val, test, context)
-    size, mean, std = backbone.image_size, backbone.mean, backbone.std
-    plain = eval_transform(size, mean, std, normalize=False)
-    augment = plain if data.augment == "none" else train_transform(size, mean, std, data.augment, normalize=False)
+    plain = tower_eval_transform(backbone.preprocess, normalize=False)
+    augment = plain if data.augment == "none" else tower_train_transform(backbone.preprocess, data.augment,
+                                                                         normalize=False)
     return (
         ImageFeatureSource(train, backbone, augment, data.batch_size, data.workers, shuffle=True),
         ImageFeatureSource(val, backbone, plain, data.eval_batch_size, data.workers),

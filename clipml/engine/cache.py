@@ -53,7 +53,7 @@ from clipml.backbones import Dense, FrozenCLIP
 from clipml.data.base import MultiLabelSplit
 from clipml.data.loader import ImageLoader, carry_errors, read_image
 from clipml.data.sparse import SparseLabels
-from clipml.data.transforms import Normalize255, eval_transform, train_transform
+from clipml.data.transforms import Normalize255, tower_eval_transform, tower_train_transform
 from clipml.engine.distributed import DistContext
 from clipml.errors import ConfigError, DataError
 
@@ -80,7 +80,7 @@ def cache_key(split: MultiLabelSplit, backbone: FrozenCLIP, views: int, augment:
         "mean": [float(v) for v in backbone.mean],
         "std": [float(v) for v in backbone.std],
         "transform": {
-            "eval": "resize-bicubic-antialias",
+            "eval": f"resize-{backbone.interpolation}-antialias",  # the tower's kernel
             "views": int(views),
             "augment": augment if augmented else None,
             "seed": int(seed) if augmented else None,
@@ -440,11 +440,10 @@ def _extract_share(partial: Path, split: MultiLabelSplit, backbone: FrozenCLIP, 
         on_chunk = _ChunkLog(partial.name[:-len(".partial")], chunk, meta["done"], len(mine), context.world)
     if context.is_main and meta["done"]:
         logger.info("resuming feature cache %s at %d of %d chunks", partial, meta["done"], units)
-    size, mean, std = backbone.image_size, backbone.mean, backbone.std
-    transforms = [eval_transform(size, mean, std, normalize=False)]
+    transforms = [tower_eval_transform(backbone.preprocess, normalize=False)]
     if views > 1:
-        transforms.append(train_transform(size, mean, std, augment, normalize=False))
-    normalize = Normalize255(mean, std).to(backbone.device)
+        transforms.append(tower_train_transform(backbone.preprocess, augment, normalize=False))
+    normalize = Normalize255(backbone.mean, backbone.std).to(backbone.device)
     pin = backbone.device.type == "cuda"
     done = meta["done"]
     tokens, pooled = _Array(partial / TOKENS, writable=True), _Array(partial / POOLED, writable=True)

@@ -130,6 +130,9 @@ def check_backbone(metadata: dict, identity: dict, path: Union[str, Path]) -> No
     if resize[0] != resize[1]:
         logger.warning("%s was learned with %s positional-embedding resizing, used with %s", path, *resize)
     # An identity holds these keys only where they differ from their defaults.
+    kernels = [side.get("interpolation", "bicubic") for side in (saved, identity)]
+    if kernels[0] != kernels[1]:
+        logger.warning("%s was learned on images resized %s, used with %s resizing", path, *kernels)
     dense = [side.get("dense", "tokens") for side in (saved, identity)]
     if dense[0] != dense[1]:
         logger.warning("%s was learned on dense mode %r, used with %r: its decoupler and attention saw "

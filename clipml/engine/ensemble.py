@@ -16,7 +16,7 @@ import numpy as np
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data import readable_names
 from clipml.data.base import MultiLabelSplit
-from clipml.data.transforms import eval_transform
+from clipml.data.transforms import tower_eval_transform
 from clipml.engine import Progress
 from clipml.engine.builders import build_sources, build_splits, select_device
 from clipml.engine.checkpoint import build_model, learned_backbone, read_prompt_checkpoint
@@ -86,7 +86,7 @@ def evaluate_ensemble(cfg: ExperimentConfig, checkpoints: Sequence[str] = (), en
         _, val_source, test_source = build_sources(cfg, model.backbone, train, val, test)
         if split is not None:
             backbone = model.backbone
-            transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+            transform = tower_eval_transform(backbone.preprocess, normalize=False)
             test_source = ImageFeatureSource(split, backbone, transform, cfg.data.eval_batch_size, cfg.data.workers)
         if ensemble is None:
             val_logits.append(_split_logits(model, digest, val_source, memo, progress))

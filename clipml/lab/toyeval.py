@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from clipml.backbones import FrozenCLIP, load_backbone
 from clipml.data.base import MultiLabelSplit
-from clipml.data.transforms import eval_transform
+from clipml.data.transforms import tower_eval_transform
 from clipml.decoupler import dense_pool_scores
 from clipml.engine.features import ImageFeatureSource
 from clipml.lab.toyclip import ZERO_SHOT_TEMPLATE, toy_spec
@@ -40,7 +40,7 @@ def zero_shot_outputs(backbone: FrozenCLIP, split: MultiLabelSplit, batch_size: 
     """(normalised global features [N, D], global scores [N, C], dense scores [N, C],
     dense attention [N, C, h*w], grid) with the hand-written prompt of every class."""
     text = F.normalize(backbone.encode_text([ZERO_SHOT_TEMPLATE.format(c) for c in split.classes]), dim=-1)
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, normalize=False)
+    transform = tower_eval_transform(backbone.preprocess, normalize=False)
     source = ImageFeatureSource(split, backbone, transform, batch_size, workers=0)
     features, global_scores, dense_scores, attention = [], [], [], []
     grid = None
