@@ -1,6 +1,8 @@
-"""Cost of `encode_dense` relative to the library's own `encode_image`, per tower family, at the
-real sizes with random weights (speed does not depend on them), timed interleaved on the same
-images. Target: ratio <= 1.05. The families' rows go side by side in one run.
+"""Cost of `encode_dense` relative to the library's own `encode_image`, per open_clip tower family,
+at the real sizes with random weights (speed does not depend on them), timed interleaved on the
+same images, in every dense mode the tower accepts (`backbone.dense`; MAP-head and FastViT towers
+have "tokens" only: '-' in the other columns). Target: ratio <= 1.05. transformers' SigLIP towers
+have their own script (bench_dense_cost_hf_siglip.py: they are built from local configs).
 
     python benchmarks/bench_dense_cost.py                                   # CPU, the default specs
     OMP_NUM_THREADS=1 python benchmarks/bench_dense_cost.py --clock cpu     # a shared CPU machine
@@ -14,20 +16,22 @@ only image encoders are timed, so a tower whose tokenizer is not cached gets CLI
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from timing import interleaved_medians
+from timing import add_clock_option, chosen_clock, interleaved_medians
 
 import clipml.backbones.open_clip as open_clip_family
-from clipml.backbones import BackboneConfig, load_backbone
+from clipml.backbones import DENSE_MODES, BackboneConfig, load_backbone
 from clipml.errors import BackboneError
 
 SPECS = [
-    "open_clip:ViT-B-16@224",  # reference: open_clip's own ViT (class token), dense='tokens'
+    "open_clip:ViT-B-16@224",  # reference: open_clip's own ViT (class token)
     "open_clip:ViT-B-16-SigLIP2@224",  # timm ViT with a MAP head (SigLIP 2; SigLIP's image tower is the same)
     "open_clip:ViT-B-16-SigLIP2-384@384",
     "open_clip:PE-Core-B-16@224",  # timm Eva (rotary) with a MAP head
+    "open_clip:EVA02-B-16@224",  # timm Eva (rotary), class token
+    "open_clip:MobileCLIP2-B@224",  # timm ViT with a conv stem, class token
+    "open_clip:MobileCLIP2-S0@256",  # timm FastViT, average pool
 ]
 
 
@@ -43,10 +47,17 @@ def tokenizer_or_clips(own):
     return load
 
 
-def library_encode_image(backbone):
-    if backbone.identity["library"] == "open_clip":
-        return backbone.model.encode_image
-    return lambda images: backbone.model.get_image_features(pixel_values=images).pooler_output
+def towers(spec: str, size: int, args) -> dict:
+    """The tower in every dense mode it accepts, each built from the same seed."""
+    built = {}
+    for mode in DENSE_MODES:
+        torch.manual_seed(0)
+        config = BackboneConfig(spec, image_size=size, precision=args.precision, allow_random=True, dense=mode)
+        try:
+            built[mode] = load_backbone(config, args.device)
+        except BackboneError:  # a mode this tower has no dense map in
+            continue
+    return built
 
 
 def main() -> None:
@@ -56,38 +67,38 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="cpu: this process's CPU seconds (CPU device, OMP_NUM_THREADS=1)")
+    add_clock_option(parser)
     args = parser.parse_args()
-    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
-        parser.error("--clock cpu needs --device cpu and one torch thread (OMP_NUM_THREADS=1)")
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = chosen_clock(parser, args)
     open_clip_family._own_tokenizer = tokenizer_or_clips(open_clip_family._own_tokenizer)
 
     print(f"device={args.device} precision={args.precision} batch={args.batch} repeats={args.repeats} "
           f"torch threads={torch.get_num_threads()} clock={args.clock}")
-    print(f"| {'spec':36s} | {'size':>4s} | {'grid':>5s} | {'encode_image s':>14s} | {'encode_dense s':>14s} | ratio |")
-    print(f"|{'-' * 38}|{'-' * 6}|{'-' * 7}|{'-' * 16}|{'-' * 16}|-------|")
+    print(f"| {'spec':36s} | {'size':>4s} | {'grid':>5s} | {'encode_image s':>14s} | "
+          + " | ".join(f"{mode:>9s}" for mode in DENSE_MODES) + " |")
+    print(f"|{'-' * 38}|{'-' * 6}|{'-' * 7}|{'-' * 16}|" + "|".join("-" * 11 for _ in DENSE_MODES) + "|")
     for entry in args.specs:
         spec, _, size = entry.rpartition("@")
-        torch.manual_seed(0)
-        backbone = load_backbone(BackboneConfig(spec, image_size=int(size), allow_random=True,
-                                                precision=args.precision), args.device)
-        images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=backbone.device)
-        library = library_encode_image(backbone)
+        built = towers(spec, int(size), args)
+        first = built["tokens"]
+        images = torch.randn(args.batch, 3, first.image_size, first.image_size, device=args.device)
 
         def image():
-            with torch.no_grad(), backbone.autocast():
-                return library(images)
+            with torch.no_grad(), first.autocast():
+                return first.model.encode_image(images)
 
-        def dense():
-            with torch.no_grad():
-                return backbone.encode_dense(images)
+        def dense(backbone):
+            def run():
+                with torch.no_grad():
+                    return backbone.encode_dense(images)
+            return run
 
-        times = interleaved_medians({"image": image, "dense": dense}, args.repeats, args.device, clock=clock)
-        grid = "x".join(map(str, backbone.grid))
-        print(f"| {spec:36s} | {size:>4s} | {grid:>5s} | {times['image']:14.4f} | {times['dense']:14.4f} | "
-              f"{times['dense'] / times['image']:5.3f} |", flush=True)
+        times = interleaved_medians({"image": image, **{mode: dense(b) for mode, b in built.items()}},
+                                    args.repeats, args.device, clock=clock)
+        ratios = " | ".join(f"{times[mode] / times['image']:9.3f}" if mode in built else f"{'-':>9s}"
+                            for mode in DENSE_MODES)
+        grid = "x".join(map(str, first.grid))
+        print(f"| {spec:36s} | {size:>4s} | {grid:>5s} | {times['image']:14.4f} | {ratios} |", flush=True)
 
 
 if __name__ == "__main__":
