@@ -219,12 +219,19 @@ def test_class_chunks_give_the_same_logits_and_attention(tiny_backbones, method,
     with torch.no_grad():
         text = model.text_features()
         whole = model.forward_dense(dense, text)
-        for chunk in (1, 5, 12):
-            chunked = score_in_chunks(model, dense, text, chunk)
-            torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-5, atol=1e-5)
-            if whole.attention is not None:
-                torch.testing.assert_close(chunked.attention, whole.attention, rtol=1e-5, atol=1e-6)
-            assert score_in_chunks(model, dense, text, chunk, attention=False).attention is None
+        for chunk in (0, 1, 5, 12):
+            seen = []
+            logits = score_in_chunks(model, dense, text, chunk, lambda classes, maps: seen.append((classes, maps)))
+            torch.testing.assert_close(logits, whole.logits, rtol=1e-5, atol=1e-5)
+            if whole.attention is None:
+                assert not seen
+                continue
+            sizes = [len(classes) for classes, _ in seen]  # the last chunk may be short
+            assert sizes == [min(chunk or len(CLASSES), len(CLASSES) - start)
+                             for start in range(0, len(CLASSES), chunk or len(CLASSES))]
+            torch.testing.assert_close(torch.cat([classes for classes, _ in seen]), torch.arange(len(CLASSES)))
+            torch.testing.assert_close(torch.cat([maps for _, maps in seen], dim=1), whole.attention,
+                                       rtol=1e-5, atol=1e-6)
 
 
 def test_class_chunk_is_not_part_of_the_experiment():
