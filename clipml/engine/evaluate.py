@@ -23,7 +23,7 @@ from clipml.errors import DataError
 from clipml.experiment import EvalConfig
 from clipml.localization import ChunkedLocalization, MapCorrelation, summarize_localization
 from clipml.known_scores import KnownScores, KnownScoresBuilder
-from clipml.metrics import TOP_K, evaluate_known, f1_thresholds, sigmoid
+from clipml.metrics import TOP_K, evaluate_known, known_f1_thresholds, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
@@ -305,20 +305,19 @@ def decision_thresholds(model: MultiLabelCLIP, source, progress=None,
     validation split), as stored in a prompt checkpoint (see `choose_thresholds`)."""
     require_positives(source.split)
     settings = settings or EvalConfig()
-    logits, labels = predict(model, source, progress, settings.class_chunk)
-    return choose_thresholds(logits, labels, model.classnames, settings)
+    scored = _score(model, source, progress, localize=False, class_chunk=settings.class_chunk)
+    return choose_thresholds(scored.known, model.classnames, settings)
 
 
-def choose_thresholds(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
-                      settings: EvalConfig) -> Dict[str, object]:
-    """Logit thresholds by class name (`per_class`), the `global` one for classes with fewer than
+def choose_thresholds(known: KnownScores, classnames: Sequence[str], settings: EvalConfig) -> Dict[str, object]:
+    """From the validation logits at the known entries (`known`: no [N, C] matrix), logit thresholds by class name (`per_class`), the `global` one for classes with fewer than
     `settings.threshold_min_positives` known positives (`fallback`) and for classes a checkpoint
     does not know, and `calibration`: Platt scaling of the logits on the known labels (the
     ensembles' clipml.ensemble.fit_calibration), so that predict shows probabilities rather than
     the saturated sigmoid of a partial-label loss (None where no fit is possible). No threshold lies below the logit whose
     calibrated probability is `settings.threshold_floor` (`floor_logit`)."""
-    values, global_threshold, fallback = f1_thresholds(logits, labels, settings.threshold_min_positives)
-    calibration = fit_calibration(logits, labels) if (labels == 0).any() else None
+    values, global_threshold, fallback = known_f1_thresholds(known, settings.threshold_min_positives)
+    calibration = fit_calibration(known.ranking, known.labels) if (known.labels == 0).any() else None
     if calibration is None or calibration.scale <= 0:  # nothing to calibrate against, or logits ranking against it
         logger.warning("no calibration could be fit on the validation split (it needs known negatives, and logits "
                        "that rank its positives higher): predict shows the plain sigmoid of the logits")
