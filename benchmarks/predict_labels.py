@@ -32,6 +32,7 @@ from clipml.engine.evaluate import choose_thresholds, class_thresholds, evaluate
 from clipml.engine.inference import checkpoint_calibration, choose_labels
 from clipml.engine.checkpoint import load_model
 from clipml.experiment import ExperimentConfig
+from clipml.known_scores import KnownScores
 from clipml.metrics import f1_thresholds
 
 
@@ -69,7 +70,7 @@ def run_report(run: Path) -> Dict[str, object]:
     metrics = evaluate(model, test_source)
 
     old, _, _ = f1_thresholds(val_logits, val_labels)
-    stored = choose_thresholds(val_logits, val_labels, classnames, cfg.eval)
+    stored = choose_thresholds(KnownScores.from_dense(val_logits, val_labels), classnames, cfg.eval)
     calibration, _ = checkpoint_calibration({"thresholds": stored})
     new = calibration.apply(class_thresholds(stored, classnames))
     val_positives = (val_labels == 1).sum(axis=0)

@@ -79,20 +79,60 @@ def class_masks(instances: Sequence[ObjectInstance], num_classes: int) -> Dict[i
     return {c: union for c, union in unions.items() if union.any()}
 
 
+def class_coverages(instances: Sequence[ObjectInstance], grid: Tuple[int, int], num_classes: int
+                    ) -> Dict[int, np.ndarray]:
+    """class index -> the share of each grid cell [h*w] its objects cover, for the classes with a trial
+    (computed once per image, whatever number of class chunks then read it)."""
+    return {c: grid_coverage(union, grid).reshape(-1) for c, union in class_masks(instances, num_classes).items()}
+
+
+def _check_grid(shape, grid: Tuple[int, int], ndim: int) -> None:
+    """Attention of `ndim` dimensions whose last one is the grid's cells."""
+    if len(shape) != ndim or shape[-1] != grid[0] * grid[1]:
+        raise DataError(f"attention of shape {tuple(shape)} does not match a {grid[0]}x{grid[1]} grid "
+                        f"({'[B, c, ' if ndim == 3 else '[C, '}{grid[0] * grid[1]}])")
+
+
+def _trial(attention: np.ndarray, coverage: np.ndarray) -> Tuple[float, float]:
+    """(pointing-game hit, mass inside) of one class's map [h*w] against its objects' coverage."""
+    return float(coverage[int(np.argmax(attention))] > 0), float(attention @ coverage)
+
+
 def localize_image(attention: np.ndarray, grid: Tuple[int, int], instances: Sequence[ObjectInstance]
                    ) -> Tuple[np.ndarray, np.ndarray]:
     """(hit [C], mass inside [C]) of one image's attention [C, h*w]; nan for classes without a trial."""
     attention = np.asarray(attention, dtype=np.float64)
-    h, w = grid
-    if attention.ndim != 2 or attention.shape[1] != h * w:
-        raise DataError(f"attention of shape {attention.shape} does not match a {h}x{w} grid ([C, {h * w}])")
+    _check_grid(attention.shape, grid, ndim=2)
     hits = np.full(attention.shape[0], np.nan)
     mass = np.full(attention.shape[0], np.nan)
-    for c, union in class_masks(instances, attention.shape[0]).items():
-        coverage = grid_coverage(union, grid).reshape(-1)
-        hits[c] = float(coverage[int(np.argmax(attention[c]))] > 0)
-        mass[c] = float(attention[c] @ coverage)
+    for c, coverage in class_coverages(instances, grid, attention.shape[0]).items():
+        hits[c], mass[c] = _trial(attention[c], coverage)
     return hits, mass
+
+
+class ChunkedLocalization:
+    """`localize_image` of a batch whose attention maps arrive a class chunk at a time: each
+    image's coverages are computed once, and a chunk's maps leave their device only at the
+    (image, class) pairs with a trial. `hits`, `mass`: [B, C], nan without a trial."""
+
+    def __init__(self, instances: Sequence[Sequence[ObjectInstance]], grid: Tuple[int, int], num_classes: int) -> None:
+        self.grid = grid
+        self.coverages = [class_coverages(objects, grid, num_classes) for objects in instances]
+        self.hits = np.full((len(instances), num_classes), np.nan)
+        self.mass = np.full((len(instances), num_classes), np.nan)
+
+    def add(self, classes, attention) -> None:
+        """One chunk: class indices `classes` [c] and their maps `attention` [B, c, h*w] (torch)."""
+        _check_grid(attention.shape, self.grid, ndim=3)
+        position = {int(c): j for j, c in enumerate(classes.tolist())}
+        pairs = [(row, c, position[c]) for row, coverage in enumerate(self.coverages) for c in coverage
+                 if c in position]
+        if not pairs:
+            return
+        rows, chunk_columns = zip(*((row, j) for row, _, j in pairs))
+        maps = attention[list(rows), list(chunk_columns)].double().cpu().numpy()  # [trials, h*w]
+        for (row, c, _), values in zip(pairs, maps):
+            self.hits[row, c], self.mass[row, c] = _trial(values, self.coverages[row][c])
 
 
 def _class_means(values: np.ndarray) -> np.ndarray:
@@ -129,17 +169,48 @@ def class_map_correlation(attention) -> "np.ndarray":
     (attention [B, C, N], numpy or torch; returns [B]). Near 1: every class looks at the same
     place, i.e. the maps are one map and say nothing class-specific; classes whose map is flat
     (no variance) take no part (nan when fewer than two vary)."""
-    import torch
+    correlation = MapCorrelation()
+    correlation.add(attention)
+    return correlation.result()
 
-    maps = torch.as_tensor(attention).double()
-    if maps.ndim != 3:
-        raise DataError(f"class_map_correlation needs attention [images, classes, cells], got {tuple(maps.shape)}")
-    centred = maps - maps.mean(dim=2, keepdim=True)
-    norms = centred.norm(dim=2, keepdim=True)
-    varies = (norms[..., 0] > 1e-12 * maps.abs().amax(dim=2).clamp_min(1e-300)).double()  # [B, C]
-    unit = centred / norms.clamp_min(1e-300) * varies[..., None]
-    gram = unit @ unit.transpose(1, 2)  # [B, C, C]: correlations between varying maps, 0 elsewhere
-    count = varies.sum(dim=1)
-    pairs = count * (count - 1)
-    off_diagonal = gram.sum(dim=(1, 2)) - (unit * unit).sum(dim=(1, 2))
-    return torch.where(pairs > 0, off_diagonal / pairs.clamp_min(1), torch.full_like(pairs, float("nan"))).numpy()
+
+class MapCorrelation:
+    """`class_map_correlation` of a batch whose maps arrive a class chunk at a time, in [B, N]
+    memory whatever the number of classes. With u_c the unit-normalised centred map of a varying
+    class (0 for a flat one), the off-diagonal sum of the correlation matrix is
+    ||sum_c u_c||^2 - sum_c ||u_c||^2: so per image it keeps sum_c u_c, sum_c ||u_c||^2 and the
+    count of varying maps, never the [C, C] matrix."""
+
+    def __init__(self) -> None:
+        self.total = self.squares = self.count = None
+
+    def add(self, attention) -> None:
+        """One chunk of maps [B, c, N] (numpy or torch; summed in float64 on its device)."""
+        import torch
+
+        maps = torch.as_tensor(attention).double()
+        if maps.ndim != 3:
+            raise DataError(f"class_map_correlation needs attention [images, classes, cells], got {tuple(maps.shape)}")
+        centred = maps - maps.mean(dim=2, keepdim=True)
+        norms = centred.norm(dim=2, keepdim=True)
+        varies = (norms[..., 0] > 1e-12 * maps.abs().amax(dim=2).clamp_min(1e-300)).double()  # [B, c]
+        unit = centred / norms.clamp_min(1e-300) * varies[..., None]
+        parts = unit.sum(dim=1), (unit * unit).sum(dim=(1, 2)), varies.sum(dim=1)
+        if self.total is None:
+            self.total, self.squares, self.count = parts
+        else:
+            if parts[0].shape != self.total.shape:
+                raise DataError(f"class_map_correlation: a chunk of maps {tuple(maps.shape)} does not match the "
+                                f"earlier chunks' [images, cells] {tuple(self.total.shape)}")
+            self.total, self.squares, self.count = self.total + parts[0], self.squares + parts[1], self.count + parts[2]
+
+    def result(self) -> np.ndarray:
+        """[B]: each image's mean pairwise correlation over the maps added (nan where fewer than two vary)."""
+        import torch
+
+        if self.total is None:
+            raise DataError("class_map_correlation: no attention maps were added")
+        pairs = self.count * (self.count - 1)
+        off_diagonal = (self.total * self.total).sum(dim=1) - self.squares
+        return torch.where(pairs > 0, off_diagonal / pairs.clamp_min(1),
+                           torch.full_like(pairs, float("nan"))).cpu().numpy()

@@ -314,8 +314,16 @@ def _best_f1_cut(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def f1_thresholds(scores, labels, min_positives: int = 1) -> Tuple[np.ndarray, float, np.ndarray]:
-    """Per-class decision thresholds on `scores` (e.g. validation logits), each maximising that
-    class's F1 over its known entries: (thresholds [C], global, fallback [C] bool).
+    """Per-class decision thresholds on `scores` [N, C] (e.g. validation logits) with 1/0/-1
+    `labels`: `known_f1_thresholds` of their known entries."""
+    scores, labels = _inputs(scores, labels)
+    return known_f1_thresholds(KnownScores.from_dense(scores, labels), min_positives)
+
+
+def known_f1_thresholds(known: KnownScores, min_positives: int = 1) -> Tuple[np.ndarray, float, np.ndarray]:
+    """Per-class decision thresholds on the ranking scores of the known entries, each maximising
+    that class's F1 over its known entries: (thresholds [C], global, fallback [C] bool). Reads the
+    known entries only, so a validation split of thousands of classes needs no [N, C] matrix.
 
     `global` maximises the pooled F1 (OF1) over all known entries; classes with fewer than
     `min_positives` known positives (`fallback`) get it: a class's own F1 maximum over one or
@@ -323,17 +331,14 @@ def f1_thresholds(scores, labels, min_positives: int = 1) -> Tuple[np.ndarray, f
     """
     if min_positives < 1:
         raise ConfigError(f"min_positives must be at least 1, got {min_positives}")
-    scores, labels = _inputs(scores, labels)
-    known = labels != -1
-    if not (labels == 1).any():
+    if not (known.labels == 1).any():
         raise DataError("no positive label: decision thresholds are undefined")
-    global_threshold = _best_f1_cut(scores[known].astype(np.float64), labels[known] == 1)
-    thresholds = np.full(scores.shape[1], global_threshold)
-    fallback = np.ones(scores.shape[1], dtype=bool)
-    for c in range(scores.shape[1]):
-        column, truth = scores[known[:, c], c].astype(np.float64), labels[known[:, c], c] == 1
+    global_threshold = _best_f1_cut(known.ranking.astype(np.float64), known.labels == 1)
+    thresholds = np.full(known.shape[1], global_threshold)
+    fallback = np.ones(known.shape[1], dtype=bool)
+    for c, column, truth in known.by_class():
         if truth.sum() >= min_positives:
-            thresholds[c], fallback[c] = _best_f1_cut(column, truth), False
+            thresholds[c], fallback[c] = _best_f1_cut(column.astype(np.float64), truth), False
     return thresholds, global_threshold, fallback
 
 

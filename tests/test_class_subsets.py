@@ -219,12 +219,53 @@ def test_class_chunks_give_the_same_logits_and_attention(tiny_backbones, method,
     with torch.no_grad():
         text = model.text_features()
         whole = model.forward_dense(dense, text)
-        for chunk in (1, 5, 12):
-            chunked = score_in_chunks(model, dense, text, chunk)
-            torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-5, atol=1e-5)
-            if whole.attention is not None:
-                torch.testing.assert_close(chunked.attention, whole.attention, rtol=1e-5, atol=1e-6)
-            assert score_in_chunks(model, dense, text, chunk, attention=False).attention is None
+        for chunk in (0, 1, 5, 12):
+            seen = []
+            logits = score_in_chunks(model, dense, text, chunk, lambda classes, maps: seen.append((classes, maps)))
+            torch.testing.assert_close(logits, whole.logits, rtol=1e-5, atol=1e-5)
+            if whole.attention is None:
+                assert not seen
+                continue
+            sizes = [len(classes) for classes, _ in seen]  # the last chunk may be short
+            assert sizes == [min(chunk or len(CLASSES), len(CLASSES) - start)
+                             for start in range(0, len(CLASSES), chunk or len(CLASSES))]
+            torch.testing.assert_close(torch.cat([classes for classes, _ in seen]), torch.arange(len(CLASSES)))
+            torch.testing.assert_close(torch.cat([maps for _, maps in seen], dim=1), whole.attention,
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["csc_global", "dualcoop"])
+def test_decision_thresholds_read_the_known_validation_entries_only(tiny_backbones, monkeypatch, method):
+    """Issue #27: thresholds and calibration chosen from the known entries of a partially labelled
+    validation split, in class chunks, without its [N, C] logits, are those of the dense logits."""
+    from clipml.engine import evaluate as evaluation
+    from clipml.ensemble import fit_calibration
+    from clipml.metrics import f1_thresholds
+
+    backbone = tiny_backbones["open_clip_vit"]
+    torch.manual_seed(0)
+    model = MultiLabelCLIP(backbone, CLASSES, ModelConfig.of(method=method, n_ctx=3))
+    source = DenseSource(backbone)
+    logits, labels = evaluation.predict(model, source)
+    assert (labels == -1).any()
+    per_class, global_threshold, fallback = f1_thresholds(logits, labels, min_positives=2)
+    calibration = fit_calibration(logits, labels)
+    scoring = evaluation._score
+    dense_asked = []
+    monkeypatch.setattr(evaluation, "_score", lambda *a, **k: dense_asked.append(k.get("dense")) or scoring(*a, **k))
+    for chunk, rel in ((0, 0), (5, 1e-5)):
+        stored = evaluation.decision_thresholds(model, source, settings=EvalConfig(
+            class_chunk=chunk, threshold_min_positives=2, threshold_floor=0.0))
+        assert stored["fallback"] == [name for name, used in zip(CLASSES, fallback) if used]
+        assert stored["global"] == pytest.approx(global_threshold, rel=rel)
+        assert stored["per_class"] == pytest.approx(
+            {name: value for name, value, used in zip(CLASSES, per_class, fallback) if not used}, rel=rel)
+        if calibration.scale > 0:
+            assert stored["calibration"] == pytest.approx({"scale": calibration.scale, "bias": calibration.bias},
+                                                          rel=rel or 1e-12)
+        else:  # a random model's logits can rank against the labels: no calibration, on either path
+            assert stored["calibration"] is None
+    assert dense_asked == [None, None]  # never the [N, C] logits
 
 
 def test_class_chunk_is_not_part_of_the_experiment():

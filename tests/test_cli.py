@@ -232,6 +232,7 @@ def test_predict_calibration_and_thresholds_are_fit_on_the_carved_validation_par
     from clipml.engine.evaluate import choose_thresholds
     from clipml.ensemble import fit_calibration
     from clipml.experiment import EvalConfig
+    from clipml.known_scores import KnownScores
 
     path, _ = tiny_yaml
     scores = tmp_path / "val.csv"
@@ -250,6 +251,6 @@ def test_predict_calibration_and_thresholds_are_fit_on_the_carved_validation_par
         assert stored["calibration"]["bias"] == pytest.approx(expected.bias, rel=1e-4, abs=1e-6)
     else:  # these validation logits rank against the labels: no calibration is stored
         assert stored["calibration"] is None
-    again = choose_thresholds(logits, labels, classes, EvalConfig())
+    again = choose_thresholds(KnownScores.from_dense(logits, labels), classes, EvalConfig())
     assert stored["fallback"] == again["fallback"] and stored["min_positives"] == 5 and stored["floor"] == 0.1
     assert stored["global"] == pytest.approx(again["global"], rel=1e-4)

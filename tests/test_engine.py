@@ -366,6 +366,7 @@ def test_stored_thresholds_have_a_floor_a_positive_count_and_a_calibration():
 
     from clipml.engine.evaluate import choose_thresholds, class_thresholds
     from clipml.experiment import EvalConfig
+    from clipml.known_scores import KnownScores
 
     rng = np.random.default_rng(3)
     labels = (rng.random((400, 4)) < 0.2).astype(np.int8)
@@ -375,7 +376,8 @@ def test_stored_thresholds_have_a_floor_a_positive_count_and_a_calibration():
     labels[0, 3], logits[0, 3] = 1, -60.0  # one positive far under the negatives
     logits[:, 2] = np.where(labels[:, 2] == 1, logits[:, 2] - 6.0, logits[:, 2])  # class 2 scores low
     names = ["a", "b", "c", "d"]
-    stored = choose_thresholds(logits, labels, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.1))
+    validation = KnownScores.from_dense(logits, labels)  # the logits rank
+    stored = choose_thresholds(validation, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.1))
 
     known = labels != -1
     oracle = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logits[known][:, None], labels[known])
@@ -388,7 +390,7 @@ def test_stored_thresholds_have_a_floor_a_positive_count_and_a_calibration():
     thresholds = class_thresholds(stored, names)
     assert thresholds.min() >= floor - 1e-9 and thresholds[3] == stored["global"] >= floor - 1e-9
     assert stored["per_class"]["c"] == pytest.approx(floor)  # its F1 cut lies under the floor
-    unfloored = choose_thresholds(logits, labels, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.0))
+    unfloored = choose_thresholds(validation, names, EvalConfig(threshold_min_positives=5, threshold_floor=0.0))
     assert unfloored["per_class"]["c"] < floor and unfloored["floor_logit"] is None
     with pytest.raises(ConfigError, match="eval.threshold_floor"):
         load_config(ExperimentConfig, None, ["eval.threshold_floor=1.5"])

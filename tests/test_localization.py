@@ -5,8 +5,8 @@ import pytest
 
 from clipml.data.base import ObjectInstance
 from clipml.errors import DataError
-from clipml.localization import (axis_weights, class_map_correlation, grid_coverage, localize_image,
-                                 summarize_localization)
+from clipml.localization import (ChunkedLocalization, MapCorrelation, axis_weights, class_map_correlation,
+                                 grid_coverage, localize_image, summarize_localization)
 
 
 def box(shape, rows, cols):
@@ -121,3 +121,63 @@ def test_class_map_correlation_is_the_mean_pairwise_pearson_correlation():
     assert np.isnan(class_map_correlation(np.full((1, 3, 4), 0.25))[0])  # no map varies
     with pytest.raises(DataError, match="attention"):
         class_map_correlation(attention[0])
+
+
+def gram_correlation(attention):
+    """The [B, C, C] form that evaluation used before issue #27: the mean off-diagonal entry of
+    each image's correlation matrix over its varying maps (numpy's corrcoef)."""
+    values = []
+    for image in attention:
+        varying = image[image.std(axis=1) > 0]
+        pairs = len(varying) * (len(varying) - 1)
+        values.append((np.corrcoef(varying).sum() - len(varying)) / pairs if pairs else np.nan)
+    return np.array(values)
+
+
+def chunks(count, size):
+    return [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def test_map_correlation_added_in_class_chunks_equals_the_whole_matrix():
+    """Issue #27: streamed over class chunks (sizes that do not divide C too), the correlation
+    equals the [B, C, C] computation, without building it."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    attention = rng.random((4, 23, 12)) ** 3
+    attention[0, [3, 17]] = 0.5  # flat maps take no part, in any chunk
+    attention[1] = attention[1, :1] * rng.uniform(0.5, 2.0, size=(23, 1))  # one map: correlation 1
+    attention[2, 1:] = 1 / 12  # a single varying map: no pair
+    expected = gram_correlation(attention)
+    for size in (1, 4, 5, 22, 23, 40):
+        streamed = MapCorrelation()
+        for classes in chunks(23, size):
+            streamed.add(torch.from_numpy(attention[:, classes]))
+        found = streamed.result()
+        np.testing.assert_allclose(found[[0, 1, 3]], expected[[0, 1, 3]], rtol=1e-10, atol=1e-12)
+        assert found[1] == pytest.approx(1.0, abs=1e-12) and np.isnan(found[2])
+    with pytest.raises(DataError, match="does not match"):
+        streamed.add(attention[:2, :3])
+    with pytest.raises(DataError, match="no attention maps"):
+        MapCorrelation().result()
+
+
+def test_chunked_localization_equals_localize_image_per_image():
+    import torch
+
+    rng = np.random.default_rng(2)
+    grid, shape, classes = (3, 4), (11, 13), 9
+    images = [[ObjectInstance(int(c), box(shape, sorted(rng.integers(0, 12, 2) + [0, 1]),
+                                          sorted(rng.integers(0, 14, 2) + [0, 1])))
+               for c in rng.choice(classes, size=3)] for _ in range(5)]  # a class can repeat: union
+    attention = rng.random((5, classes, 12))
+    for size in (1, 4, 9):
+        chunked = ChunkedLocalization(images, grid, classes)
+        for part in chunks(classes, size):
+            chunked.add(torch.from_numpy(part), torch.from_numpy(attention[:, part]))
+        for row, objects in enumerate(images):
+            hits, mass = localize_image(attention[row], grid, objects)
+            np.testing.assert_array_equal(chunked.hits[row], hits)
+            np.testing.assert_allclose(chunked.mass[row], mass, rtol=1e-12)
+    with pytest.raises(DataError, match="3x4 grid"):
+        chunked.add(torch.arange(2), torch.zeros(5, 2, 10))

@@ -5,12 +5,11 @@ a known label in the batch can move the loss."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from clipml.experiment import OptimConfig
-from clipml.methods import Output
 from clipml.methods.terms import class_subset_obstacle
 
 logger = logging.getLogger(__name__)
@@ -55,19 +54,20 @@ def select_text(text, classes: torch.Tensor):
     return tuple(part[classes] for part in text) if isinstance(text, tuple) else text[classes]
 
 
-def score_in_chunks(model, dense, text, chunk: int, attention: bool = True) -> Output:
-    """`model.forward_dense(dense, text)` over classes `chunk` at a time (0: all at once), the
-    chunks' logits (and with `attention`, attention maps; else None) joined in class order.
-    Per-class memory ([B, c, N], [B, c, D]) is then bounded by the chunk."""
+def score_in_chunks(model, dense, text, chunk: int,
+                    read_attention: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
+    """Logits [B, C] of `model.forward_dense(dense, text)` computed over classes `chunk` at a time
+    (0: all at once). Each chunk's attention maps [B, c, N] (where the model gives them) go to
+    `read_attention(classes, maps)` and are dropped, so per-class memory ([B, c, N], [B, c, D])
+    is bounded by the chunk, however many classes the split has."""
     count, first = len(model.classnames), text[0] if isinstance(text, tuple) else text
-    if not chunk or chunk >= count:
-        output = model.forward_dense(dense, text)
-        return output if attention else Output(logits=output.logits, text=output.text)
-    logits, maps = [], []
+    chunk = chunk if chunk and chunk < count else count
+    logits = []
     for start in range(0, count, chunk):
         classes = torch.arange(start, min(start + chunk, count), device=first.device)
-        output = model.forward_dense(dense, select_text(text, classes), classes)
+        output = (model.forward_dense(dense, text) if chunk == count
+                  else model.forward_dense(dense, select_text(text, classes), classes))
         logits.append(output.logits)
-        if attention and output.attention is not None:
-            maps.append(output.attention)
-    return Output(logits=torch.cat(logits, dim=1), text=first, attention=torch.cat(maps, dim=1) if maps else None)
+        if read_attention is not None and output.attention is not None:
+            read_attention(classes, output.attention)
+    return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)

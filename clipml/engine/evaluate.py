@@ -21,9 +21,9 @@ from clipml.engine.features import CountedPass
 from clipml.ensemble import fit_calibration
 from clipml.errors import DataError
 from clipml.experiment import EvalConfig
-from clipml.localization import class_map_correlation, localize_image, summarize_localization
+from clipml.localization import ChunkedLocalization, MapCorrelation, summarize_localization
 from clipml.known_scores import KnownScores, KnownScoresBuilder
-from clipml.metrics import TOP_K, evaluate_known, f1_thresholds, sigmoid
+from clipml.metrics import TOP_K, evaluate_known, known_f1_thresholds, sigmoid
 from clipml.model import MultiLabelCLIP
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,49 @@ class Scored:
     correlation: Optional[np.ndarray] = None
 
 
+class _BatchMaps:
+    """What `_score` reads of one batch's attention maps, a class chunk at a time: the class-map
+    correlation (with `correlate`) and the localisation trials (with `localize`; the images'
+    masks are decoded once per batch, at its first chunk of maps: never for a model without)."""
+
+    def __init__(self, split, rows: Sequence[int], grid, classes: int, localize: bool, correlate: bool) -> None:
+        self.split, self.rows, self.grid, self.classes, self.localize = split, rows, grid, classes, localize
+        self.correlation = MapCorrelation() if correlate else None
+        self.localization: Optional[ChunkedLocalization] = None
+        self.seen = False
+
+    def add(self, classes: torch.Tensor, attention: torch.Tensor) -> None:
+        if self.localize and not self.seen:
+            self.localization = ChunkedLocalization([self._objects(i) for i in self.rows], self.grid, self.classes)
+        self.seen = True
+        if self.correlation is not None:
+            self.correlation.add(attention)
+        if self.localization is not None:
+            self.localization.add(classes, attention)
+
+    def _objects(self, index: int):
+        objects = self.split.instances(index)
+        if objects is None:
+            raise DataError(f"{self.split.dataset}/{self.split.split}: no object masks for image "
+                            f"{self.split.items[index]!r}, though the split has instances")
+        return objects
+
+    def trials(self) -> np.ndarray:
+        """[2, B, C]: the batch's pointing-game hits and mass inside (nan: no trial, or no maps)."""
+        if self.localization is None:
+            return np.full((2, len(self.rows), self.classes), np.nan)
+        return np.stack([self.localization.hits, self.localization.mass])
+
+
 def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, correlate: bool = False,
            dense: bool = False, k: int = 0, class_chunk: int = 0) -> Scored:
     """Score every image of `source`'s split. Each batch's logits are kept at its known entries
     only (with their top-`k` flags), so a test split of 9,605 classes never builds its [N, C]
     matrix unless `dense` asks for it. With `localize` (the split has object masks), also the
-    localisation trials (attention leaves the device only then); with `correlate`, the class-map
-    correlations (both None without attention maps). The text features are computed once for the
-    whole split; `class_chunk` scores that many classes at a time."""
+    localisation trials; with `correlate`, the class-map correlations (both None without attention
+    maps). Both are accumulated from each class chunk's maps (`_BatchMaps`), so no batch holds the
+    maps of all classes, nor any [C, C] matrix. The text features are computed once for the whole
+    split; `class_chunk` scores that many classes at a time."""
     model.eval()
     split = source.split
     count, classes = len(split), len(model.classnames)
@@ -72,25 +107,19 @@ def _score(model: MultiLabelCLIP, source, progress: Progress, localize: bool, co
     with torch.no_grad():
         text = model.text_features()
         for dense_features, batch_labels, index in batches:
-            output = score_in_chunks(model, dense_features, text, class_chunk, attention=localize or correlate)
-            batch_logits, batch_labels = output.logits.float().cpu().numpy(), batch_labels.cpu().numpy()
+            maps = _BatchMaps(split, index.tolist(), dense_features.grid, classes, localize, correlate)
+            batch_logits = score_in_chunks(model, dense_features, text, class_chunk,
+                                           maps.add if localize or correlate else None)
+            batch_logits, batch_labels = batch_logits.float().cpu().numpy(), batch_labels.cpu().numpy()
             indices.append(index.numpy())
             known.add(index.numpy(), batch_logits, batch_labels)
             if dense:
                 scores.append(batch_logits)
                 labels.append(batch_labels)
             if correlate:  # nan without attention: every rank gathers the same arrays
-                correlations.append(np.full(len(index), np.nan) if output.attention is None
-                                    else class_map_correlation(output.attention.float().cpu()))
+                correlations.append(maps.correlation.result() if maps.seen else np.full(len(index), np.nan))
             if localize:  # nan rows without attention: every rank gathers the same arrays
-                batch_hits, batch_mass = np.full((2, len(index), classes), np.nan)
-                if output.attention is not None:
-                    for row, (attention, i) in enumerate(zip(output.attention.float().cpu().numpy(), index.tolist())):
-                        objects = split.instances(i)
-                        if objects is None:
-                            raise DataError(f"{split.dataset}/{split.split}: no object masks for image "
-                                            f"{split.items[i]!r}, though the split has instances")
-                        batch_hits[row], batch_mass[row] = localize_image(attention, dense_features.grid, objects)
+                batch_hits, batch_mass = maps.trials()
                 hits.append(batch_hits)
                 mass.append(batch_mass)
     parts = [np.concatenate(indices), np.concatenate(scores), np.concatenate(labels), np.concatenate(correlations),
@@ -276,20 +305,19 @@ def decision_thresholds(model: MultiLabelCLIP, source, progress=None,
     validation split), as stored in a prompt checkpoint (see `choose_thresholds`)."""
     require_positives(source.split)
     settings = settings or EvalConfig()
-    logits, labels = predict(model, source, progress, settings.class_chunk)
-    return choose_thresholds(logits, labels, model.classnames, settings)
+    scored = _score(model, source, progress, localize=False, class_chunk=settings.class_chunk)
+    return choose_thresholds(scored.known, model.classnames, settings)
 
 
-def choose_thresholds(logits: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
-                      settings: EvalConfig) -> Dict[str, object]:
-    """Logit thresholds by class name (`per_class`), the `global` one for classes with fewer than
+def choose_thresholds(known: KnownScores, classnames: Sequence[str], settings: EvalConfig) -> Dict[str, object]:
+    """From the validation logits at the known entries (`known`: no [N, C] matrix), logit thresholds by class name (`per_class`), the `global` one for classes with fewer than
     `settings.threshold_min_positives` known positives (`fallback`) and for classes a checkpoint
     does not know, and `calibration`: Platt scaling of the logits on the known labels (the
     ensembles' clipml.ensemble.fit_calibration), so that predict shows probabilities rather than
     the saturated sigmoid of a partial-label loss (None where no fit is possible). No threshold lies below the logit whose
     calibrated probability is `settings.threshold_floor` (`floor_logit`)."""
-    values, global_threshold, fallback = f1_thresholds(logits, labels, settings.threshold_min_positives)
-    calibration = fit_calibration(logits, labels) if (labels == 0).any() else None
+    values, global_threshold, fallback = known_f1_thresholds(known, settings.threshold_min_positives)
+    calibration = fit_calibration(known.ranking, known.labels) if (known.labels == 0).any() else None
     if calibration is None or calibration.scale <= 0:  # nothing to calibrate against, or logits ranking against it
         logger.warning("no calibration could be fit on the validation split (it needs known negatives, and logits "
                        "that rank its positives higher): predict shows the plain sigmoid of the logits")
