@@ -153,6 +153,36 @@ def test_a_method_that_does_not_declare_class_subsets_is_refused(monkeypatch, ti
         model.forward_dense(random_dense(tiny_backbones["open_clip_vit"]), classes=torch.tensor([0, 1]))
 
 
+def test_pprb_on_sampled_classes_blends_each_class_with_its_own_prototypes(tiny_backbones):
+    """PPRB on a sampled subset draws its unknown classes from the subset. Where every class with a
+    prototype is in the subset, in one quadrant each, and topk covers them all, nothing is left
+    to chance: the step gives the full pass's gradients. Reading prototypes or their validity by
+    position in the subset (which skips classes) instead of by class id breaks this."""
+    backbone = tiny_backbones["open_clip_vit"]
+    config = model_config("sdm_csp", {"decoupler_dim": 8,
+                                      "blending": {"prototype": True, "start_epoch": 0, "topk": len(CLASSES)}})
+    torch.manual_seed(0)
+    model = MultiLabelCLIP(backbone, CLASSES, config)
+    labels = batch_labels()
+    classes = ClassSelector(OptimConfig(sampled_classes=10), model, seed=0)(labels)
+    assert len(classes) == 10 and classes.tolist() != list(range(10))  # not a prefix: ids differ from positions
+    generator = torch.Generator().manual_seed(5)
+    blending = model.blending
+    blending.prototypes.copy_(torch.randn(blending.prototypes.shape, generator=generator))
+    valid = torch.zeros_like(blending.prototype_valid)
+    valid[classes, torch.randint(0, 4, (len(classes),), generator=generator)] = True
+    blending.prototype_valid.copy_(valid)
+    loss_fn = build_loss("asl", reduction="sum")
+    dense = random_dense(backbone)
+    full = gradients(model, loss_fn, dense, labels, None)
+    subset = gradients(model, loss_fn, dense, labels, classes)
+    assert float(full["blending.beta"].abs()) > 0  # PPRB blended some entries
+    scale = max(float(g.abs().max()) for g in full.values())
+    for name, grad in full.items():
+        torch.testing.assert_close(subset[name], grad, rtol=1e-4, atol=1e-5 * scale,
+                                   msg=lambda text: f"{name}: {text}")
+
+
 def test_sampled_classes_keep_every_known_class_and_fill_up_to_k():
     labels = batch_labels()
     known = set(known_classes(labels).tolist())

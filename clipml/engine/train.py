@@ -480,7 +480,7 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
     else:  # a head with several branches: the loss on each
         loss = sum(loss_fn(part, targets, known) for part in output.parts)
     for term in model.terms:
-        for extra in term.extra_losses(model, output, dense, targets, known, loss_fn, step):
+        for extra in term.extra_losses(model, output, dense, targets, known, loss_fn, step, classes):
             loss = loss + extra
     return loss
 
