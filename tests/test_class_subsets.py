@@ -10,7 +10,7 @@ from clipml.backbones import Dense
 from clipml.data.base import MultiLabelSplit
 from clipml.engine.classes import ClassSelector, known_classes, sampled_classes, score_in_chunks
 from clipml.engine.evaluate import evaluate
-from clipml.engine.train import training_loss
+from clipml.engine.train import build_optimizer, build_scheduler, training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import EvalConfig, ExperimentConfig, OptimConfig
 from clipml.losses import build_loss
@@ -181,6 +181,56 @@ def test_pprb_on_sampled_classes_blends_each_class_with_its_own_prototypes(tiny_
     for name, grad in full.items():
         torch.testing.assert_close(subset[name], grad, rtol=1e-4, atol=1e-5 * scale,
                                    msg=lambda text: f"{name}: {text}")
+
+
+def train_steps(model, optimizer_name, batches, select_classes, skip_empty=False):
+    """The trainer's steps (AdamW or SGD with momentum, weight decay, the schedule) over `batches`
+    (dense, labels); `skip_empty`: no optimizer step for a batch without a known label. Returns the
+    final weights."""
+    optim = OptimConfig(name=optimizer_name, lr=0.01, momentum=0.9, weight_decay=0.05, epochs=1, warmup_epochs=0)
+    optimizer = build_optimizer(optim, model)
+    scheduler = build_scheduler(optim, optimizer, len(batches))
+    loss_fn = build_loss("asl", reduction="sum")
+    for index, (dense, labels) in enumerate(batches):
+        if skip_empty and (labels == -1).all():
+            continue
+        step = Step(epoch=0, batch=index, batches=len(batches), generator=torch.Generator().manual_seed(index))
+        loss = training_loss(model, loss_fn, dense, labels, step, select_classes(labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# sdm_csp under SGD: its decoupler.P.bias (before a softmax over locations) has a zero gradient up
+# to rounding, which AdamW scales into lr-sized steps of either sign, whichever classes are encoded.
+@pytest.mark.parametrize("method, settings, family, optimizer", [
+    ("csc_global", {}, "hf_vit", "adamw"),
+    ("dualcoop", {}, "open_clip_vit", "adamw"),
+    ("dualcoop", {}, "open_clip_vit", "sgd"),
+    ("sdm_csp", {"decoupler_dim": 8, "blending": {"instance": True, "contrastive_weight": 0.05, "start_epoch": 0},
+                 "transport": {"enabled": True, "background": True}}, "open_clip_vit", "sgd"),
+])
+def test_a_batch_without_known_labels_steps_as_the_full_pass(tiny_backbones, method, settings, family, optimizer):
+    """Such a batch has no class to encode under train_classes=known (a crash on 0 prompts before).
+    The full pass takes an optimizer step on zero gradients, which moves the weights (momentum,
+    weight decay): the subset steps must give the same weights, which skipping that step does not."""
+    backbone = tiny_backbones[family]
+    unknown = torch.full((4, len(CLASSES)), -1, dtype=torch.int8)
+    batches = [(random_dense(backbone, seed=1), batch_labels(seed=0)), (random_dense(backbone, seed=2), unknown),
+               (random_dense(backbone, seed=3), batch_labels(seed=1))]
+    weights = {}
+    for choice, skip in (("all", False), ("known", False), ("skipped", True)):
+        torch.manual_seed(0)
+        model = MultiLabelCLIP(backbone, CLASSES, model_config(method, settings))
+        selector = ClassSelector(OptimConfig(train_classes="all" if choice == "all" else "known"), model, seed=0)
+        weights[choice] = train_steps(model, optimizer, batches, selector, skip)
+    assert len(known_classes(unknown)) == 0
+    for name, full in weights["all"].items():
+        torch.testing.assert_close(weights["known"][name], full, rtol=1e-4, atol=1e-5,
+                                   msg=lambda text: f"{name}: {text}")
+    assert max(float((weights["skipped"][name] - full).abs().max()) for name, full in weights["all"].items()) > 1e-3
 
 
 def test_sampled_classes_keep_every_known_class_and_fill_up_to_k():

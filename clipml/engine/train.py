@@ -471,6 +471,11 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
     """Partial-label loss of one batch plus each training term's share (`step`: where the batch
     is in training, for terms on a schedule; None: those are off). `classes` (indices): encode and
     score only these (clipml.engine.classes.ClassSelector); the loss sees their columns alone."""
+    if classes is not None and not len(classes):
+        # No class known in the batch: the loss is 0 either way. One class (the first) gives the full
+        # pass's zero gradients on the same parameters, so AdamW's zero-gradient step (momentum,
+        # decay) moves the weights as after the full pass, which a skipped step would not.
+        classes = classes.new_zeros(1)
     if classes is not None:
         labels = labels[:, classes]
     targets, known = (labels == 1).float(), labels != -1
