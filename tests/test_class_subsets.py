@@ -244,6 +244,23 @@ def test_sampled_classes_keep_every_known_class_and_fill_up_to_k():
     assert sampled_classes(labels, 50, torch.Generator()).tolist() == list(range(len(CLASSES)))
 
 
+def test_class_draws_depend_on_the_epoch_alone(tiny_backbones):
+    """Each epoch's draws come from (seed, epoch): the same after any earlier draws (a resumed run),
+    different between epochs and seeds."""
+    model = MultiLabelCLIP(tiny_backbones["open_clip_vit"], CLASSES, ModelConfig.of(method="csc_global", n_ctx=3))
+    labels = batch_labels()
+
+    def draws(seed, epoch, before=0):
+        selector = ClassSelector(OptimConfig(sampled_classes=10), model, seed=seed)
+        for _ in range(before):
+            selector(labels)
+        selector.on_epoch_start(epoch)
+        return [tuple(selector(labels).tolist()) for _ in range(8)]
+
+    assert draws(0, 2) == draws(0, 2, before=5)
+    assert draws(0, 2) != draws(0, 3) and draws(0, 2) != draws(1, 2)
+
+
 class DenseSource:
     """Dense features in batches, as the trainer's and evaluation's sources give them."""
 

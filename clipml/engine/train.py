@@ -395,7 +395,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
 
     if context.is_main and start_epoch < optim.epochs:
         warn_small_validation(val_source.split, val_where)
-    select_classes = ClassSelector(optim, model, seed=cfg.seed * 100_003 + 77)
+    select_classes = ClassSelector(optim, model, seed=cfg.seed)
     step = TrainingStep(model, loss_fn)
     if context.active:
         # e.g. blend weights go unused before the blending epochs start
@@ -419,6 +419,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 batches = progress(CountedPass(batches, len(train_source)), f"epoch {epoch + 1}/{optim.epochs}")
             for term in model.terms:
                 term.on_epoch_start(model, epoch, train_source, seed=cfg.seed * 100_003 + epoch)
+            select_classes.on_epoch_start(epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for index, (dense, labels, _) in enumerate(batches):
                 where = Step(epoch, index, len(train_source), generator)
