@@ -274,6 +274,7 @@ class RepresentationBlending(nn.Module):
         attention: torch.Tensor,
         grid: Tuple[int, int],
         generator: Optional[torch.Generator] = None,
+        classes: Optional[torch.Tensor] = None,
     ) -> Blend:
         """PPRB: up to ``topk`` unknown classes per image blend with a prototype from another quadrant.
 
@@ -281,15 +282,18 @@ class RepresentationBlending(nn.Module):
         than the image's own peak quadrant for that class; ``topk`` of them are drawn uniformly
         per image, each with a uniformly drawn eligible quadrant. Images without an eligible
         entry, known entries and classes without prototypes are left exactly as they are.
+        `classes`: the class ids of the columns of `f` (a class-subset step; None: all classes in
+        order), so each column reads its own class's prototypes, not those of its position.
         """
         self._require("prototype")
-        _check_inputs(f, targets, known, self.num_classes, self.feat_dim)
+        ids = torch.arange(self.num_classes, device=f.device) if classes is None else classes.to(f.device)
+        _check_inputs(f, targets, known, len(ids), self.feat_dim)
         _check_attention(attention, f)
         beta, soft = self._coefficient(self.beta)
         batch, num_classes = known.shape
         own = quadrant(attention, grid)
         quads = torch.arange(NUM_QUADRANTS, device=f.device)
-        other = self.prototype_valid.unsqueeze(0) & (own.unsqueeze(-1) != quads)  # [B, C, 4]
+        other = self.prototype_valid[ids].unsqueeze(0) & (own.unsqueeze(-1) != quads)  # [B, C, 4]
         eligible = ~known & other.any(dim=-1)
         class_scores = torch.where(eligible, _uniform((batch, num_classes), f.device, generator), -1.0)
         top_scores, top_classes = class_scores.topk(min(self.topk, num_classes), dim=1)
@@ -297,7 +301,7 @@ class RepresentationBlending(nn.Module):
         rows = torch.arange(batch, device=f.device).unsqueeze(1).expand_as(top_classes)[chosen]
         cols = top_classes[chosen]
         quad_scores = torch.where(other[rows, cols], _uniform((rows.numel(), NUM_QUADRANTS), f.device, generator), -1.0)
-        proto = self.prototypes[cols, quad_scores.argmax(dim=-1)].to(f.dtype)
+        proto = self.prototypes[ids[cols], quad_scores.argmax(dim=-1)].to(f.dtype)
         b = beta.to(f.dtype)
         f_blend = f.index_put((rows, cols), b * f[rows, cols] + (1 - b) * proto)
         targets_blend = targets.index_put((rows, cols), soft.to(targets.dtype).expand(rows.numel()))

@@ -10,7 +10,7 @@ from clipml.backbones import Dense
 from clipml.data.base import MultiLabelSplit
 from clipml.engine.classes import ClassSelector, known_classes, sampled_classes, score_in_chunks
 from clipml.engine.evaluate import evaluate
-from clipml.engine.train import training_loss
+from clipml.engine.train import build_optimizer, build_scheduler, training_loss
 from clipml.errors import ConfigError
 from clipml.experiment import EvalConfig, ExperimentConfig, OptimConfig
 from clipml.losses import build_loss
@@ -153,6 +153,86 @@ def test_a_method_that_does_not_declare_class_subsets_is_refused(monkeypatch, ti
         model.forward_dense(random_dense(tiny_backbones["open_clip_vit"]), classes=torch.tensor([0, 1]))
 
 
+def test_pprb_on_sampled_classes_blends_each_class_with_its_own_prototypes(tiny_backbones):
+    """PPRB on a sampled subset draws its unknown classes from the subset. Where every class with a
+    prototype is in the subset, in one quadrant each, and topk covers them all, nothing is left
+    to chance: the step gives the full pass's gradients. Reading prototypes or their validity by
+    position in the subset (which skips classes) instead of by class id breaks this."""
+    backbone = tiny_backbones["open_clip_vit"]
+    config = model_config("sdm_csp", {"decoupler_dim": 8,
+                                      "blending": {"prototype": True, "start_epoch": 0, "topk": len(CLASSES)}})
+    torch.manual_seed(0)
+    model = MultiLabelCLIP(backbone, CLASSES, config)
+    labels = batch_labels()
+    classes = ClassSelector(OptimConfig(sampled_classes=10), model, seed=0)(labels)
+    assert len(classes) == 10 and classes.tolist() != list(range(10))  # not a prefix: ids differ from positions
+    generator = torch.Generator().manual_seed(5)
+    blending = model.blending
+    blending.prototypes.copy_(torch.randn(blending.prototypes.shape, generator=generator))
+    valid = torch.zeros_like(blending.prototype_valid)
+    valid[classes, torch.randint(0, 4, (len(classes),), generator=generator)] = True
+    blending.prototype_valid.copy_(valid)
+    loss_fn = build_loss("asl", reduction="sum")
+    dense = random_dense(backbone)
+    full = gradients(model, loss_fn, dense, labels, None)
+    subset = gradients(model, loss_fn, dense, labels, classes)
+    assert float(full["blending.beta"].abs()) > 0  # PPRB blended some entries
+    scale = max(float(g.abs().max()) for g in full.values())
+    for name, grad in full.items():
+        torch.testing.assert_close(subset[name], grad, rtol=1e-4, atol=1e-5 * scale,
+                                   msg=lambda text: f"{name}: {text}")
+
+
+def train_steps(model, optimizer_name, batches, select_classes, skip_empty=False):
+    """The trainer's steps (AdamW or SGD with momentum, weight decay, the schedule) over `batches`
+    (dense, labels); `skip_empty`: no optimizer step for a batch without a known label. Returns the
+    final weights."""
+    optim = OptimConfig(name=optimizer_name, lr=0.01, momentum=0.9, weight_decay=0.05, epochs=1, warmup_epochs=0)
+    optimizer = build_optimizer(optim, model)
+    scheduler = build_scheduler(optim, optimizer, len(batches))
+    loss_fn = build_loss("asl", reduction="sum")
+    for index, (dense, labels) in enumerate(batches):
+        if skip_empty and (labels == -1).all():
+            continue
+        step = Step(epoch=0, batch=index, batches=len(batches), generator=torch.Generator().manual_seed(index))
+        loss = training_loss(model, loss_fn, dense, labels, step, select_classes(labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# sdm_csp under SGD: its decoupler.P.bias (before a softmax over locations) has a zero gradient up
+# to rounding, which AdamW scales into lr-sized steps of either sign, whichever classes are encoded.
+@pytest.mark.parametrize("method, settings, family, optimizer", [
+    ("csc_global", {}, "hf_vit", "adamw"),
+    ("dualcoop", {}, "open_clip_vit", "adamw"),
+    ("dualcoop", {}, "open_clip_vit", "sgd"),
+    ("sdm_csp", {"decoupler_dim": 8, "blending": {"instance": True, "contrastive_weight": 0.05, "start_epoch": 0},
+                 "transport": {"enabled": True, "background": True}}, "open_clip_vit", "sgd"),
+])
+def test_a_batch_without_known_labels_steps_as_the_full_pass(tiny_backbones, method, settings, family, optimizer):
+    """Such a batch has no class to encode under train_classes=known (a crash on 0 prompts before).
+    The full pass takes an optimizer step on zero gradients, which moves the weights (momentum,
+    weight decay): the subset steps must give the same weights, which skipping that step does not."""
+    backbone = tiny_backbones[family]
+    unknown = torch.full((4, len(CLASSES)), -1, dtype=torch.int8)
+    batches = [(random_dense(backbone, seed=1), batch_labels(seed=0)), (random_dense(backbone, seed=2), unknown),
+               (random_dense(backbone, seed=3), batch_labels(seed=1))]
+    weights = {}
+    for choice, skip in (("all", False), ("known", False), ("skipped", True)):
+        torch.manual_seed(0)
+        model = MultiLabelCLIP(backbone, CLASSES, model_config(method, settings))
+        selector = ClassSelector(OptimConfig(train_classes="all" if choice == "all" else "known"), model, seed=0)
+        weights[choice] = train_steps(model, optimizer, batches, selector, skip)
+    assert len(known_classes(unknown)) == 0
+    for name, full in weights["all"].items():
+        torch.testing.assert_close(weights["known"][name], full, rtol=1e-4, atol=1e-5,
+                                   msg=lambda text: f"{name}: {text}")
+    assert max(float((weights["skipped"][name] - full).abs().max()) for name, full in weights["all"].items()) > 1e-3
+
+
 def test_sampled_classes_keep_every_known_class_and_fill_up_to_k():
     labels = batch_labels()
     known = set(known_classes(labels).tolist())
@@ -162,6 +242,23 @@ def test_sampled_classes_keep_every_known_class_and_fill_up_to_k():
     assert len({tuple(d) for d in draws}) == len(ABSENT)  # each absent class left out in turn
     assert sampled_classes(labels, 3, torch.Generator()).tolist() == sorted(known)  # never fewer than known
     assert sampled_classes(labels, 50, torch.Generator()).tolist() == list(range(len(CLASSES)))
+
+
+def test_class_draws_depend_on_the_epoch_alone(tiny_backbones):
+    """Each epoch's draws come from (seed, epoch): the same after any earlier draws (a resumed run),
+    different between epochs and seeds."""
+    model = MultiLabelCLIP(tiny_backbones["open_clip_vit"], CLASSES, ModelConfig.of(method="csc_global", n_ctx=3))
+    labels = batch_labels()
+
+    def draws(seed, epoch, before=0):
+        selector = ClassSelector(OptimConfig(sampled_classes=10), model, seed=seed)
+        for _ in range(before):
+            selector(labels)
+        selector.on_epoch_start(epoch)
+        return [tuple(selector(labels).tolist()) for _ in range(8)]
+
+    assert draws(0, 2) == draws(0, 2, before=5)
+    assert draws(0, 2) != draws(0, 3) and draws(0, 2) != draws(1, 2)
 
 
 class DenseSource:

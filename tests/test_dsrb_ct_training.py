@@ -182,6 +182,29 @@ def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
     assert model.blending.prototype_valid.any()
 
 
+def test_resume_with_sampled_classes_equals_uninterrupted(tmp_path):
+    """PPRB blends classes drawn among each step's sampled classes, so the draws move the weights;
+    a run stopped after epoch 1 and resumed must draw epochs 2-3 as the uninterrupted run did."""
+    sampled = [*DSRB_CT, "optim.sampled_classes=12", "data.batch_size=4", "data.known_ratio=0.1"]
+    full_cfg = tiny_config(tmp_path, "name=full", *sampled)
+    train(full_cfg, resume=False)
+    cfg = tiny_config(tmp_path, "name=cut", *sampled)
+
+    def stop(iterable, desc):
+        if desc == "epoch 2/3":
+            raise KeyboardInterrupt
+        return iterable
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=stop)
+    train(cfg)
+    full = load_file(str(Path(full_cfg.run_dir()) / "last.safetensors"))
+    resumed = load_file(str(Path(cfg.run_dir()) / "last.safetensors"))
+    assert float(full["blending.beta"]) != 0.5  # PPRB blended
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
+
+
 def test_contrastive_share_and_form_reach_the_training_loss(tiny_backbones):
     backbone = tiny_backbones["open_clip_vit"]
     torch.manual_seed(0)

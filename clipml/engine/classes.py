@@ -7,12 +7,15 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from clipml.experiment import OptimConfig
 from clipml.methods.terms import class_subset_obstacle
 
 logger = logging.getLogger(__name__)
+
+CLASS_DRAWS = 0x636C6173  # "clas": keeps the class draws' seeds apart from the epochs' batch seeds
 
 
 def known_classes(labels: torch.Tensor) -> torch.Tensor:
@@ -33,15 +36,22 @@ def sampled_classes(labels: torch.Tensor, count: int, generator: torch.Generator
 
 class ClassSelector:
     """The classes of each training step under optim.train_classes / optim.sampled_classes (None:
-    all classes). Its own generator, so "known" draws nothing and leaves the other draws alone."""
+    all classes). Its own generator, so "known" draws nothing and leaves the other draws alone;
+    seeded per epoch (`on_epoch_start`), so a resumed run draws what an uninterrupted one does."""
 
     def __init__(self, optim: OptimConfig, model, seed: int) -> None:
         obstacle = class_subset_obstacle(model.config)
         self.sample = optim.sampled_classes
         self.known = optim.train_classes != "all" and obstacle is None
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generator = torch.Generator()
+        self.on_epoch_start(0)
         if optim.train_classes == "auto" and obstacle and not self.sample:
             logger.info("every training step encodes all %d classes: %s", len(model.classnames), obstacle)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Draw epoch `epoch`'s (0-based) classes from a stream of (seed, epoch) alone."""
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, CLASS_DRAWS]).generate_state(1)[0]))
 
     def __call__(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
         if self.sample:

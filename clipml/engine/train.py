@@ -395,7 +395,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
 
     if context.is_main and start_epoch < optim.epochs:
         warn_small_validation(val_source.split, val_where)
-    select_classes = ClassSelector(optim, model, seed=cfg.seed * 100_003 + 77)
+    select_classes = ClassSelector(optim, model, seed=cfg.seed)
     step = TrainingStep(model, loss_fn)
     if context.active:
         # e.g. blend weights go unused before the blending epochs start
@@ -419,6 +419,7 @@ def _fit(cfg, model, train_source, val_source, run, config_dict, resume, progres
                 batches = progress(CountedPass(batches, len(train_source)), f"epoch {epoch + 1}/{optim.epochs}")
             for term in model.terms:
                 term.on_epoch_start(model, epoch, train_source, seed=cfg.seed * 100_003 + epoch)
+            select_classes.on_epoch_start(epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             for index, (dense, labels, _) in enumerate(batches):
                 where = Step(epoch, index, len(train_source), generator)
@@ -471,6 +472,11 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
     """Partial-label loss of one batch plus each training term's share (`step`: where the batch
     is in training, for terms on a schedule; None: those are off). `classes` (indices): encode and
     score only these (clipml.engine.classes.ClassSelector); the loss sees their columns alone."""
+    if classes is not None and not len(classes):
+        # No class known in the batch: the loss is 0 either way. One class (the first) gives the full
+        # pass's zero gradients on the same parameters, so AdamW's zero-gradient step (momentum,
+        # decay) moves the weights as after the full pass, which a skipped step would not.
+        classes = classes.new_zeros(1)
     if classes is not None:
         labels = labels[:, classes]
     targets, known = (labels == 1).float(), labels != -1
@@ -480,7 +486,7 @@ def training_loss(model: MultiLabelCLIP, loss_fn, dense, labels: torch.Tensor,
     else:  # a head with several branches: the loss on each
         loss = sum(loss_fn(part, targets, known) for part in output.parts)
     for term in model.terms:
-        for extra in term.extra_losses(model, output, dense, targets, known, loss_fn, step):
+        for extra in term.extra_losses(model, output, dense, targets, known, loss_fn, step, classes):
             loss = loss + extra
     return loss
 

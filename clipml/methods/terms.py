@@ -105,8 +105,9 @@ class TrainingTerm:
         """Before epoch `epoch` (0-based) trains on `source`; `seed` is the epoch's."""
 
     def extra_losses(self, model: nn.Module, output, dense, targets: torch.Tensor, known: torch.Tensor, loss_fn,
-                     step: Optional[Step]) -> List[torch.Tensor]:
-        """Its terms of one batch's loss, added in this order; `step` None: outside a schedule."""
+                     step: Optional[Step], classes: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Its terms of one batch's loss, added in this order; `step` None: outside a schedule.
+        `classes`: the class ids of the output's columns (a class-subset step; None: all classes)."""
         return []
 
     def checkpoint_buffers(self, model: nn.Module) -> List[str]:
@@ -154,7 +155,7 @@ class Blending(TrainingTerm):
         if self.blending(epoch) and due:
             refresh_prototypes(model, source, seed=seed + 50_000)
 
-    def extra_losses(self, model, output, dense, targets, known, loss_fn, step):
+    def extra_losses(self, model, output, dense, targets, known, loss_fn, step, classes=None):
         if step is None:
             return []
         settings, losses = self.settings, []
@@ -165,7 +166,7 @@ class Blending(TrainingTerm):
             if settings.prototype:
                 peaks = peak_scores(output.attention, dense.tokens, settings.peak)
                 features, soft, mask = model.blending.prototype_blend(output.features, targets, known, peaks,
-                                                                      dense.grid, step.generator)
+                                                                      dense.grid, step.generator, classes)
                 losses.append(settings.lambda_prototype * loss_fn(model.head(features, output.text), soft, mask))
         share = contrastive_share(settings, step)
         if settings.contrastive_weight and share:
@@ -189,7 +190,7 @@ class Transport(TrainingTerm):
         model.transport = ConditionalTransport(model.backbone.embed_dim, settings.tau_nav, settings.rho,
                                                settings.background)
 
-    def extra_losses(self, model, output, dense, targets, known, loss_fn, step):
+    def extra_losses(self, model, output, dense, targets, known, loss_fn, step, classes=None):
         return [self.settings.weight * model.transport(dense.tokens, output.text, targets, known)]
 
 
