@@ -12,8 +12,10 @@ SigLIP 2's fixed-resolution checkpoints, which transformers builds as SiglipMode
 - input size: SigLIP's positional grid is resized once (bicubic, as its `interpolate_pos_encoding`);
   SigLIP 2 takes patch sequences with their grid (`spatial_shapes`) and resizes its own positional
   grid to it on every call, so a square image of any multiple of the patch size works.
-- text: no causal mask and no padding mask (as trained), every text padded to the context length
-  (64) and read at the last position, whatever token is there, through the text head's linear.
+- text: no causal mask and no padding mask (as trained), every text padded on the right to the
+  context length (64) and read at the last position, whatever token is there, through the text
+  head's linear. The tokenizer's layout is read as for open_clip's SigLIP (TokenizerLayout): one
+  saved to pad on the left is refused, not switched, on both paths.
 - scoring: the learned logit scale and bias; zero-shot probabilities are per-class sigmoids.
 """
 
