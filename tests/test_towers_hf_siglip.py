@@ -61,8 +61,12 @@ def library_inputs(backbone, images):
 
 
 def library_text_ids(backbone, texts):
-    """The tokenizer as the model card says to call it: padding to max_length (64)."""
-    return backbone._tokenizer(list(texts), padding="max_length", max_length=64, return_tensors="pt")["input_ids"]
+    """The model's tokenizer, loaded afresh by the library from its folder, called as the model card
+    says: padding to max_length (64)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone._tokenizer.name_or_path)
+    return tokenizer(list(texts), padding="max_length", max_length=64, return_tensors="pt")["input_ids"]
 
 
 # Loading, freezing, identity, preprocessing ---------------------------------------------------------

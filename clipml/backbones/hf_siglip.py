@@ -12,8 +12,10 @@ SigLIP 2's fixed-resolution checkpoints, which transformers builds as SiglipMode
 - input size: SigLIP's positional grid is resized once (bicubic, as its `interpolate_pos_encoding`);
   SigLIP 2 takes patch sequences with their grid (`spatial_shapes`) and resizes its own positional
   grid to it on every call, so a square image of any multiple of the patch size works.
-- text: no causal mask and no padding mask (as trained), every text padded to the context length
-  (64) and read at the last position, whatever token is there, through the text head's linear.
+- text: no causal mask and no padding mask (as trained), every text padded on the right to the
+  context length (64) and read at the last position, whatever token is there, through the text
+  head's linear. The tokenizer's layout is read as for open_clip's SigLIP (TokenizerLayout): one
+  saved to pad on the left is refused, not switched, on both paths.
 - scoring: the learned logit scale and bias; zero-shot probabilities are per-class sigmoids.
 """
 
@@ -31,9 +33,8 @@ from clipml.backbones._loading import cause_text, quiet_downloads
 from clipml.backbones.base import RESIZE_MODES, Dense, FrozenCLIP, check_image_size
 from clipml.backbones.config import BackboneConfig
 from clipml.backbones.hf import load_pretrained, pil_resample_name, register_model_type
+from clipml.backbones.tokenizer_layout import TokenizerLayout
 from clipml.errors import BackboneError
-
-PROBE_TEXT = "a photo of a dog"  # a loaded tokenizer must know these words (an offline one may be empty)
 
 
 @register_model_type("siglip", "siglip2")
@@ -152,25 +153,12 @@ class HFSiglipBackbone(FrozenCLIP):
             embeddings.image_size = image_size
 
     def _set_tokenizer(self, tokenizer, source: str, vocab_size: int) -> None:
-        """Right padding to the context length (the pooled position is the last one either way, but
-        the learned contexts sit at the same positions in every prompt); where the words start and
-        whether an end token follows them, read from the tokenizer itself."""
-        if tokenizer.pad_token_id is None:
-            raise BackboneError(f"hf:{source}: the tokenizer has no padding token; SigLIP pads every text")
-        tokenizer.padding_side = tokenizer.truncation_side = "right"
+        """Where the words start and whether an end token follows them, read from the tokenizer
+        itself; a tokenizer set to pad on the left is refused (TokenizerLayout says why)."""
+        self._layout = TokenizerLayout(tokenizer, f"hf:{source}", vocab_size)
         self._tokenizer = tokenizer
-        self.pad_token_id = int(tokenizer.pad_token_id)
-        probe = tokenizer(PROBE_TEXT)["input_ids"]
-        words = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-        known = [i for i in words if i != tokenizer.unk_token_id and i < vocab_size]
-        starts = [k for k in range(len(probe) - len(words) + 1) if probe[k:k + len(words)] == words]
-        if not words or len(known) != len(words) or not starts:
-            raise BackboneError(f"hf:{source}: the tokenizer does not fit the model (it gives {words} for "
-                                f"{PROBE_TEXT!r}, with a vocabulary of {vocab_size}); download the model's own "
-                                "tokenizer files")
-        self.leading_tokens = starts[0]
-        after = probe[starts[0] + len(words):]
-        self.end_token_id = int(after[0]) if after else None  # SigLIP: </s>, also its padding
+        self.leading_tokens = self._layout.leading_tokens
+        self.end_token_id = self._layout.end_token_id  # SigLIP: </s>, also its padding; else the padding
 
     # Image ---------------------------------------------------------------------------------
     def vision_states(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,14 +220,10 @@ class HFSiglipBackbone(FrozenCLIP):
         return self.model.text_model.embeddings.token_embedding(ids.to(self.device))
 
     def word_ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self._tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        return self._layout.word_slice(self.tokenize([text]))
 
     def text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
-        """Real tokens of each text: up to its end token where the tokenizer appends one (SigLIP's
-        is also its padding: the first one ends the text), else up to the padding."""
-        if self.end_token_id is not None:
-            return super().text_lengths(ids)
-        return (ids != self.pad_token_id).sum(dim=-1)
+        return self._layout.text_lengths(ids)
 
     def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """The last position, whatever token is there (SigLIP's text pooling)."""

@@ -236,7 +236,8 @@ class OpenCLIPBackbone(FrozenCLIP):
         self._tokenizer = _own_tokenizer(name, self.context_length)
         self._layout = None  # CLIP's tokenizer: the contract's defaults (start token, end token)
         if not isinstance(self._tokenizer, SimpleTokenizer):
-            self._layout = TokenizerLayout(self._tokenizer.tokenizer, f"open_clip:{name}")
+            self._layout = TokenizerLayout(self._tokenizer.tokenizer, f"open_clip:{name}",
+                                           self.text_tower.token_embedding.num_embeddings)
             self.leading_tokens = self._layout.leading_tokens
         tower = self.text_tower
         self._pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")

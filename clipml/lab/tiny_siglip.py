@@ -5,8 +5,8 @@ the real tokenizers (SentencePiece, Gemma) and weights come from the hub, which 
 The tokenizers are character-level over a tiny vocabulary. SigLIP's mimics its SentencePiece one
 (a word-start marker before every word, an end token that is also the padding). SigLIP 2's is the
 library's own `Siglip2Tokenizer` (Gemma's pipeline: no marker before the first word, so ``X X`` is
-two different tokens ``x`` and ``▁x``; a begin token, no end token, its own padding id, padding on
-the left by default)."""
+two different tokens ``x`` and ``▁x``; a begin token, no end token, its own padding id; saved to
+pad on the right, as the hub's SigLIP 2 tokenizers are, though the class pads on the left by default)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def tiny_tokenizer(model_type: str):
 
         vocab = {p: i for i, p in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", MARK, *pieces])}
         return Siglip2Tokenizer(vocab=vocab, merges=[(MARK, c) for c in CHARACTERS], add_bos_token=True,
-                                model_max_length=CONTEXT_LENGTH)
+                                model_max_length=CONTEXT_LENGTH, padding_side="right")
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
