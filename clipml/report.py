@@ -50,7 +50,8 @@ def write_report(run_dir: Union[str, Path], model=None, test_split=None, images:
     `test_split`; otherwise they are loaded (on `device`) for the attention overlays.
     `images`: test images with overlays (default: the config's train.report_images). `curves`:
     with more than ALL_CURVES classes (and more than twice `curves`), the report draws the mean
-    precision-recall curve and the `curves` best and worst classes instead of one per class."""
+    precision-recall curve and the `curves` best and worst classes instead of one per class, and
+    AP bars for those best and worst classes only."""
     if curves < 1:
         raise ConfigError(f"the number of best and worst precision-recall curves must be >= 1, got {curves}")
     run = Path(run_dir)
@@ -65,7 +66,7 @@ def write_report(run_dir: Union[str, Path], model=None, test_split=None, images:
         raise ConfigError(f"the number of attention images must be >= 0, got {count}")
     sections = [
         _header(summary),
-        _section("Per-class AP (test)", _ap_bars(summary)),
+        _section("Per-class AP (test)", _ap_bars(summary, curves)),
         _section("Precision-recall curves (test)", _pr_curves(run / "test_scores.npz", summary, curves)),
         _section("mAP by labels per image and by object size (test)", _breakdowns(summary)),
         _section("Training", _training(summary.get("history", []))),
@@ -125,14 +126,21 @@ def _items(named: Dict[str, object]) -> str:
     return "".join(f"<li>{escape(name)}: {escape(str(text))}</li>" for name, text in named.items())
 
 
-def _ap_bars(summary: Dict[str, object]) -> str:
+def _ap_bars(summary: Dict[str, object], curves: int) -> str:
     ap, zero_shot = summary.get("test_ap", {}), summary.get("zero_shot_test_ap", {})
     if not ap:
         return _note("summary.json has no per-class AP")
-    rows = [(name, value, zero_shot.get(name)) for name, value in ap.items()]
+    names = list(ap)
+    shown_only = ""
+    if len(names) > max(ALL_CURVES, 2 * curves):  # thousands of classes: the best and worst as the curves
+        ranked = sorted((ap[name], name) for name in names if ap[name] is not None)
+        names = [name for _, name in ranked[-curves:][::-1]] + [name for _, name in ranked[:curves]]
+        shown_only = (f"Shown are the {curves} best and {curves} worst of {len(ap):,} classes "
+                      "(clipml-report --curves K changes how many; summary.json has them all). ")
+    rows = [(name, ap[name], zero_shot.get(name)) for name in names]
     return (svg.horizontal_bars(rows, "trained", "zero-shot CLIP")
-            + _note("AP in % per class; n/a: not scored, without a known positive or a known negative in the "
-                    "test split (" + str(summary.get("test_classes", {}).get("text", "")) + ")."))
+            + _note(shown_only + "AP in % per class; n/a: not scored, without a known positive or a known negative "
+                    "in the test split (" + str(summary.get("test_classes", {}).get("text", "")) + ")."))
 
 
 def _pr_curves(path: Path, summary: Dict[str, object], curves: int) -> str:

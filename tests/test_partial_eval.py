@@ -108,6 +108,22 @@ def test_the_report_draws_the_mean_curve_and_the_best_and_worst_classes_of_many(
     assert "mean" not in html and html.count("<polyline") == int(((few[1] == 1).any(axis=0)).sum())  # one per class
 
 
+def test_the_report_draws_ap_bars_of_the_best_and_worst_classes_of_many():
+    from clipml.report import _ap_bars
+
+    rng = np.random.default_rng(4)
+    ap = {f"class{c}": float(rng.uniform(0, 100)) for c in range(150)}
+    ap["class7"] = None  # not scored
+    html = _ap_bars({"test_ap": ap, "zero_shot_test_ap": {}}, curves=3)
+    drawn = [line.split('"')[0] for line in html.split('data-label="')[1:]]
+    ranked = sorted((value, name) for name, value in ap.items() if value is not None)
+    assert drawn == [name for _, name in ranked[::-1][:3]] + [name for _, name in ranked[:3]]
+    assert "Shown are the 3 best and 3 worst of 150 classes" in html
+    few = {f"class{c}": 50.0 + c for c in range(12)}
+    assert _ap_bars({"test_ap": few}, curves=3).count('class="bar"') == 12 and "Shown are" not in \
+        _ap_bars({"test_ap": few}, curves=3)
+
+
 def test_the_report_reads_the_known_entries_and_earlier_dense_score_files(tmp_path):
     from clipml.report import read_score_arrays
 
