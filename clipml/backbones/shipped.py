@@ -23,20 +23,19 @@ def tiny_hf_configs() -> Dict[str, dict]:
 
 @lru_cache(maxsize=None)
 def register_shipped_models() -> None:
-    """Register the open_clip configs shipped as files: the toys and the tiny timm-tower test models
-    (their timm variants register on import). Cheap: every open_clip build calls it."""
+    """Register the open_clip configs shipped as files: the toys and the tiny open_clip-tower test
+    models. Cheap: every open_clip build calls it."""
     import open_clip
-
-    from clipml.backbones import tiny_timm  # noqa: F401  (registers the tiny timm towers the configs name)
 
     open_clip.add_model_config(ASSETS / "model_configs")
 
 
 @lru_cache(maxsize=None)
 def register_test_models() -> Dict[str, dict]:
-    """Register every tiny open_clip test config, those written at run time with their tokenizer
-    folders included (SigLIP, SigLIP 2, PE-Core: tiny_towers.py; only when a tiny model is asked
-    for, so other builds write nothing); return the tiny transformers configs by name."""
+    """Register every tiny open_clip test config: the shipped ones, and the tiny timm-tower ones
+    written at run time with their timm trunks and tokenizer folders (EVA-02, MobileCLIP 2, SigLIP,
+    SigLIP 2, PE-Core: tiny_towers.py; only when a tiny model is asked for, so other builds write
+    nothing); return the tiny transformers configs by name."""
     import open_clip
 
     from clipml.backbones.tiny_towers import register_tiny_trunks, write_tiny_configs

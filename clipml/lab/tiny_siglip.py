@@ -6,7 +6,10 @@ The tokenizers are character-level over a tiny vocabulary. SigLIP's mimics its S
 (a word-start marker before every word, an end token that is also the padding). SigLIP 2's is the
 library's own `Siglip2Tokenizer` (Gemma's pipeline: no marker before the first word, so ``X X`` is
 two different tokens ``x`` and ``▁x``; a begin token, no end token, its own padding id; saved to
-pad on the right, as the hub's SigLIP 2 tokenizers are, though the class pads on the left by default)."""
+pad on the right, as the hub's SigLIP 2 tokenizers are, though the class pads on the left by default).
+SigLIP's is built by the word-level writer of the open_clip tiny towers (tiny_towers.py) over
+characters; SigLIP 2's cannot be: its first-word rule is the Gemma class's own pipeline, which the
+hf path must load as `Siglip2Tokenizer` to be tested."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import string
 from pathlib import Path
 
 import torch
+
+from clipml.backbones.tiny_towers import word_level_tokenizer
 
 MARK = "\u2581"  # SentencePiece's word-start marker
 CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation
@@ -31,19 +36,14 @@ def tiny_tokenizer(model_type: str):
         vocab = {p: i for i, p in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", MARK, *pieces])}
         return Siglip2Tokenizer(vocab=vocab, merges=[(MARK, c) for c in CHARACTERS], add_bos_token=True,
                                 model_max_length=CONTEXT_LENGTH, padding_side="right")
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, pre_tokenizers
 
-    vocab = {p: i for i, p in enumerate(["<pad>", "</s>", "<unk>", *pieces])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+    pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme="always"),
         pre_tokenizers.Split(Regex(f"{MARK}?[^{MARK}]"), behavior="isolated"),  # one token per character
     ])
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=CONTEXT_LENGTH,
-                                   eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    return word_level_tokenizer(["<pad>", "</s>", "<unk>", *pieces], pre_tokenizer, "$A </s>",
+                                model_max_length=CONTEXT_LENGTH, eos_token="</s>", pad_token="</s>")
 
 
 def tiny_siglip_model(model_type: str, tokenizer=None, seed: int = 0, tower: dict = TINY_TOWER,
