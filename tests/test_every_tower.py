@@ -70,3 +70,24 @@ def test_encode_image_is_the_pooled_feature_of_encode_dense(towers, spec):
         pooled = backbone.encode_dense(images).pooled
         scale = pooled.abs().max()
         torch.testing.assert_close(backbone.encode_image(images) / scale, pooled / scale, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["open_clip:clipml-tiny-siglip", "open_clip:clipml-tiny-siglip2"])
+def test_learned_contexts_that_would_cut_the_class_name_are_refused(towers, spec):
+    """The tiny SigLIP towers hold 16 tokens a prompt and their tokenizers truncate silently: a prompt
+    whose contexts push the class name past the end is one error naming the class, not a cut prompt."""
+    from clipml.errors import BackboneError
+
+    if spec not in towers:
+        torch.manual_seed(0)
+        towers[spec] = load_backbone(load_config(ExperimentConfig, None, [f"backbone.spec={spec}",
+                                                                          "backbone.allow_random=true"]).backbone)
+    backbone = towers[spec]
+    assert backbone.context_length == 16
+    ids, context = backbone.context_prompt_ids(["dog", "traffic light"], 4)
+    lengths = backbone.text_lengths(ids)
+    assert bool((lengths < backbone.context_length).all())  # the end (or padding) follows the class name
+    with pytest.raises(BackboneError, match="leave no room for the class name"):
+        backbone.context_prompt_ids(["dog"], 16)
+    with pytest.raises(BackboneError, match="the prompt of class 'traffic light' .* may be cut"):
+        backbone.context_prompt_ids(["traffic light"], 13)

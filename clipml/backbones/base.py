@@ -214,6 +214,10 @@ class FrozenCLIP(nn.Module):
         PLACEHOLDERS that this tokenizer turns into one token per context slot (tokenizers without a
         word marker before the first word, Gemma's, give the first slot another id than the others)."""
         context = slice(self.leading_tokens, self.leading_tokens + n_ctx)
+        room = f"the tower's prompts hold {self.context_length} tokens, {self.leading_tokens} before the contexts"
+        if context.stop >= self.context_length:  # no position left for the class name
+            raise BackboneError(f"{type(self).__name__}: model.n_ctx={n_ctx} learned contexts leave no room for the "
+                                f"class name ({room}): lower model.n_ctx")
         for word in PLACEHOLDERS:
             placeholders = " ".join([word] * n_ctx)
             expected = self.word_ids(placeholders)
@@ -221,9 +225,23 @@ class FrozenCLIP(nn.Module):
                 continue
             ids = self.text_ids([f"{placeholders} {name}." for name in classnames])
             if bool((ids[:, context] == expected.to(ids.device)).all()):
+                self._check_not_cut(ids, classnames, n_ctx, room)
                 return ids, context
+        crowded = f" ({room}: a lower model.n_ctx may leave the class name room)" \
+            if context.stop + 3 > self.context_length else ""
         raise BackboneError(f"{type(self).__name__}: none of the prompt placeholders {PLACEHOLDERS} takes one token "
-                            f"per context slot at positions {context.start}..{context.stop - 1}")
+                            f"per context slot at positions {context.start}..{context.stop - 1}{crowded}")
+
+    def _check_not_cut(self, ids: torch.Tensor, classnames: Sequence[str], n_ctx: int, room: str) -> None:
+        """A prompt that fills every position may have lost the end of its class name to the
+        tokenizer's truncation (tokenizers cut silently): refused, naming the first such class."""
+        is_end = ids == self.end_token_id
+        full = ~is_end.any(dim=-1) | (is_end.int().argmax(dim=-1) + 1 >= self.context_length)
+        if bool(full.any()):
+            name = classnames[int(full.int().argmax())]
+            raise BackboneError(f"{type(self).__name__}: the prompt of class {name!r} with model.n_ctx={n_ctx} learned "
+                                f"contexts fills all the tower's positions and may be cut ({room}): lower "
+                                "model.n_ctx or shorten the class name")
 
     def encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Text features [T, D] from token embeddings [T, L, W] of prompts whose ids are [T, L].
