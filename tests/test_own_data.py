@@ -153,7 +153,8 @@ def test_a_test_split_without_negatives_is_named(complete_world, tmp_path, caplo
                                              for r in records))
     with caplog.at_level(logging.WARNING, logger="clipml"):
         build_splits(config(tmp_path, root, "run", "data.options.unlisted=unknown"))
-    assert "test labels are unknown" in caplog.text and "no known negative, so the mAP leaves them out" in caplog.text
+    assert "test labels are unknown" in caplog.text and "the mAP scored 0 of " in caplog.text
+    assert "without a known negative" in caplog.text and "data.options.unlisted=negative" in caplog.text
 
 
 def test_print_config_documents_the_new_defaults(tmp_path, capsys):

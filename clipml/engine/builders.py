@@ -18,6 +18,7 @@ from clipml.engine.distributed import DistContext
 from clipml.engine.features import CachedFeatureSource, ImageFeatureSource
 from clipml.errors import ConfigError, DataError
 from clipml.experiment import ExperimentConfig
+from clipml.metrics import coverage_of_counts, coverage_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,19 @@ def load_splits(cfg: ExperimentConfig) -> Tuple[MultiLabelSplit, MultiLabelSplit
 
 
 def _warn_unknown_test_labels(test: MultiLabelSplit) -> None:
-    """Unknown test entries are left out of the scores, and a class with positives but no known
-    negative is left out of the mAP (it would score a perfect AP whatever the model does), so say so."""
+    """Unknown test entries are left out of the scores, and the mAP scores only the classes with a
+    known positive and a known negative (one without a negative would score a perfect AP whatever
+    the model does): say so, with the same count the summary gives at the end."""
     if test.labels_complete:
         return
-    positives, negatives = test.targets.count_per_class(1), test.targets.count_per_class(0)
-    no_negative = [test.classes[c] for c in np.flatnonzero((positives > 0) & (negatives == 0))]
+    coverage = coverage_of_counts(test.targets.count_per_class(1), test.targets.count_per_class(0))
+    unscored = [test.classes[c] for c in np.flatnonzero(~coverage["scored"])]
     # Open Images and LVIS are partial by construction; one's own manifest can list more negatives.
-    hint = "" if test.dataset in ("openimages", "lvis") else \
+    hint = "" if test.dataset in ("openimages", "lvis") or not coverage["no_known_negative"] else \
         ": list the test split's negatives, or data.options.unlisted=negative"
     logger.warning("%s/%s: %.1f%% of the test labels are unknown and left out of the scores%s",
                    test.dataset, test.split, 100 * (1 - test.known_fraction),
-                   f"; {len(no_negative)} classes have no known negative, so the mAP leaves them out "
-                   f"(e.g. {no_negative[0]!r}){hint}" if no_negative else "")
+                   f"; the mAP {coverage_text(coverage)} (e.g. not {unscored[0]!r}){hint}" if unscored else "")
 
 
 def build_splits(cfg: ExperimentConfig, loaded: Optional[Tuple[MultiLabelSplit, MultiLabelSplit]] = None
