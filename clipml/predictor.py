@@ -144,7 +144,8 @@ class Predictor:
                   scoring: str = "global", image_size: Optional[int] = None, device: str = "cpu",
                   base: Optional[ModelConfig] = None) -> "Predictor":
         """Zero-shot CLIP over `classes` with hand-crafted `templates` (see `zero_shot_config`).
-        `backbone`: a spec such as 'toy' or 'open_clip:ViT-B-16@openai', or a loaded FrozenCLIP.
+        `backbone`: a spec such as 'toy' or 'open_clip:ViT-B-16@openai', a BackboneConfig (e.g. with
+        allow_random for clipml's tiny test towers; `image_size` then comes from it), or a loaded FrozenCLIP.
         Probabilities by the tower's rule (CLIP: a softmax, summing to 1 over the classes, so a
         threshold below 0.5 lists several), labelled at 0.5."""
         from clipml.backbones import BackboneConfig, FrozenCLIP, load_backbone
@@ -154,7 +155,9 @@ class Predictor:
             raise ConfigError(f"classes: expected distinct non-empty class names, found {list(classes)}")
         config = zero_shot_config(templates, scoring, base)  # a bad template set fails before the backbone loads
         if not isinstance(backbone, FrozenCLIP):
-            backbone = load_backbone(BackboneConfig(spec=backbone, image_size=image_size), select_device(device))
+            if not isinstance(backbone, BackboneConfig):
+                backbone = BackboneConfig(spec=backbone, image_size=image_size)
+            backbone = load_backbone(backbone, select_device(device))
         model = MultiLabelCLIP(backbone, names, config)
 
         rule = f"probability >= 0.5 ({backbone.zero_shot_rule} zero-shot probabilities)"

@@ -164,6 +164,28 @@ def test_zero_shot_predictor_is_predicts_zero_shot_path(trained, tmp_path):
         Predictor.zero_shot(["cat", "cat"])
 
 
+def test_zero_shot_takes_a_backbone_config_for_the_tiny_sigmoid_towers(trained):
+    """A BackboneConfig reaches towers a spec alone cannot (allow_random: the tiny SigLIP 2); its
+    probabilities are the tower's sigmoids, not a softmax."""
+    from clipml.backbones import BackboneConfig
+    from clipml.errors import BackboneError
+
+    _, images = trained
+    with pytest.raises(BackboneError, match="a tiny test model: backbone.allow_random=true"):
+        Predictor.zero_shot(["sun", "moon"], backbone="open_clip:clipml-tiny-siglip2")
+    torch.manual_seed(0)
+    predictor = Predictor.zero_shot(["sun", "moon"], backbone=BackboneConfig("open_clip:clipml-tiny-siglip2",
+                                                                             allow_random=True))
+    model = predictor.model
+    assert model.backbone.zero_shot_rule == "sigmoid"
+    size = model.backbone.image_size
+    transform = eval_transform(size, model.backbone.mean, model.backbone.std)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in images])).logits
+    np.testing.assert_allclose(predictor.predict(images).probabilities, torch.sigmoid(logits.double()).numpy(),
+                               atol=1e-5)
+
+
 def test_attention_maps_of_the_top_classes(trained):
     checkpoint, images = trained
     predictor = Predictor.from_checkpoint(checkpoint)

@@ -62,7 +62,8 @@ def create_open_clip(name: str, weights: Optional[str], allow_random: bool) -> t
 
     if weights is None:
         if not allow_random:
-            options = f" (pretrained tags: {', '.join(tags)})" if tags else ""
+            options = f" (pretrained tags: {', '.join(tags)})" if tags else (
+                " (a tiny test model: backbone.allow_random=true)" if name.startswith("clipml-tiny-") else "")
             raise BackboneError(
                 f"open_clip:{name} was given no weights and would run with random weights. "
                 f"Name a pretrained tag, backbone.spec=open_clip:{name}@TAG{options}, or a local file, "
