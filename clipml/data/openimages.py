@@ -158,8 +158,9 @@ def display_names(class_ids: Sequence[str], descriptions: Dict[str, str]) -> Lis
         counts[name] = counts.get(name, 0) + 1
     shared = {name for name, count in counts.items() if count > 1}
     if shared:
-        logger.warning("%s: %d display names are shared by several classes (e.g. %r); those classes are named "
-                       "'DisplayName (LabelName)'", DATASET, len(shared), sorted(shared)[0])
+        logger.warning("%s: %d display name%s shared by several classes (e.g. %r); those classes are named "
+                       "'DisplayName (LabelName)'", DATASET, len(shared), " is" if len(shared) == 1 else "s are",
+                       sorted(shared)[0])
     return [f"{name} ({label})" if name in shared else name for name, label in zip(names, class_ids)]
 
 
