@@ -159,13 +159,15 @@ def test_checkpoint_carries_prototypes_alpha_beta_background(tiny_backbones):
     torch.testing.assert_close(reordered.blending.prototypes, tensors["blending.prototypes"].flip(0))
 
 
-def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
-    full_cfg = tiny_config(tmp_path, "name=full", *DSRB_CT)
+def stopped_and_resumed(tmp_path, overrides, stop_before):
+    """(last weights of an uninterrupted run, of one stopped before epoch `stop_before` and resumed,
+    the resumed run's config)."""
+    full_cfg = tiny_config(tmp_path, "name=full", *overrides)
     train(full_cfg, resume=False)
-    cfg = tiny_config(tmp_path, "name=cut", *DSRB_CT)
+    cfg = tiny_config(tmp_path, "name=cut", *overrides)
 
     def stop(iterable, desc):
-        if desc == "epoch 3/3":
+        if desc == f"epoch {stop_before}/3":
             raise KeyboardInterrupt
         return iterable
 
@@ -173,7 +175,11 @@ def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
         train(cfg, progress=stop)
     train(cfg)
     full = load_file(str(Path(full_cfg.run_dir()) / "last.safetensors"))
-    resumed = load_file(str(Path(cfg.run_dir()) / "last.safetensors"))
+    return full, load_file(str(Path(cfg.run_dir()) / "last.safetensors")), cfg
+
+
+def test_resume_with_dsrb_and_ct_equals_uninterrupted(tmp_path):
+    full, resumed, cfg = stopped_and_resumed(tmp_path, DSRB_CT, stop_before=3)
     assert full["blending.prototype_valid"].any()  # prototypes were computed and saved
     assert float(full["blending.alpha"]) != 0.5  # α learned
     for key in full:
@@ -186,20 +192,7 @@ def test_resume_with_sampled_classes_equals_uninterrupted(tmp_path):
     """PPRB blends classes drawn among each step's sampled classes, so the draws move the weights;
     a run stopped after epoch 1 and resumed must draw epochs 2-3 as the uninterrupted run did."""
     sampled = [*DSRB_CT, "optim.sampled_classes=12", "data.batch_size=4", "data.known_ratio=0.1"]
-    full_cfg = tiny_config(tmp_path, "name=full", *sampled)
-    train(full_cfg, resume=False)
-    cfg = tiny_config(tmp_path, "name=cut", *sampled)
-
-    def stop(iterable, desc):
-        if desc == "epoch 2/3":
-            raise KeyboardInterrupt
-        return iterable
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=stop)
-    train(cfg)
-    full = load_file(str(Path(full_cfg.run_dir()) / "last.safetensors"))
-    resumed = load_file(str(Path(cfg.run_dir()) / "last.safetensors"))
+    full, resumed, _ = stopped_and_resumed(tmp_path, sampled, stop_before=2)
     assert float(full["blending.beta"]) != 0.5  # PPRB blended
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
