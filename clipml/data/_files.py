@@ -46,6 +46,18 @@ def read_json(path: Path, what: str) -> object:
         raise DataError(f"{what} {path} cannot be read: {error}") from None
 
 
+def entry_field(entry, key: str, where: str, section: str, number: int):
+    """`entry[key]` of entry `number` (1-based) of the `section` list of a JSON annotation file; a
+    malformed entry is a DataError naming the file, the list, the entry and the missing key."""
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"{where}: '{section}' entry {number} is {type(entry).__name__} {entry!r:.80}, expected an object")
+    if key not in entry:
+        shown = {k: entry[k] for k in list(entry)[:4]}
+        raise DataError(f"{where}: '{section}' entry {number} {shown!r:.120} has no '{key}'")
+    return entry[key]
+
+
 def first_file(candidates: Sequence[Path], what: str) -> Path:
     """The first of `candidates` that is a file (datasets ship their files in more than one layout)."""
     for path in candidates:

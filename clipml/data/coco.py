@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from clipml.data._files import check_unique, finish_split, read_json, resolve_missing
+from clipml.data._files import check_unique, entry_field, finish_split, read_json, resolve_missing
 from clipml.data.base import MultiLabelSplit, ObjectInstance
 from clipml.errors import ConfigError, DataError
 
@@ -103,18 +103,6 @@ class CocoSplit(MultiLabelSplit):
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
             raise DataError(f"{DATASET}: {self.annotations}: image {image.get('id')} needs 'width' and 'height' "
                             f"and each of its annotations an 'area': {error!r}") from None
-def _entry_field(entry, key: str, where: str, section: str, number: int):
-    """`entry[key]` of entry `number` (1-based) of the `section` list; a malformed entry is a
-    DataError naming the file, the list, the entry and the missing key."""
-    if not isinstance(entry, dict):
-        raise DataError(
-            f"{where}: '{section}' entry {number} is {type(entry).__name__} {entry!r:.80}, expected an object")
-    if key not in entry:
-        shown = {k: entry[k] for k in list(entry)[:4]}
-        raise DataError(f"{where}: '{section}' entry {number} {shown} has no '{key}'")
-    return entry[key]
-
-
 def load_coco2014(
     root: Union[str, Path],
     split: str = "train",
@@ -150,13 +138,13 @@ def load_coco2014(
         sections[section] = value
     images, categories = sections["images"], sections["categories"]
 
-    image_ids = [_entry_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
-    files = [_entry_field(image, "file_name", where, "images", n) for n, image in enumerate(images, start=1)]
+    image_ids = [entry_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
+    files = [entry_field(image, "file_name", where, "images", n) for n, image in enumerate(images, start=1)]
     check_unique([str(i) for i in image_ids], where, "image id")
     check_unique(files, where, "image file_name")
     names = {}
     for number, category in enumerate(categories, start=1):
-        cat_id, name = (_entry_field(category, key, where, "categories", number) for key in ("id", "name"))
+        cat_id, name = (entry_field(category, key, where, "categories", number) for key in ("id", "name"))
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{where}: 'categories' entry {number} (id {cat_id}) has name {name!r}, "
                             "expected a non-empty string")
@@ -169,8 +157,8 @@ def load_coco2014(
     labels = np.zeros((len(images), len(cat_ids)), dtype=np.int8)
     annotated: Dict[int, None] = {}  # image ids in first-annotation order
     for number, ann in enumerate(sections["annotations"], start=1):
-        image_id = _entry_field(ann, "image_id", where, "annotations", number)
-        category_id = _entry_field(ann, "category_id", where, "annotations", number)
+        image_id = entry_field(ann, "image_id", where, "annotations", number)
+        category_id = entry_field(ann, "category_id", where, "annotations", number)
         if image_id not in row:
             raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {image_id}")
         if category_id not in column:

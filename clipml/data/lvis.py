@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from clipml.data._files import check_unique, finish_split, first_file, read_json, resolve_missing
+from clipml.data._files import check_unique, entry_field, finish_split, first_file, read_json, resolve_missing
 from clipml.data.base import NEGATIVE, POSITIVE, MultiLabelSplit
 from clipml.data.sparse import SparseLabels
 from clipml.errors import ConfigError, DataError
@@ -46,13 +46,6 @@ def check_disjoint(trained_on: str, tested_on: str, what: str) -> None:
             f"{trained_on}'s own test split")
 
 
-def _field(entry, key: str, where: str, section: str, number: int):
-    if not isinstance(entry, dict) or key not in entry:
-        shown = {k: entry[k] for k in list(entry)[:4]} if isinstance(entry, dict) else entry
-        raise DataError(f"{where}: '{section}' entry {number} {shown!r:.120} has no '{key}'")
-    return entry[key]
-
-
 def _id_list(entry, key: str, where: str, number: int) -> list:
     value = entry.get(key, [])
     if not isinstance(value, list):
@@ -63,7 +56,7 @@ def _id_list(entry, key: str, where: str, number: int) -> list:
 
 def _image_file(entry, where: str, number: int) -> str:
     """`train2017/000000391895.jpg` from the image's coco_url."""
-    url = _field(entry, "coco_url", where, "images", number)
+    url = entry_field(entry, "coco_url", where, "images", number)
     parts = urlparse(url).path.strip("/").split("/") if isinstance(url, str) else []
     if len(parts) < 2 or not parts[-1]:
         raise DataError(f"{where}: 'images' entry {number} (id {entry.get('id')}) has coco_url {url!r}, expected "
@@ -102,7 +95,7 @@ def load_lvis(
 
     names: Dict[int, str] = {}
     for number, category in enumerate(sections["categories"], start=1):
-        cat_id, name = (_field(category, key, where, "categories", number) for key in ("id", "name"))
+        cat_id, name = (entry_field(category, key, where, "categories", number) for key in ("id", "name"))
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{where}: 'categories' entry {number} (id {cat_id}) has name {name!r}")
         if cat_id in names:
@@ -111,7 +104,7 @@ def load_lvis(
     column = {cat_id: c for c, cat_id in enumerate(sorted(names))}
 
     images = sections["images"]
-    image_ids = [_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
+    image_ids = [entry_field(image, "id", where, "images", n) for n, image in enumerate(images, start=1)]
     files = [_image_file(image, where, n) for n, image in enumerate(images, start=1)]
     check_unique([str(i) for i in image_ids], where, "image id")
     check_unique(files, where, "image file")
@@ -137,8 +130,8 @@ def load_lvis(
         raise DataError(f"{where}: image {image_ids[i]} lists category {sorted(names)[c]} in both neg_category_ids "
                         "and not_exhaustive_category_ids (absent and present at once)")
     for number, ann in enumerate(sections["annotations"], start=1):
-        image_id = _field(ann, "image_id", where, "annotations", number)
-        cat_id = _field(ann, "category_id", where, "annotations", number)
+        image_id = entry_field(ann, "image_id", where, "annotations", number)
+        cat_id = entry_field(ann, "category_id", where, "annotations", number)
         if image_id not in row:
             raise DataError(f"{where}: annotation {ann.get('id')} refers to unknown image id {image_id!r}")
         if cat_id not in column:
